@@ -1,0 +1,1 @@
+"""recmine.ekko: see README for the public API."""

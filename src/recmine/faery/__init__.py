@@ -1,0 +1,1 @@
+"""recmine.faery: see README for the public API."""

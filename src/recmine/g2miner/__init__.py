@@ -1,0 +1,1 @@
+"""recmine.g2miner: see README for the public API."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from recmine.ekko.cli import app as ekko_app
@@ -25,6 +27,27 @@ app = typer.Typer(
 app.add_typer(g2miner_app, name="mine")
 app.add_typer(faery_app, name="retrieve")
 app.add_typer(ekko_app, name="ekko")
+
+
+@app.command("demo")
+def demo(
+    report: Path | None = typer.Option(None, "--report", help="Write report.html + results.json into this directory."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes (CI): well under a minute once compiled."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with every result (tables go to stderr)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated data."),
+) -> None:
+    """Run the whole stack on generated data: ekko (4 DCs, live updates, rollback), faery (exact top-K over the
+    live item table, vs Faiss) and g2miner (triangles and 4-cliques in the co-interaction graph, vs networkx).
+
+    Examples:
+
+      recmine demo
+
+      recmine demo --quick --report out/ --json > results.json
+    """
+    from recmine.demo import main as demo_main
+
+    raise typer.Exit(demo_main(report=report, quick=quick, as_json=json_out, seed=seed))
 
 
 def main() -> None:

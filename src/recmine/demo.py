@@ -31,9 +31,9 @@ from typing import Any, Protocol
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from recmine import datasets
+from recmine.output import rows_table
 
 __all__ = ["DemoConfig", "run_demo", "main"]
 
@@ -94,26 +94,10 @@ class UI:
                 prog.update(task, completed=total)
 
     def table(self, title: str, rows: list[dict[str, Any]]) -> None:
-        """Print a list of row mappings as a rich table."""
-        if not rows:
-            return
-        t = Table(title=title)
-        cols: list[str] = []
-        for r in rows:
-            cols += [k for k in r if k not in cols]
-        for c in cols:
-            t.add_column(c, justify="right")
-        for r in rows:
-            t.add_row(*(_cell(r.get(c, "")) for c in cols))
-        self.console.print(t)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else "-"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return "-" if v is None else str(v)
+        """Print a list of row mappings as a rich table (series columns left out)."""
+        rows = [{k: v for k, v in r.items() if not isinstance(v, (list, tuple, np.ndarray))} for r in rows]
+        if rows:
+            self.console.print(rows_table(rows, title=title))
 
 
 def _timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
@@ -430,7 +414,40 @@ def run_demo(cfg: DemoConfig, ui: UI, out_dir: Path | None = None, sections: tup
             results["g2miner"] = _run_section("g2miner", ui, lambda: section_g2miner(cfg, ui))
     results["meta"]["seconds"] = time.perf_counter() - t0
     results["meta"]["config"] = asdict(cfg)
+    results["summary"] = summarise(results)
+    ui.table(f"recmine demo: summary ({results['meta']['seconds']:.0f} s)", results["summary"])
     return results
+
+
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One headline row per section: what ran, the check against the oracle, the number beside the peer."""
+    rows: list[dict[str, Any]] = []
+    for name in ("ekko", "faery", "g2miner"):
+        sec = results.get(name)
+        if sec is None:
+            continue
+        row: dict[str, Any] = {"system": name, "seconds": sec.get("seconds")}
+        if sec.get("skipped") or sec.get("error"):
+            row["status"] = "skipped" if sec.get("skipped") else "failed"
+            row["headline"] = str(sec.get("skipped") or sec.get("error"))
+        elif name == "g2miner":
+            pats = sec.get("patterns", [])
+            row["status"] = "ok" if sec.get("all_counts_match") else "COUNT MISMATCH"
+            row["headline"] = "; ".join(
+                f"{r['pattern']} {r['count']:,} in {r['ours_s'] * 1e3:.3g} ms "
+                f"({r['speedup_vs_networkx']:.0f}x networkx)" for r in pats if r.get("speedup_vs_networkx"))
+        elif name == "faery":
+            lat = sec.get("latency_vs_k", [])
+            row["status"] = "ok" if sec.get("retrieval_exact") and all(r.get("exact") for r in lat) else "NOT EXACT"
+            best = [r for r in lat if r.get("faiss_ms")]
+            row["headline"] = (f"exact top-{sec.get('retrieval_k')} over {sec.get('live_items', 0):,} live items; "
+                               + ", ".join(f"K={r['k']}: {r['speedup_vs_faiss']:.2g}x Faiss" for r in best))
+        elif name == "ekko":
+            rb = sec.get("rollback") or {}
+            row["status"] = "ok" if rb.get("rolled_back_at_s") is not None else "NO ROLLBACK"
+            row["headline"] = sec.get("headline", "")
+        rows.append(row)
+    return rows
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

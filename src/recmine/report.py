@@ -241,6 +241,8 @@ def render_html(results: Mapping[str, Any]) -> str:
     sub = " · ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in meta.items()
                      if not isinstance(v, (Mapping, list, tuple)))
     body = "".join(_section_html(k, t, lead, results.get(k)) for k, t, lead in SECTIONS)
+    if _is_rows(results.get("summary")):
+        body = f'<section id="summary"><h2>Summary</h2>{_rows_html(results["summary"], "")}</section>' + body
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"

@@ -1,0 +1,156 @@
+"""Set operations on sorted int32 neighbour lists (numba): intersections, differences, bounded and count-only variants.
+
+Bounded variants stop at an exclusive upper bound: with symmetry breaking every later pattern vertex has an id below an
+earlier one, so only the prefix of each sorted list is read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def count_below(a, ub):
+    """Number of elements of sorted `a` that are < ub (binary search)."""
+    lo, hi = 0, a.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < ub:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def contains(a, x):
+    """True when sorted `a` holds x (binary search)."""
+    i = count_below(a, x)
+    return i < a.shape[0] and a[i] == x
+
+
+@njit(cache=True, nogil=True)
+def intersect(a, b, ub, out):
+    """Write the elements of sorted a ∩ b that are < ub into out; return how many."""
+    i = 0
+    j = 0
+    n = 0
+    na = a.shape[0]
+    nb = b.shape[0]
+    while i < na and j < nb:
+        x = a[i]
+        y = b[j]
+        if x >= ub or y >= ub:
+            break
+        if x < y:
+            i += 1
+        elif y < x:
+            j += 1
+        else:
+            out[n] = x
+            n += 1
+            i += 1
+            j += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def intersect_inplace(buf, n, b, ub):
+    """Keep in buf[:n] the elements that are in sorted b and < ub; return the new length."""
+    i = 0
+    j = 0
+    m = 0
+    nb = b.shape[0]
+    while i < n and j < nb:
+        x = buf[i]
+        y = b[j]
+        if x >= ub or y >= ub:
+            break
+        if x < y:
+            i += 1
+        elif y < x:
+            j += 1
+        else:
+            buf[m] = x
+            m += 1
+            i += 1
+            j += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def intersect_count(a, b, ub):
+    """|{x in a ∩ b : x < ub}| without materialising it."""
+    i = 0
+    j = 0
+    c = 0
+    na = a.shape[0]
+    nb = b.shape[0]
+    while i < na and j < nb:
+        x = a[i]
+        y = b[j]
+        if x >= ub or y >= ub:
+            break
+        if x < y:
+            i += 1
+        elif y < x:
+            j += 1
+        else:
+            c += 1
+            i += 1
+            j += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def copy_below(a, ub, out):
+    """Copy the elements of sorted a that are < ub into out; return how many."""
+    n = count_below(a, ub)
+    for i in range(n):
+        out[i] = a[i]
+    return n
+
+
+@njit(cache=True, nogil=True)
+def difference_inplace(buf, n, b):
+    """Remove from buf[:n] every element of sorted b; return the new length."""
+    i = 0
+    j = 0
+    m = 0
+    nb = b.shape[0]
+    while i < n:
+        x = buf[i]
+        while j < nb and b[j] < x:
+            j += 1
+        if j < nb and b[j] == x:
+            i += 1
+            continue
+        buf[m] = x
+        m += 1
+        i += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def difference_count(buf, n, b):
+    """|buf[:n] − b| for sorted inputs, without materialising it."""
+    i = 0
+    j = 0
+    c = 0
+    nb = b.shape[0]
+    while i < n:
+        x = buf[i]
+        while j < nb and b[j] < x:
+            j += 1
+        if not (j < nb and b[j] == x):
+            c += 1
+        i += 1
+    return c
+
+
+def intersect_np(a: np.ndarray, b: np.ndarray, ub: int = 2**31 - 1) -> np.ndarray:
+    """Convenience wrapper: sorted a ∩ b below ub as a new array."""
+    out = np.empty(min(a.shape[0], b.shape[0]), dtype=np.int32)
+    n = intersect(a.astype(np.int32), b.astype(np.int32), ub, out)
+    return out[:n]

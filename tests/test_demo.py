@@ -157,6 +157,9 @@ def test_g2miner_counts_equal_networkx(demo_run: dict) -> None:
     # the planted rings are in there: each ring alone holds C(s,4) 4-cliques
     assert k4 >= sec["planted_rings"] * sec["ring_4cliques_each"] > 0
     assert all(r["ours_s"] > 0 and r["networkx_s"] > 0 for r in sec["patterns"])
+    # listing 4-cliques flags the planted ring accounts
+    rd = sec["ring_detection"]
+    assert rd["planted"] == sum(len(r) for r in g.rings) and rd["flagged_planted"] >= 0.9 * rd["planted"]
 
 
 def test_faery_retrieval_equals_numpy_bruteforce(demo_run: dict) -> None:

@@ -168,7 +168,8 @@ def test_faery_retrieval_equals_numpy_bruteforce(demo_run: dict) -> None:
         pytest.skip("recmine.faery.Index has not landed in this checkout")
     chk = np.load(demo_run["out"] / "faery_check.npz")
     ids, table, q, got, k = chk["ids"], chk["table"], chk["queries"], chk["result_ids"], int(chk["k"])
-    assert np.isfinite(table).all() and len(np.unique(ids)) == len(ids) == sec["live_items"] + sec["new_items_added"]
+    assert np.isfinite(table).all() and len(np.unique(ids)) == len(ids) == sec["index_items"]
+    assert len(ids) == sec["live_items"] + sec["new_items_added"] - sec["items_removed"]
     scores = q.astype(np.float64) @ table.astype(np.float64).T
     for row in range(q.shape[0]):
         order = sorted(range(len(ids)), key=lambda j, r=row: (-scores[r, j], ids[j]))[:k]

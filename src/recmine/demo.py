@@ -79,15 +79,22 @@ class UI:
         self.console = console
 
     @contextlib.contextmanager
-    def step(self, description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
-        """A progress bar (or spinner when `total` is None) for one step; yields `advance(n)`."""
+    def step(self, description: str, total: float | None = None,
+             timed: bool = False) -> Iterator[Callable[[float], None]]:
+        """A progress bar (or spinner when `total` is None) for one step; yields `advance(n)`.
+
+        `timed=True` for steps that measure latencies: the bar then redraws only when advanced, because rich's
+        refresh thread would otherwise take the GIL back from GIL-releasing kernels and skew the timings."""
         with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed:.0f}/{task.total:.0f}" if total else ""),
-                      TimeElapsedColumn(), console=self.console, transient=False) as prog:
+                      TimeElapsedColumn(), console=self.console, transient=False,
+                      auto_refresh=not timed) as prog:
             task = prog.add_task(description, total=total)
 
             def advance(n: float = 1.0) -> None:
                 prog.advance(task, n)
+                if timed:
+                    prog.refresh()
 
             yield advance
             if total is not None:
@@ -166,7 +173,7 @@ def section_g2miner(cfg: DemoConfig, ui: UI) -> dict[str, Any]:
                            "ring_size": cfg.ring_size, "ring_4cliques_each": math.comb(cfg.ring_size, 4)}
     rows: list[dict[str, Any]] = []
     patterns = ["triangle", "4-clique"]
-    with ui.step("g2miner: counting (first run compiles the kernel)", total=len(patterns)) as adv:
+    with ui.step("g2miner: counting (first run compiles the kernel)", total=len(patterns), timed=True) as adv:
         for name in patterns:
             first = count_detailed(graph, name)
             warm = [count_detailed(graph, name) for _ in range(3)]
@@ -176,10 +183,10 @@ def section_g2miner(cfg: DemoConfig, ui: UI) -> dict[str, Any]:
                          "ours_s": float(np.median([w.seconds for w in warm])),
                          "compile_s": first.compile_seconds})
             adv(1)
-    with ui.step("g2miner: networkx on the same graph"):
+    with ui.step("g2miner: networkx on the same graph", timed=True):
         nxc = _networkx_counts(g)
     igc: dict[str, tuple[int, float]] = {}
-    with contextlib.suppress(ImportError), ui.step("g2miner: igraph on the same graph"):
+    with contextlib.suppress(ImportError), ui.step("g2miner: igraph on the same graph", timed=True):
         igc = _igraph_counts(g)
     for r in rows:
         c, t = nxc[r["pattern"]]
@@ -250,33 +257,39 @@ def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | Non
         index.add(table, ids=ids)
     out["live_items"] = int(len(ids))
     out["dim"] = int(table.shape[1])
-    # 2. refresh as updates arrive
+    # 2. refresh as updates arrive: changed rows are updated in place, new items added, retired items removed
     with ui.step("faery: refreshing from newly arrived updates"):
         if live is not None:
             changed, new_vecs = live.train_and_read_changed()
+            retired = np.empty(0, dtype=np.int64)
         else:
-            changed = rng.choice(ids, size=max(1, len(ids) // 10), replace=False)
-            new_vecs = (table[np.searchsorted(ids, changed)] +
-                        0.3 * rng.standard_normal((len(changed), table.shape[1]))).astype(np.float32)
+            old = rng.choice(ids, size=max(1, len(ids) // 10), replace=False)
+            fresh = np.arange(int(ids.max()) + 1, int(ids.max()) + 1 + max(1, len(ids) // 20), dtype=np.int64)
+            changed = np.concatenate([old, fresh])
+            new_vecs = np.vstack([
+                table[np.searchsorted(ids, old)] + 0.3 * rng.standard_normal((len(old), table.shape[1])),
+                datasets.item_embeddings(len(fresh), table.shape[1], seed=cfg.seed + 5),
+            ]).astype(np.float32)
+            retired = rng.choice(np.setdiff1d(ids, old), size=max(1, len(ids) // 50), replace=False)
+        live_rows = dict(zip(ids.tolist(), table, strict=True))
         known = np.isin(changed, ids)
         if known.any():
             index.update(changed[known], new_vecs[known])
         if (~known).any():
             index.add(new_vecs[~known], ids=changed[~known])
-        pos = {int(i): n for n, i in enumerate(ids.tolist())}
-        table = table.copy()
-        extra_ids, extra_vecs = [], []
-        for i, v in zip(changed.tolist(), new_vecs, strict=True):
-            if i in pos:
-                table[pos[i]] = v
-            else:
-                extra_ids.append(i)
-                extra_vecs.append(v)
-        if extra_ids:
-            ids = np.concatenate([ids, np.asarray(extra_ids, dtype=np.int64)])
-            table = np.vstack([table, np.asarray(extra_vecs, dtype=np.float32)])
-    out["refreshed_rows"] = int(len(changed))
+        if retired.size:
+            index.remove(retired)
+        live_rows.update(zip(changed.tolist(), new_vecs, strict=True))
+        for i in retired.tolist():
+            del live_rows[i]
+        ids = np.fromiter(live_rows, dtype=np.int64, count=len(live_rows))
+        table = np.stack([live_rows[i] for i in ids.tolist()]).astype(np.float32)
+    out["refreshed_rows"] = int(known.sum())
     out["new_items_added"] = int((~known).sum())
+    out["items_removed"] = int(retired.size)
+    out["index_items"] = int(len(index))
+    if len(index) != len(ids):
+        raise RuntimeError(f"faery index holds {len(index)} rows, the live table {len(ids)}")
     # 3. user queries: exact?
     k = min(100, len(ids))
     queries = datasets.user_queries(cfg.n_queries, table.shape[1], seed=cfg.seed)
@@ -289,7 +302,8 @@ def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | Non
                             result_ids=np.asarray(got, dtype=np.int64), k=k)
     # 4. latency vs K on a larger generated catalogue, beside Faiss's flat index and numpy
     n_cat = cfg.catalogue_items
-    with ui.step(f"faery: latency vs K on a {n_cat:,}-item catalogue", total=len(cfg.k_values)) as adv:
+    with ui.step(f"faery: latency vs K on a {n_cat:,}-item catalogue", total=len(cfg.k_values),
+                 timed=True) as adv:
         cat = datasets.item_embeddings(n_cat, cfg.catalogue_dim, seed=cfg.seed + 1)
         cq = datasets.user_queries(cfg.n_queries, cfg.catalogue_dim, seed=cfg.seed + 1)
         cidx = Index(cfg.catalogue_dim, metric="ip")

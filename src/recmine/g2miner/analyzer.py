@@ -37,11 +37,14 @@ class SearchPlan:
     num_automorphisms: int
     constraints: tuple[tuple[int, int], ...]  # (a, b): id(a) < id(b), pattern vertices
     kind: str  # "clique" (dedicated kernel) or "generic"
+    # With wildcard labels, a subgraph may match under several symmetric placements; symmetry breaking then uses
+    # the unlabeled group and each found match is kept when one placement fits: alternatives of (level, label).
+    label_alternatives: tuple[tuple[tuple[int, int], ...], ...] | None = None
 
     def key(self) -> str:
         """Stable text identifying the plan (used to cache generated kernels)."""
-        lv = ";".join(f"{l.vertex}:{l.connected}:{l.disconnected}:{l.upper}:{l.label}" for l in self.levels)
-        return f"{self.kind}|{int(self.induced)}|{lv}"
+        lv = ";".join(f"{lv_.vertex}:{lv_.connected}:{lv_.disconnected}:{lv_.upper}:{lv_.label}" for lv_ in self.levels)
+        return f"{self.kind}|{int(self.induced)}|{lv}|{self.label_alternatives}"
 
     def describe(self) -> str:
         """Human-readable plan: one line per level."""
@@ -100,9 +103,10 @@ def matching_order(p: Pattern) -> tuple[int, ...]:
     return tuple(order)
 
 
-def symmetry_constraints(p: Pattern, order: tuple[int, ...]) -> list[tuple[int, int]]:
+def symmetry_constraints(p: Pattern, order: tuple[int, ...],
+                         group: list[tuple[int, ...]] | None = None) -> list[tuple[int, int]]:
     """Partial order (a, b) meaning id(a) < id(b) that keeps exactly one of each match's |Aut| embeddings."""
-    group = automorphisms(p)
+    group = automorphisms(p) if group is None else group
     constraints: list[tuple[int, int]] = []
     for v in order:
         orbit = {g[v] for g in group}
@@ -117,7 +121,20 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
     order = matching_order(p)
     pos = {v: i for i, v in enumerate(order)}
     adj = p.adjacency()
-    constraints = symmetry_constraints(p, order)
+    group = automorphisms(p)
+    alternatives = None
+    level_label = dict(enumerate(p.labels)) if p.labels is not None else {}
+    if p.labels is not None and WILDCARD in p.labels:
+        plain = automorphisms(Pattern(p.num_vertices, p.edges))
+        if len(plain) > len(group):
+            # each subgraph is found once under the unlabeled symmetry; keep it if some placement fits the labels
+            group = plain
+            alts = {tuple(sorted((pos[v], p.labels[s[v]]) for v in range(p.num_vertices)
+                                 if p.labels[s[v]] != WILDCARD)) for s in plain}
+            alternatives = tuple(sorted(alts))
+            level_label = {v: (p.labels[v] if len({p.labels[s[v]] for s in plain}) == 1 else WILDCARD)
+                           for v in range(p.num_vertices)}
+    constraints = symmetry_constraints(p, order, group)
     levels = []
     for i, v in enumerate(order):
         conn = tuple(sorted(pos[u] for u in adj[v] if pos[u] < i))
@@ -128,8 +145,6 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
                 upper.append(pos[b])
             elif b == v and pos[a] < i:  # cannot happen with the orbit construction; kept as a guard
                 raise AssertionError("symmetry constraint points the wrong way")
-        label = p.labels[v] if p.labels is not None else WILDCARD
-        levels.append(Level(v, conn, disc, tuple(sorted(upper)), label))
-    n_aut = len(automorphisms(p))
+        levels.append(Level(v, conn, disc, tuple(sorted(upper)), level_label.get(v, WILDCARD)))
     kind = "clique" if p.is_clique() and p.labels is None else "generic"
-    return SearchPlan(p, induced, order, tuple(levels), n_aut, tuple(constraints), kind)
+    return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives)

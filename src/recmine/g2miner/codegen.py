@@ -187,7 +187,7 @@ def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int]
     lv = plan.levels[i]
     last = i == k - 1
     ub = _emit_bound(w, ind, i, lv.upper)
-    if last and mode == "count" and lv.label == WILDCARD:
+    if last and mode == "count" and lv.label == WILDCARD and plan.label_alternatives is None:
         _emit_last_count(w, ind, plan, i, ub, cands)
         return
     arr, n = _emit_candidates(w, ind, plan, i, ub, cands)
@@ -224,7 +224,10 @@ def _emit_clique(w: _Writer, plan: SearchPlan, ind: int, i: int, mode: str) -> N
 
 
 def _emit_match(w: _Writer, ind: int, plan: SearchPlan, mode: str) -> None:
-    k = len(plan.levels)
+    if plan.label_alternatives is not None:
+        alts = [" and ".join(f"labels[v{i}] == {lab}" for i, lab in alt) or "True" for alt in plan.label_alternatives]
+        w(ind, "if " + " or ".join(f"({a})" for a in alts) + ":")
+        ind += 1
     if mode == "count":
         w(ind, "local += 1")
         return
@@ -235,7 +238,6 @@ def _emit_match(w: _Writer, ind: int, plan: SearchPlan, mode: str) -> None:
         w(ind + 1, f"out[nout, {lv.vertex}] = v{i}")
     w(ind + 1, "nout += 1")
     w(ind, "seen += 1")
-    del k
 
 
 def generate_source(plan: SearchPlan) -> str:
@@ -258,7 +260,7 @@ def generate_source(plan: SearchPlan) -> str:
     # ---- count kernel
     w(0, "@njit(cache=True, nogil=True, parallel=True)")
     w(0, "def count_kernel(indptr, indices, labels, esrc, tasks, nchunks, maxdeg):")
-    w(1, "total = 0")
+    w(1, "partial = np.zeros(nchunks, np.int64)")
     w(1, "ntasks = tasks.shape[0]")
     w(1, "for c in prange(nchunks):")
     for i in range(2, k):
@@ -272,8 +274,8 @@ def generate_source(plan: SearchPlan) -> str:
         _emit_clique(w, plan, 3, 2, "count")
     else:
         _emit_generic(w, plan, 3, 2, need, "count")
-    w(2, "total += local")
-    w(1, "return total")
+    w(2, "partial[c] = local")
+    w(1, "return partial.sum()")
     w(0, "")
     w(0, "")
     # ---- list kernel

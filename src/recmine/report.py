@@ -51,8 +51,8 @@ header p{margin:0;opacity:.85}main{max-width:1100px;margin:0 auto;padding:20px 4
 section{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:20px 26px;margin:22px 0}
 h2{margin-top:0;color:#1d3557}p.lead{color:#444}
 table{border-collapse:collapse;margin:10px 0 16px;font-size:14px}
-th,td{border-bottom:1px solid #e3e6ea;padding:5px 12px;text-align:right}th{background:#eef1f5}
-td:first-child,th:first-child{text-align:left}
+th,td{border-bottom:1px solid #e3e6ea;padding:5px 12px;text-align:left;vertical-align:top}
+th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}.scroll{overflow-x:auto}
 img{max-width:100%;display:block;margin:12px auto;border:1px solid #e3e6ea;border-radius:6px}
 .err{background:#fff3f3;border-left:4px solid #c0392b;padding:10px 14px;white-space:pre-wrap;font-family:monospace}
 .skip{background:#fffbea;border-left:4px solid #d4a017;padding:10px 14px}
@@ -193,8 +193,15 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, Mapping):
-        return html.escape(", ".join(f"{k}={_fmt(x)}" for k, x in v.items()))
+        return "<br>".join(f"{html.escape(str(k))} = {_fmt(x)}" for k, x in v.items())
     return html.escape(str(v))
+
+
+def _td(v: Any) -> str:
+    """A table cell: numbers right-aligned, text left-aligned."""
+    v = to_jsonable(v)
+    cls = ' class="n"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+    return f"<td{cls}>{_fmt(v)}</td>"
 
 
 def _is_rows(v: Any) -> bool:
@@ -206,8 +213,9 @@ def _rows_html(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
     for r in rows:
         cols += [k for k in r if k not in cols and not isinstance(r[k], (list, tuple, np.ndarray))]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+    body = "".join("<tr>" + "".join(_td(r.get(c, "")) for c in cols) + "</tr>" for r in rows)
+    return (f'<div class="scroll"><table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}'
+            "</table></div>")
 
 
 def _section_html(key: str, title: str, lead: str, sec: Mapping[str, Any] | None) -> str:
@@ -223,7 +231,7 @@ def _section_html(key: str, title: str, lead: str, sec: Mapping[str, Any] | None
                if k not in ("error", "skipped") and not _is_rows(v) and not isinstance(v, (list, tuple))
                and not (isinstance(v, Mapping) and k in SERIES_KEYS)}
     if scalars:
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in scalars.items())
+        body = "".join(f"<tr><td>{html.escape(k)}</td>{_td(v)}</tr>" for k, v in scalars.items())
         parts.append(f"<table><tr><th>fact</th><th>value</th></tr>{body}</table>")
     for name, uri in PLOTTERS[key](sec):
         parts.append(f'<img alt="{html.escape(name)}" title="{html.escape(name)}" src="{uri}">')

@@ -125,8 +125,78 @@ def section_patterns(args: argparse.Namespace, graphs: dict[str, tuple[CSRGraph,
     return rows
 
 
+IGRAPH_MOTIFS = r'''
+import sys, time, json, igraph as ig
+G = ig.Graph.Read_Edgelist(sys.argv[1], directed=False).simplify()
+t = time.perf_counter()
+G.motifs_randesu(size=int(sys.argv[2]))
+print(json.dumps({"count": 0, "seconds": time.perf_counter() - t}))
+'''
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm (compile / cache load)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def section_apps(args: argparse.Namespace, graphs: dict[str, tuple[CSRGraph, Path]]) -> list[dict]:
+    """Motif counting vs igraph motifs_randesu, FSM on citeseer, and the Ray backend's overhead vs local."""
+    from recmine.g2miner.fsm import mine_frequent
+    from recmine.g2miner.motifs import count_motifs
+
+    rows: list[dict] = []
+    for gname, (g, path) in graphs.items():
+        if gname == "powerlaw":
+            continue
+        for k in (3, 4):
+            ours = _median_time(lambda g=g, k=k: count_motifs(g, k), args.repeats)
+            try:
+                out = subprocess.run([sys.executable, "-c", IGRAPH_MOTIFS, str(path), str(k)], capture_output=True,
+                                     text=True, timeout=args.timeout)
+                peer = float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            except (subprocess.TimeoutExpired, IndexError, ValueError):
+                peer = None
+            rows.append({"task": f"{k}-motifs", "graph": gname, "ours_s": ours,
+                         "peer": "igraph motifs_randesu",
+                         "peer_s": f"{peer:.4g}" if peer is not None else f">{args.timeout:g}",
+                         "peer/ours": f"{peer / ours:.1f}x" if peer is not None else f">{args.timeout / ours:.0f}x"})
+            console.print(f"  {gname} {k}-motifs: {ours:.4f}s")
+    cs = SHARED / "citeseer"
+    if cs.exists():
+        cg = load_graph(cs)
+        t = _median_time(lambda: mine_frequent(cg, 300, 3), args.repeats)
+        rows.append({"task": "fsm support=300 edges<=3", "graph": "citeseer", "ours_s": t,
+                     "peer": f"{len(mine_frequent(cg, 300, 3))} patterns"})
+    try:
+        import ray
+
+        from recmine.g2miner.distributed import count_ray
+    except ImportError:
+        return rows
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for gname, (g, _) in graphs.items():
+            for pat, induced in [("triangle", True), ("4-clique", True), ("diamond", False)]:
+                local = _median_time(lambda g=g, p=pat, i=induced: count_detailed(g, p, i), args.repeats)
+                count_ray(g, pat, induced, num_workers=2)  # warm the workers
+                res = [count_ray(g, pat, induced, num_workers=2, return_stats=True) for _ in range(3)]
+                ray_s = statistics.median(r.seconds for r in res)
+                rows.append({"task": f"ray 2 workers: {pat}", "graph": gname, "ours_s": ray_s, "peer": "local",
+                             "peer_s": f"{local:.4g}", "overhead_s": ray_s - local,
+                             "worker_s": " / ".join(f"{s:.3f}" for s in res[-1].worker_seconds)})
+    finally:
+        ray.shutdown()
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace, dict[str, tuple[CSRGraph, Path]]], list[dict]]]] = [
-    ("pattern counting", section_patterns),
+    ("patterns", section_patterns),
+    ("apps", section_apps),
 ]
 
 
@@ -138,12 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--sections", default=",".join(t for t, _ in SECTIONS))
     args = ap.parse_args(argv)
     args.patterns = args.patterns.split(",")
     out = {"machine": f"{__import__('os').cpu_count()} vCPU", "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
         graphs = load_graphs(args.graphs.split(","), Path(tmp))
         for title, fn in SECTIONS:
+            if title not in args.sections.split(","):
+                continue
             rows = fn(args, graphs)
             out[title] = rows
             if not args.json:

@@ -185,9 +185,11 @@ def test_faery_retrieval_equals_numpy_bruteforce(demo_run: dict) -> None:
 
 
 def test_ekko_rollback_reported(demo_run: dict) -> None:
-    sec = _section(demo_run, "ekko", "recmine.ekko.cluster", "start_cluster")
-    if sec is None:
-        pytest.skip("recmine.ekko's cluster has not landed in this checkout")
+    sec = json.loads(demo_run["stdout"])["ekko"]
+    if sec.get("skipped"):
+        assert "recmine.ekko" in sec["skipped"]  # says what is missing
+        pytest.skip(f"ekko stage not run: {sec['skipped']}")
+    assert "error" not in sec, sec
     assert sec["dcs"] == 4 and len(sec["latency"]) == 4
     for s in sec["latency"]:
         assert len(s["t_s"]) == len(s["latency_s"]) > 0 and min(s["latency_s"]) > 0
@@ -197,23 +199,29 @@ def test_ekko_rollback_reported(demo_run: dict) -> None:
 
 
 def test_ctrl_c_stops_everything() -> None:
-    if not _engine_ready("recmine.ekko.cluster", "start_cluster"):
-        pytest.skip("no ekko cluster in this checkout: the demo starts no processes to stop")
+    """SIGINT mid-run (as Ctrl-C sends it): exit code 130, promptly, and nothing the demo started survives."""
     token = uuid.uuid4().hex
-    proc = _start(["--quick"], token)
+    proc = _start([], token)  # full size: long enough to be interrupted mid-stage
     watcher = _Watcher(proc.pid)
     try:
+        out_lines: list[str] = []
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None and len(watcher.seen) < 2:
-            time.sleep(0.3)
-        assert proc.poll() is None and watcher.seen, "the demo did not start its cluster"
-        time.sleep(2.0)
+        for line in proc.stdout:  # a finished step prints its progress line (non-tty console)
+            out_lines.append(line)
+            if re.search(r"(ekko|faery|g2miner): \w", line) or time.monotonic() > deadline:
+                break
+        assert proc.poll() is None, "the demo finished before it could be interrupted"
+        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        t0 = time.monotonic()
+        rest, err = proc.communicate(timeout=60)
+        stop_s = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
         seen = watcher.stop()
     time.sleep(0.5)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, "".join(out_lines) + rest + err[-2000:]
+    assert stop_s < 30
+    assert "interrupted" in rest + "".join(out_lines)
     assert _alive_with_token(token) == [] and _still_alive(seen, token) == []

@@ -36,8 +36,12 @@ def demo(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with every result (tables go to stderr)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated data."),
 ) -> None:
-    """Run the whole stack on generated data: ekko (4 DCs, live updates, rollback), faery (exact top-K over the
-    live item table, vs Faiss) and g2miner (triangles and 4-cliques in the co-interaction graph, vs networkx).
+    """Run the three systems together on generated data; tables of ours vs the peers, optional HTML report.
+
+    Stages: ekko (4-DC cluster behind an emulated WAN, live per-DC update latency, a harmful update rolled back),
+    faery (exact top-K over the live item table, latency vs K beside Faiss) and g2miner (triangles and 4-cliques
+    of the co-interaction graph with planted fake-engagement rings, beside networkx and igraph). A stage whose
+    engine is missing is reported and skipped. Every process the demo starts is stopped on exit and on Ctrl-C.
 
     Examples:
 

@@ -1,0 +1,516 @@
+"""A parameter-server process: gRPC service over a ParamStore plus peer-to-peer update dissemination.
+
+Dissemination (mode "ekko"): for each shard, one replica per data centre is the leader (a deterministic rotation
+from the topology: replica (shard + i) mod R, the first one alive). Leaders long-poll the leaders of the other DCs
+(all of them in a mesh, the neighbours in a spanning tree) and the other replicas of their own DC; followers long-poll
+their DC's leader. So each changed byte crosses each WAN link about once, and nothing central decides anything.
+A Pull answers "what changed since my version vector" and, when nothing has, waits up to wait_ms for a change.
+Modes "push" and "checkpoint" are the baselines (see baselines.py). Run: python -m recmine.ekko.peer CONFIG.json"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
+from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass
+class PeerInfo:
+    """Another PS as this one sees it: ids and the address to dial (a WAN proxy port across DCs)."""
+
+    node_id: int
+    dc: int
+    replica: int
+    address: str
+
+
+@dataclass
+class PeerConfig:
+    """Everything one PS process needs; written as JSON by the cluster launcher."""
+
+    node_id: int
+    dc: int
+    replica: int
+    port: int
+    tables: dict[str, int]
+    num_shards: int
+    num_dcs: int
+    replicas_per_dc: int
+    peers: list[PeerInfo] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    mode: str = "ekko"  # ekko | push | checkpoint
+    topology: str = "mesh"  # mesh | tree
+    pull_interval_ms: float = 0.0  # least time between two pulls of one loop
+    wait_ms: int = 1000  # long-poll hold time
+    rpc_deadline_s: float = 5.0
+    dead_backoff_s: float = 1.5
+    origin_dc: int = 0  # where the trainer writes (push / checkpoint baselines send from there)
+    checkpoint_s: float = 10.0
+    snapshot_path: str | None = None
+    snapshot_every_s: float = 0.0
+    wal_path: str | None = None
+    log_applies: bool = False
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> PeerConfig:
+        """Read a config file written by to_json()."""
+        data = json.loads(Path(path).read_text())
+        data["peers"] = [PeerInfo(**p) for p in data.get("peers", [])]
+        return cls(**data)
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+
+Sender = Callable[[ChangeSet, int, int], tuple[list[TableUpdate], bool]]
+
+
+def send_everything(cs: ChangeSet, requester: int, budget: int) -> tuple[list[TableUpdate], bool]:
+    """Default outgoing sync policy: every changed row, in store order; the answer is complete."""
+    return cs.updates, True
+
+
+class _WriteAheadLog:
+    """Acknowledged Puts survive a crash: length + CRC32 framed records, fsync before the ack."""
+
+    HEADER = struct.Struct("<II")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fh = open(path, "ab")  # noqa: SIM115 - kept open for the process lifetime
+
+    def append(self, payload: bytes) -> None:
+        self.fh.write(self.HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    @classmethod
+    def replay(cls, path: str) -> list[bytes]:
+        """Intact records in order; a torn tail (short or CRC mismatch) is cut off the file."""
+        if not os.path.exists(path):
+            return []
+        data = Path(path).read_bytes()
+        out, pos = [], 0
+        while pos + cls.HEADER.size <= len(data):
+            n, crc = cls.HEADER.unpack_from(data, pos)
+            body = data[pos + cls.HEADER.size: pos + cls.HEADER.size + n]
+            if len(body) < n or zlib.crc32(body) != crc:
+                break
+            out.append(body)
+            pos += cls.HEADER.size + n
+        if pos < len(data):
+            with open(path, "r+b") as fh:
+                fh.truncate(pos)
+        return out
+
+
+class PeerServer:
+    """One PS: the store, its gRPC servicer, and the dissemination tasks."""
+
+    def __init__(self, cfg: PeerConfig, sender: Sender | None = None) -> None:
+        self.cfg = cfg
+        self.pb2, self.pb2_grpc = stubs()
+        if cfg.snapshot_path and os.path.exists(cfg.snapshot_path):
+            self.store = ParamStore.load(cfg.snapshot_path, node_id=cfg.node_id)
+        else:
+            self.store = ParamStore(cfg.tables, cfg.num_shards, node_id=cfg.node_id)
+        self.store.log_applies = cfg.log_applies
+        self.wal: _WriteAheadLog | None = None
+        if cfg.wal_path:
+            for rec in _WriteAheadLog.replay(cfg.wal_path):
+                req = self.pb2.PutRequest.FromString(rec)
+                vals = decode_values(req.table, list(req.keys), req.values, req.dim, self.store.dim(req.table))
+                self.store.put(req.table, np.array(req.keys, np.int64), vals, ts=req.ts)
+            self.wal = _WriteAheadLog(cfg.wal_path)
+        self.sender: Sender = sender or send_everything
+        self.dims = {t: d for t, d in cfg.tables.items()}
+        self.by_node = {p.node_id: p for p in cfg.peers}
+        self.dead_until: dict[int, float] = {}
+        self._events: dict[int, asyncio.Event] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._push_queues: dict[int, asyncio.Queue] = {}
+        self.pulls = 0
+        self.rows_received = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: grpc.aio.Server | None = None
+        self.bound_port = 0
+
+    # ---- topology
+    def dc_replicas(self, dc: int) -> list[int]:
+        """Node ids of a DC's replicas by replica index (this node included when dc is ours)."""
+        ids = {p.replica: p.node_id for p in self.cfg.peers if p.dc == dc}
+        if dc == self.cfg.dc:
+            ids[self.cfg.replica] = self.cfg.node_id
+        return [ids[r] for r in sorted(ids)]
+
+    def alive(self, node: int) -> bool:
+        """This node's view: a peer is presumed alive unless it failed recently."""
+        return node == self.cfg.node_id or self.dead_until.get(node, 0.0) <= time.monotonic()
+
+    def leader_of(self, dc: int, shard: int) -> int:
+        """The shard's leader in a DC: replica (shard + i) mod R for the first i whose replica is alive."""
+        reps = self.dc_replicas(dc)
+        r = len(reps)
+        for i in range(r):
+            node = reps[(shard + i) % r]
+            if self.alive(node):
+                return node
+        return reps[shard % r]
+
+    def wan_neighbours(self) -> list[int]:
+        """DCs this DC's leaders pull from: all others (mesh) or tree neighbours (binary tree on DC ids)."""
+        me, n = self.cfg.dc, self.cfg.num_dcs
+        if self.cfg.topology == "mesh":
+            return [d for d in range(n) if d != me]
+        nb = [(me - 1) // 2] if me > 0 else []
+        nb += [c for c in (2 * me + 1, 2 * me + 2) if c < n]
+        return nb
+
+    # ---- gRPC plumbing
+    def channel(self, node: int) -> grpc.aio.Channel:
+        addr = self.by_node[node].address
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                                          ("grpc.max_send_message_length", MAX_MESSAGE)])
+            self._channels[addr] = ch
+        return ch
+
+    def _notify(self, shards: set[int]) -> None:
+        for s in shards:
+            ev = self._events.pop(s, None)
+            if ev is not None:
+                ev.set()
+
+    def _on_change(self, shards: set[int]) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                self._notify(shards)
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(self._notify, shards)
+
+    async def start(self) -> int:
+        """Start serving and disseminating; returns the bound port."""
+        self.loop = asyncio.get_running_loop()
+        self.store.listeners.append(self._on_change)
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                               ("grpc.max_send_message_length", MAX_MESSAGE)])
+        self.pb2_grpc.add_ParameterServerServicer_to_server(_Servicer(self), self.server)
+        self.bound_port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        if self.bound_port == 0:
+            raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
+        await self.server.start()
+        if self.cfg.mode == "ekko":
+            for s in range(self.cfg.num_shards):
+                for node in self.dc_replicas(self.cfg.dc):
+                    if node != self.cfg.node_id:
+                        self._tasks.append(asyncio.create_task(self._intra_loop(s, node)))
+                for dc in self.wan_neighbours():
+                    self._tasks.append(asyncio.create_task(self._cross_loop(s, dc)))
+        elif self.cfg.mode == "push":
+            for p in self.cfg.peers:
+                q: asyncio.Queue = asyncio.Queue()
+                self._push_queues[p.node_id] = q
+                self._tasks.append(asyncio.create_task(self._push_loop(p.node_id, q)))
+        elif self.cfg.mode == "checkpoint":
+            if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
+                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+        else:
+            raise ValueError(f"unknown mode {self.cfg.mode!r}")
+        if self.cfg.snapshot_path and self.cfg.snapshot_every_s > 0:
+            self._tasks.append(asyncio.create_task(self._snapshot_loop()))
+        return self.bound_port
+
+    async def stop(self) -> None:
+        """Cancel dissemination, save a snapshot if configured, stop serving."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.cfg.snapshot_path:
+            self.store.save(self.cfg.snapshot_path)
+        for ch in self._channels.values():
+            await ch.close()
+        if self.server is not None:
+            await self.server.stop(0.5)
+
+    # ---- dissemination
+    async def _intra_loop(self, shard: int, node: int) -> None:
+        """Within the DC: the leader pulls from every other replica; a follower pulls from its leader."""
+        await self._pull_loop(shard, lambda: node if self._intra_active(shard, node) else None)
+
+    def _intra_active(self, shard: int, node: int) -> bool:
+        leader = self.leader_of(self.cfg.dc, shard)
+        return self.alive(node) and (leader == self.cfg.node_id or leader == node)
+
+    async def _cross_loop(self, shard: int, dc: int) -> None:
+        """Across the WAN: while this node leads the shard in its DC, pull from that DC's leader."""
+        def source() -> int | None:
+            if self.leader_of(self.cfg.dc, shard) != self.cfg.node_id:
+                return None
+            return self.leader_of(dc, shard)
+        await self._pull_loop(shard, source)
+
+    async def _pull_loop(self, shard: int, source: Callable[[], int | None]) -> None:
+        since: dict[int, int] = {}
+        while True:
+            node = source()
+            if node is None:
+                await asyncio.sleep(0.05)
+                continue
+            t0 = time.monotonic()
+            try:
+                complete, counter = await self._pull_once(shard, node, since.get(node))
+                if complete:
+                    since[node] = counter
+            except (TimeoutError, grpc.aio.AioRpcError, ValueError):
+                self.dead_until[node] = time.monotonic() + self.cfg.dead_backoff_s
+                since.pop(node, None)
+                await asyncio.sleep(0.05)
+                continue
+            gap = self.cfg.pull_interval_ms / 1000.0 - (time.monotonic() - t0)
+            if gap > 0:
+                await asyncio.sleep(gap)
+
+    async def _pull_once(self, shard: int, node: int, since: int | None) -> tuple[bool, int]:
+        pb2 = self.pb2
+        stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
+        req = pb2.PullRequest(shard=shard, version_vector=vv_to_pb(pb2, self.store.version_vector(shard)),
+                              has_since=since is not None, since_counter=since or 0, wait_ms=self.cfg.wait_ms,
+                              requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes)
+        updates: list[TableUpdate] = []
+        complete, counter, vv = False, 0, {}
+        call = stub.Pull(req, timeout=self.cfg.wait_ms / 1000.0 + self.cfg.rpc_deadline_s)
+        async for batch in call:
+            updates.extend(pb_to_rows(r, self.dims) for r in batch.rows)
+            if batch.last:
+                complete, counter, vv = batch.complete, batch.counter, pb_to_vv(batch.version_vector)
+        self.pulls += 1
+        self.rows_received += sum(len(u) for u in updates)
+        self.store.apply(updates, {shard: vv} if complete else None)
+        return complete, counter
+
+    async def wait_change(self, shard: int, timeout: float) -> None:
+        """Sleep until the shard changes or the timeout passes."""
+        ev = self._events.get(shard)
+        if ev is None:
+            ev = self._events[shard] = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+
+    # ---- baselines
+    def on_local_put(self, up: TableUpdate) -> None:
+        """Central push: the trainer's PS forwards every update to every other PS."""
+        if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
+            for q in self._push_queues.values():
+                q.put_nowait(up)
+
+    async def _push_loop(self, node: int, q: asyncio.Queue) -> None:
+        stub = None
+        while True:
+            first = await q.get()
+            batch = [first]
+            while not q.empty():
+                batch.append(q.get_nowait())
+            stub = stub or self.pb2_grpc.ParameterServerStub(self.channel(node))
+            req = self.pb2.ApplyRequest(rows=[rows_to_pb(self.pb2, u) for u in batch])
+            for _ in range(3):
+                try:
+                    await stub.Apply(req, timeout=self.cfg.rpc_deadline_s * 4)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.2)
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint baseline: every checkpoint_s ship a full snapshot of every table to every other PS."""
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_s)
+            snap = [self.store.dump(t) for t in self.cfg.tables]
+            msgs = []
+            for up in snap:
+                per = max(1, self.cfg.max_message_bytes // max(1, up.values.shape[1] * 4 + 20))
+                for lo in range(0, len(up), per):
+                    msgs.append(rows_to_pb(self.pb2, up.take(np.arange(lo, min(lo + per, len(up))))))
+
+            async def ship(node: int, msgs: list) -> None:
+                stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
+                for m in msgs:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await stub.Apply(self.pb2.ApplyRequest(rows=[m]), timeout=self.cfg.checkpoint_s * 3)
+
+            await asyncio.gather(*(ship(p.node_id, msgs) for p in self.cfg.peers))
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.snapshot_every_s)
+            await asyncio.to_thread(self.store.save, self.cfg.snapshot_path)
+
+
+class _Servicer:
+    """gRPC methods; every bad request gets INVALID_ARGUMENT / NOT_FOUND with a message and changes nothing."""
+
+    def __init__(self, peer: PeerServer) -> None:
+        self.peer = peer
+        self.pb2 = peer.pb2
+
+    async def Put(self, request, context):  # noqa: N802 - gRPC method name
+        store = self.peer.store
+        if request.table not in store.tables:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown table {request.table!r}; tables are {sorted(store.tables)}")
+        try:
+            keys = np.array(request.keys, np.int64)
+            values = decode_values(request.table, list(request.keys), request.values, request.dim,
+                                   store.dim(request.table))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self.peer.wal is not None:
+            stamp = store.next_ts() if request.ts == 0 else request.ts
+            rec = self.pb2.PutRequest(table=request.table, keys=request.keys, values=request.values,
+                                      dim=request.dim, ts=stamp)
+            await asyncio.to_thread(self.peer.wal.append, rec.SerializeToString())
+            ts = store.put(request.table, keys, values, ts=stamp)
+        else:
+            ts = store.put(request.table, keys, values, ts=request.ts or None)
+        if self.peer.cfg.mode == "push":
+            up = TableUpdate(request.table, keys, values, np.full(keys.shape[0], ts, np.int64),
+                             np.full(keys.shape[0], store.node_id, np.int32))
+            self.peer.on_local_put(up)
+        return self.pb2.PutReply(ts=ts, applied=int(keys.shape[0]))
+
+    async def Apply(self, request, context):  # noqa: N802
+        try:
+            ups = [pb_to_rows(r, self.peer.dims) for r in request.rows]
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        n = self.peer.store.apply(ups)
+        return self.pb2.PutReply(ts=0, applied=n)
+
+    async def Get(self, request, context):  # noqa: N802
+        store = self.peer.store
+        if request.table not in store.tables:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown table {request.table!r}; tables are {sorted(store.tables)}")
+        vals, found, ts = store.get(request.table, np.array(request.keys, np.int64))
+        return self.pb2.GetReply(values=vals.astype("<f4").tobytes(), dim=vals.shape[1], found=found.tolist(),
+                                 ts=ts.tolist())
+
+    async def ShardVersions(self, request, context):  # noqa: N802
+        return self.pb2.ShardVersionsReply(counters=self.peer.store.counters().tolist(),
+                                           node_id=self.peer.cfg.node_id)
+
+    async def Pull(self, request, context):  # noqa: N802
+        peer = self.peer
+        store = peer.store
+        if not 0 <= request.shard < store.num_shards:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"shard {request.shard} out of range [0, {store.num_shards})")
+        vv = pb_to_vv(request.version_vector)
+        since = request.since_counter if request.has_since else None
+        cs = store.changes_since(request.shard, vv, since)
+        deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
+        while len(cs) == 0 and time.monotonic() < deadline:
+            await peer.wait_change(request.shard, deadline - time.monotonic())
+            cs = store.changes_since(request.shard, vv, since)
+        budget = request.max_message_bytes or peer.cfg.max_message_bytes
+        updates, complete = peer.sender(cs, request.requester, budget)
+        msgs, size = [], 0
+        for up in updates:
+            row_bytes = up.values.shape[1] * 4 + 20
+            per = max(1, budget // row_bytes)
+            for lo in range(0, len(up), per):
+                part = up.take(np.arange(lo, min(lo + per, len(up))))
+                if size + part.nbytes() > budget and msgs:
+                    yield self.pb2.PullBatch(rows=msgs)
+                    msgs, size = [], 0
+                msgs.append(rows_to_pb(self.pb2, part))
+                size += part.nbytes()
+        yield self.pb2.PullBatch(rows=msgs, last=True, complete=complete, counter=cs.counter,
+                                 version_vector=vv_to_pb(self.pb2, cs.version_vector))
+
+    async def Health(self, request, context):  # noqa: N802
+        return self.pb2.HealthReply(status="SERVING", node_id=self.peer.cfg.node_id, keys=len(self.peer.store),
+                                    mode=self.peer.cfg.mode)
+
+    async def Stats(self, request, context):  # noqa: N802
+        log = self.peer.store.apply_log
+        if log:
+            keys = np.concatenate([x[0] for x in log])
+            ts = np.concatenate([x[1] for x in log])
+            origin = np.concatenate([x[2] for x in log])
+            at = np.concatenate([x[3] for x in log])
+        else:
+            keys = ts = at = np.zeros(0, np.int64)
+            origin = np.zeros(0, np.int32)
+        if request.clear:
+            self.peer.store.apply_log = []
+        return self.pb2.StatsReply(keys=keys.tolist(), ts=ts.tolist(), origin=origin.tolist(),
+                                   applied_ns=at.tolist(), pulls=self.peer.pulls,
+                                   rows_received=self.peer.rows_received)
+
+
+async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:
+    """Run a PS until SIGTERM/SIGINT (or the parent dies), then stop cleanly."""
+    peer = PeerServer(cfg)
+    port = await peer.start()
+    if ready_file:
+        tmp = ready_file + ".tmp"
+        Path(tmp).write_text(str(port))
+        os.replace(tmp, ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+
+    async def watch_parent() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if os.getppid() != parent:
+                stop.set()
+
+    watcher = None if os.environ.get("RECMINE_EKKO_DETACHED") else asyncio.create_task(watch_parent())
+    await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
+    await peer.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: python -m recmine.ekko.peer CONFIG.json [READY_FILE]."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m recmine.ekko.peer CONFIG.json [READY_FILE]", file=sys.stderr)
+        raise SystemExit(2)
+    cfg = PeerConfig.from_json(args[0])
+    asyncio.run(serve(cfg, args[1] if len(args) > 1 else None))
+
+
+if __name__ == "__main__":
+    main()

@@ -34,8 +34,8 @@ __all__ = ["write_report", "render_html", "to_jsonable"]
 SECTIONS = [
     ("ekko", "ekko: model updates across data centres",
      "A 4-DC parameter-server cluster behind an emulated WAN. The recommender trains on a drifting click "
-     "stream; every update spreads peer to peer. A harmful update is injected, detected from serving quality "
-     "and rolled back in every DC."),
+     "stream; every update spreads peer to peer. With ekko's state manager present, a harmful update is "
+     "injected, detected from serving quality and rolled back in every DC (the facts say whether that ran)."),
     ("faery", "faery: exact top-K retrieval over the live item table",
      "The item-embedding table read from one DC's parameter servers becomes a faery index, refreshed as "
      "updates arrive; user queries retrieve exact top-K candidates. Latency beside Faiss's flat index."),

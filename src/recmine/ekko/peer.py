@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from recmine.ekko import baselines
 from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
 from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
 
@@ -59,6 +60,7 @@ class PeerConfig:
     topology: str = "mesh"  # mesh | tree
     pull_interval_ms: float = 0.0  # least time between two pulls of one loop
     wait_ms: int = 1000  # long-poll hold time
+    stream_ms: int = 10000  # subscription length: changes stream as they happen for this long
     rpc_deadline_s: float = 5.0
     dead_backoff_s: float = 1.5
     origin_dc: int = 0  # where the trainer writes (push / checkpoint baselines send from there)
@@ -139,8 +141,9 @@ class PeerServer:
             for rec in _WriteAheadLog.replay(cfg.wal_path):
                 req = self.pb2.PutRequest.FromString(rec)
                 vals = decode_values(req.table, list(req.keys), req.values, req.dim, self.store.dim(req.table))
-                self.store.put(req.table, np.array(req.keys, np.int64), vals, ts=req.ts)
+                self.store.apply_own(req.table, np.array(req.keys, np.int64), vals, req.ts)
             self.wal = _WriteAheadLog(cfg.wal_path)
+        self.put_lock = asyncio.Lock()  # stamp -> log -> apply in order, so version vectors stay truthful
         self.sender: Sender = sender or send_everything
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
@@ -236,10 +239,10 @@ class PeerServer:
             for p in self.cfg.peers:
                 q: asyncio.Queue = asyncio.Queue()
                 self._push_queues[p.node_id] = q
-                self._tasks.append(asyncio.create_task(self._push_loop(p.node_id, q)))
+                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, q)))
         elif self.cfg.mode == "checkpoint":
             if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
-                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+                self._tasks.append(asyncio.create_task(baselines.checkpoint_loop(self)))
         else:
             raise ValueError(f"unknown mode {self.cfg.mode!r}")
         if self.cfg.snapshot_path and self.cfg.snapshot_every_s > 0:
@@ -263,7 +266,7 @@ class PeerServer:
     # ---- dissemination
     async def _intra_loop(self, shard: int, node: int) -> None:
         """Within the DC: the leader pulls from every other replica; a follower pulls from its leader."""
-        await self._pull_loop(shard, lambda: node if self._intra_active(shard, node) else None)
+        await self._pull_loop(shard, lambda: node if self._intra_active(shard, node) else None, None)
 
     def _intra_active(self, shard: int, node: int) -> bool:
         leader = self.leader_of(self.cfg.dc, shard)
@@ -275,9 +278,12 @@ class PeerServer:
             if self.leader_of(self.cfg.dc, shard) != self.cfg.node_id:
                 return None
             return self.leader_of(dc, shard)
-        await self._pull_loop(shard, source)
+        # mesh: from each DC only the rows born there (every DC hears every other directly: once per link);
+        # tree: everything, relayed hop by hop
+        origins = self.dc_replicas(dc) if self.cfg.topology == "mesh" else None
+        await self._pull_loop(shard, source, origins)
 
-    async def _pull_loop(self, shard: int, source: Callable[[], int | None]) -> None:
+    async def _pull_loop(self, shard: int, source: Callable[[], int | None], origins: list[int] | None) -> None:
         since: dict[int, int] = {}
         while True:
             node = source()
@@ -286,10 +292,12 @@ class PeerServer:
                 continue
             t0 = time.monotonic()
             try:
-                complete, counter = await self._pull_once(shard, node, since.get(node))
+                complete, counter = await self._pull_once(shard, node, since.get(node), origins, source)
                 if complete:
                     since[node] = counter
-            except (TimeoutError, grpc.aio.AioRpcError, ValueError):
+            except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED:
+                    continue  # we ended it: leadership or the source moved
                 self.dead_until[node] = time.monotonic() + self.cfg.dead_backoff_s
                 since.pop(node, None)
                 await asyncio.sleep(0.05)
@@ -298,23 +306,49 @@ class PeerServer:
             if gap > 0:
                 await asyncio.sleep(gap)
 
-    async def _pull_once(self, shard: int, node: int, since: int | None) -> tuple[bool, int]:
+    async def _pull_once(self, shard: int, node: int, since: int | None, origins: list[int] | None = None,
+                         source: Callable[[], int | None] | None = None) -> tuple[bool, int]:
+        """One subscription to `node` for `shard`: rounds of changes are applied as they arrive."""
         pb2 = self.pb2
         stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
         req = pb2.PullRequest(shard=shard, version_vector=vv_to_pb(pb2, self.store.version_vector(shard)),
                               has_since=since is not None, since_counter=since or 0, wait_ms=self.cfg.wait_ms,
-                              requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes)
+                              requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes,
+                              stream_ms=self.cfg.stream_ms, origins=origins or [])
         updates: list[TableUpdate] = []
-        complete, counter, vv = False, 0, {}
-        call = stub.Pull(req, timeout=self.cfg.wait_ms / 1000.0 + self.cfg.rpc_deadline_s)
-        async for batch in call:
-            updates.extend(pb_to_rows(r, self.dims) for r in batch.rows)
-            if batch.last:
-                complete, counter, vv = batch.complete, batch.counter, pb_to_vv(batch.version_vector)
-        self.pulls += 1
-        self.rows_received += sum(len(u) for u in updates)
-        self.store.apply(updates, {shard: vv} if complete else None)
+        complete, counter = False, since or 0
+        timeout = (self.cfg.stream_ms + self.cfg.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s
+        call = stub.Pull(req, timeout=timeout)
+
+        async def watch() -> None:  # end the subscription as soon as this node should pull elsewhere
+            while True:
+                await asyncio.sleep(0.1)
+                if source is not None and source() != node:
+                    call.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async for batch in call:
+                self._round(shard, node, batch, updates)
+                if batch.last and batch.complete:
+                    complete, counter = True, batch.counter
+        except asyncio.CancelledError:
+            if not call.cancelled() or asyncio.current_task().cancelling():
+                raise
+        finally:
+            watcher.cancel()
         return complete, counter
+
+    def _round(self, shard: int, node: int, batch, updates: list[TableUpdate]) -> None:
+        """Collect a subscription's batches; apply each round when its last batch arrives."""
+        updates.extend(pb_to_rows(r, self.dims) for r in batch.rows)
+        if batch.last:
+            self.pulls += 1
+            self.rows_received += sum(len(u) for u in updates)
+            self.store.apply(updates, {shard: pb_to_vv(batch.version_vector)} if batch.complete else None,
+                             source=node)
+            updates.clear()
 
     async def wait_change(self, shard: int, timeout: float) -> None:
         """Sleep until the shard changes or the timeout passes."""
@@ -330,41 +364,6 @@ class PeerServer:
         if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
             for q in self._push_queues.values():
                 q.put_nowait(up)
-
-    async def _push_loop(self, node: int, q: asyncio.Queue) -> None:
-        stub = None
-        while True:
-            first = await q.get()
-            batch = [first]
-            while not q.empty():
-                batch.append(q.get_nowait())
-            stub = stub or self.pb2_grpc.ParameterServerStub(self.channel(node))
-            req = self.pb2.ApplyRequest(rows=[rows_to_pb(self.pb2, u) for u in batch])
-            for _ in range(3):
-                try:
-                    await stub.Apply(req, timeout=self.cfg.rpc_deadline_s * 4)
-                    break
-                except grpc.aio.AioRpcError:
-                    await asyncio.sleep(0.2)
-
-    async def _checkpoint_loop(self) -> None:
-        """Checkpoint baseline: every checkpoint_s ship a full snapshot of every table to every other PS."""
-        while True:
-            await asyncio.sleep(self.cfg.checkpoint_s)
-            snap = [self.store.dump(t) for t in self.cfg.tables]
-            msgs = []
-            for up in snap:
-                per = max(1, self.cfg.max_message_bytes // max(1, up.values.shape[1] * 4 + 20))
-                for lo in range(0, len(up), per):
-                    msgs.append(rows_to_pb(self.pb2, up.take(np.arange(lo, min(lo + per, len(up))))))
-
-            async def ship(node: int, msgs: list) -> None:
-                stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
-                for m in msgs:
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        await stub.Apply(self.pb2.ApplyRequest(rows=[m]), timeout=self.cfg.checkpoint_s * 3)
-
-            await asyncio.gather(*(ship(p.node_id, msgs) for p in self.cfg.peers))
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -391,11 +390,12 @@ class _Servicer:
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.peer.wal is not None:
-            stamp = store.next_ts() if request.ts == 0 else request.ts
-            rec = self.pb2.PutRequest(table=request.table, keys=request.keys, values=request.values,
-                                      dim=request.dim, ts=stamp)
-            await asyncio.to_thread(self.peer.wal.append, rec.SerializeToString())
-            ts = store.put(request.table, keys, values, ts=stamp)
+            async with self.peer.put_lock:
+                ts = store.next_ts() if request.ts == 0 else max(request.ts, store.next_ts())
+                rec = self.pb2.PutRequest(table=request.table, keys=request.keys, values=request.values,
+                                          dim=request.dim, ts=ts)
+                await asyncio.to_thread(self.peer.wal.append, rec.SerializeToString())
+                store.apply_own(request.table, keys, values, ts)
         else:
             ts = store.put(request.table, keys, values, ts=request.ts or None)
         if self.peer.cfg.mode == "push":
@@ -433,17 +433,34 @@ class _Servicer:
                                 f"shard {request.shard} out of range [0, {store.num_shards})")
         vv = pb_to_vv(request.version_vector)
         since = request.since_counter if request.has_since else None
-        cs = store.changes_since(request.shard, vv, since)
-        deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
-        while len(cs) == 0 and time.monotonic() < deadline:
-            await peer.wait_change(request.shard, deadline - time.monotonic())
-            cs = store.changes_since(request.shard, vv, since)
+        origins = list(request.origins) or None
         budget = request.max_message_bytes or peer.cfg.max_message_bytes
-        updates, complete = peer.sender(cs, request.requester, budget)
+        end = time.monotonic() + max(0, request.stream_ms) / 1000.0
+        first = True
+        while True:
+            cs = store.changes_since(request.shard, vv, since, request.requester, origins)
+            deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
+            while len(cs) == 0 and time.monotonic() < max(deadline, end):
+                await peer.wait_change(request.shard, max(deadline, end) - time.monotonic())
+                cs = store.changes_since(request.shard, vv, since, request.requester, origins)
+            if len(cs) == 0 and not first:
+                return
+            updates, complete = peer.sender(cs, request.requester, budget)
+            for msg in self._batches(updates, budget, cs, complete):
+                yield msg
+            first = False
+            if complete:  # the asker now holds everything up to this round
+                since = cs.counter
+                for o, t in cs.version_vector.items():
+                    if t > vv.get(o, 0):
+                        vv[o] = t
+            if time.monotonic() >= end:
+                return
+
+    def _batches(self, updates: list[TableUpdate], budget: int, cs: ChangeSet, complete: bool):
         msgs, size = [], 0
         for up in updates:
-            row_bytes = up.values.shape[1] * 4 + 20
-            per = max(1, budget // row_bytes)
+            per = max(1, budget // (up.values.shape[1] * 4 + 20))
             for lo in range(0, len(up), per):
                 part = up.take(np.arange(lo, min(lo + per, len(up))))
                 if size + part.nbytes() > budget and msgs:

@@ -71,6 +71,7 @@ class _Table:
         self.values = np.empty((capacity, dim), np.float32)
         self.ts = np.empty(capacity, np.int64)
         self.origin = np.empty(capacity, np.int32)
+        self.src = np.empty(capacity, np.int32)  # the node that delivered this version here (self for puts)
         self.shard = np.empty(capacity, np.int32)
         self.size = 0
 
@@ -79,7 +80,7 @@ class _Table:
         if need <= cap:
             return
         new = max(need, cap * 2)
-        for name in ("keys", "ts", "origin", "shard"):
+        for name in ("keys", "ts", "origin", "src", "shard"):
             arr = getattr(self, name)
             grown = np.empty(new, arr.dtype)
             grown[: self.size] = arr[: self.size]
@@ -177,9 +178,24 @@ class ParamStore:
                 vv[self.node_id] = max(vv.get(self.node_id, 0), stamp)
             return stamp
 
-    def apply(self, updates: Iterable[TableUpdate], version_vectors: Mapping[int, VersionVector] | None = None) -> int:
-        """Merge rows last-writer-wins; then, if given, raise each shard's version vector to the responder's
-        (only valid when the updates are everything the responder had beyond ours). Returns rows changed."""
+    def apply_own(self, table: str, keys: np.ndarray, values: np.ndarray, ts: int) -> None:
+        """Re-apply this node's own write with its exact original stamp (write-ahead-log replay)."""
+        keys, values = self._validate(table, keys, values)
+        with self._lock:
+            n = keys.shape[0]
+            self.apply([TableUpdate(table, keys, values, np.full(n, ts, np.int64),
+                                    np.full(n, self.node_id, np.int32))])
+            self._last_ts = max(self._last_ts, int(ts))
+            for s in np.unique(self.shard_of(keys)).tolist():
+                vv = self._vv[s]
+                vv[self.node_id] = max(vv.get(self.node_id, 0), int(ts))
+
+    def apply(self, updates: Iterable[TableUpdate], version_vectors: Mapping[int, VersionVector] | None = None,
+              source: int | None = None) -> int:
+        """Merge rows last-writer-wins; then, if given, raise each shard's version vector entries to the
+        responder's (valid for the origins whose newer rows were all sent). `source` is the node the rows came
+        from (default: this node). Returns rows changed."""
+        src_id = self.node_id if source is None else int(source)
         changed = 0
         touched: set[int] = set()
         now = time.time_ns()
@@ -221,6 +237,7 @@ class ParamStore:
                 t.values[wr] = values[win]
                 t.ts[wr] = ts[win]
                 t.origin[wr] = origin[win]
+                t.src[wr] = src_id
                 changed += int(win.sum())
                 if self.log_applies:
                     self.apply_log.append((keys[win].copy(), ts[win].copy(), origin[win].copy(),
@@ -292,12 +309,16 @@ class ParamStore:
         with self._lock:
             return dict(self._vv[shard])
 
-    def changes_since(self, shard: int, vv: Mapping[int, int], since_counter: int | None = None) -> ChangeSet:
+    def changes_since(self, shard: int, vv: Mapping[int, int], since_counter: int | None = None,
+                      exclude_source: int | None = None, origins: Iterable[int] | None = None) -> ChangeSet:
         """Rows of `shard` whose version is newer than the asker's version vector.
 
         `since_counter`: this store's shard counter from the asker's last complete answer from this store; then only
         keys changed after it are examined (O(changed)). Otherwise the recent-change cache is filtered when the asker
-        is at least as new as the cache's floor, and only an asker older than the cache causes a shard scan."""
+        is at least as new as the cache's floor, and only an asker older than the cache causes a shard scan.
+        `exclude_source` leaves out rows that came from that node (the asker: no echo); `origins` keeps only rows
+        born at those nodes, and the returned version vector then covers just them."""
+        keep = None if origins is None else np.array(sorted(set(origins)), np.int32)
         if not 0 <= shard < self.num_shards:
             raise ValueError(f"shard {shard} out of range [0, {self.num_shards})")
         with self._lock:
@@ -317,7 +338,7 @@ class ParamStore:
                 for table, keys in by_table.items():
                     t = self.tables[table]
                     rows = t.rows_of(np.array(keys, np.int64))
-                    sel = rows[self._newer(t, rows, vv)]
+                    sel = rows[self._wanted(t, rows, vv, exclude_source, keep)]
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
@@ -326,12 +347,26 @@ class ParamStore:
                 for table, t in self.tables.items():
                     rows = np.flatnonzero(t.shard[: t.size] == shard)
                     examined += rows.size
-                    sel = rows[self._newer(t, rows, vv)]
+                    sel = rows[self._wanted(t, rows, vv, exclude_source, keep)]
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
-            return ChangeSet(shard, updates, dict(self._vv[shard]), int(self._counter[shard]), examined,
-                             not use_cache)
+            resp_vv = dict(self._vv[shard])
+            if keep is not None:
+                resp_vv = {o: v for o, v in resp_vv.items() if o in set(keep.tolist())}
+            return ChangeSet(shard, updates, resp_vv, int(self._counter[shard]), examined, not use_cache)
+
+    @staticmethod
+    def _wanted(t: _Table, rows: np.ndarray, vv: Mapping[int, int], exclude_source: int | None,
+                keep: np.ndarray | None) -> np.ndarray:
+        if rows.size == 0:
+            return np.zeros(0, bool)
+        mask = ParamStore._newer(t, rows, vv)
+        if exclude_source is not None:
+            mask &= t.src[rows] != exclude_source
+        if keep is not None:
+            mask &= np.isin(t.origin[rows], keep)
+        return mask
 
     @staticmethod
     def _newer(t: _Table, rows: np.ndarray, vv: Mapping[int, int]) -> np.ndarray:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(x) for x in args.dcs.split(",")):
         spec = BenchSpec(dcs=n, duration_s=args.duration, checkpoint_s=args.checkpoint_s)
         t = time.perf_counter()
-        r = run_bench(spec, tuple(args.modes.split(",")), progress=lambda m: console.print(f"  [{n} DCs] {m}"))
+        r = run_bench(spec, tuple(args.modes.split(",")), progress=lambda m, n=n: console.print(f"  [{n} DCs] {m}"))
         row = {"dcs": n, "floor_s": r["floor_s"]}
         if "ekko_p50_s" in r:
             row.update(ekko_p50_s=r["ekko_p50_s"], ekko_p99_s=r["ekko_p99_s"],

@@ -1,1 +1,5 @@
-"""recmine.faery: see README for the public API."""
+"""recmine.faery: exact embedding retrieval (packed corpus, fused scan + filter + top-K, exact re-rank)."""
+
+from recmine.faery.index import METRICS, Index
+
+__all__ = ["METRICS", "Index"]

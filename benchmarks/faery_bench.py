@@ -122,11 +122,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     console.print(rows_table(lat, title="faery: single-query latency (ms) vs Faiss flat and numpy"))
     console.print(rows_table(tp, title="faery: batch-64 throughput (queries/s) and remove"))
-    try:
-        import faery_service_bench  # type: ignore[import-not-found]  # the service section, when present
-    except ImportError:
-        return
-    faery_service_bench.main()
 
 
 if __name__ == "__main__":

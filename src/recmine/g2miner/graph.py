@@ -104,13 +104,14 @@ class CSRGraph:
         _validate_csr(self.indptr, self.indices, self.num_vertices)
 
     def relabel_by_degree(self) -> tuple[CSRGraph, np.ndarray]:
-        """Renumber vertices by ascending (degree, id); returns (graph, new_to_old) with new_to_old[new] = old.
+        """Renumber vertices by descending degree (ties by id); returns (graph, new_to_old), new_to_old[new] = old.
 
-        With symmetry breaking bounding later vertices below earlier ones, this makes bounded scans read only
-        lower-degree neighbours: the degree orientation of clique-like patterns comes for free."""
+        Symmetry breaking bounds later pattern vertices below earlier ones, so a bounded scan of N(v) reads only
+        the neighbours with a smaller id, i.e. a higher degree — at most O(sqrt(m)) of them: the degree
+        orientation of clique-like patterns comes for free, and hubs never drive quadratic scans."""
         if "relabel" not in self._cache:
             deg = self.degrees
-            order = np.lexsort((np.arange(self.num_vertices), deg)).astype(np.int64)  # new -> old
+            order = np.lexsort((np.arange(self.num_vertices), -deg)).astype(np.int64)  # new -> old
             rank = np.empty_like(order)
             rank[order] = np.arange(order.shape[0])
             src, dst = self.edges()

@@ -63,8 +63,8 @@ def _edge_triangles(indptr, indices):
 
 @njit(cache=True, nogil=True)
 def _four_cycles(indptr, indices):
-    """Edge-induced 4-cycles by degree-ordered wedges: each cycle is found once, from its highest-ranked vertex
-    (vertex ids are degree ranks on the prepared graph)."""
+    """Edge-induced 4-cycles by ordered wedges: each cycle is found once, from its largest vertex id v (with the
+    opposite corner w below v too); on the prepared graph ids are descending-degree ranks."""
     n = indptr.shape[0] - 1
     cnt = np.zeros(n, np.int64)
     touched = np.empty(n, np.int64)

@@ -47,8 +47,8 @@ def test_cluster_up_status_down(tmp_path):
 
 
 def test_bench_json_keys():
-    res = runner.invoke(app, ["ekko", "bench", "--dcs", "2", "--duration", "1.5", "--rate", "500",
-                              "--checkpoint-s", "1", "--json"])
+    res = runner.invoke(app, ["ekko", "bench", "--dcs", "2", "--duration", "2.5", "--rate", "500",
+                              "--checkpoint-s", "2", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("dcs", "ekko_p50_s", "ekko_p99_s", "floor_s", "push_p50_s", "push_p99_s", "checkpoint_p50_s",

@@ -148,6 +148,7 @@ class PeerServer:
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
         self.dead_until: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
@@ -298,10 +299,14 @@ class PeerServer:
             except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED:
                     continue  # we ended it: leadership or the source moved
-                self.dead_until[node] = time.monotonic() + self.cfg.dead_backoff_s
+                # presumed dead for a while that doubles with each consecutive failure (a peer that is merely
+                # starting up costs ~0.1 s, a crashed one is skipped for up to dead_backoff_s)
+                fails = self._failures[node] = self._failures.get(node, 0) + 1
+                self.dead_until[node] = time.monotonic() + min(self.cfg.dead_backoff_s, 0.05 * 2 ** fails)
                 since.pop(node, None)
                 await asyncio.sleep(0.05)
                 continue
+            self._failures.pop(node, None)
             gap = self.cfg.pull_interval_ms / 1000.0 - (time.monotonic() - t0)
             if gap > 0:
                 await asyncio.sleep(gap)

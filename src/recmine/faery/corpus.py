@@ -163,7 +163,7 @@ class Corpus:
 
     # ---- persistence
     def save(self, directory: str | os.PathLike[str], meta: dict) -> None:
-        """Write arrays (trimmed to size) and a manifest with sizes and CRCs; manifest last, atomically."""
+        """Write arrays (trimmed to size) and a manifest with sizes and CRCs; every file by rename, manifest last."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         files = {}
@@ -172,9 +172,12 @@ class Corpus:
                 continue
             arr = np.ascontiguousarray(getattr(self, name)[: self.size])
             path = d / f"{name}.npy"
-            np.save(path, arr)
-            data = path.read_bytes()
+            tmp = d / f"{name}.npy.tmp"
+            with open(tmp, "wb") as fh:  # new file, then rename: an index memory-mapping the old one stays valid
+                np.save(fh, arr)
+            data = tmp.read_bytes()
             files[name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
+            os.replace(tmp, path)
         manifest = {**meta, "dim": self.dim, "storage": self.storage, "size": self.size, "files": files,
                     "format": 1}
         tmp = d / "manifest.json.tmp"

@@ -38,7 +38,7 @@ def demo(
 ) -> None:
     """Run the three systems together on generated data; tables of ours vs the peers, optional HTML report.
 
-    Stages: ekko (4-DC cluster behind an emulated WAN, live per-DC update latency, a harmful update rolled back),
+    Stages: ekko (4-DC cluster behind an emulated WAN, an online learner writing to DC 0, live per-DC update latency),
     faery (exact top-K over the live item table, latency vs K beside Faiss) and g2miner (triangles and 4-cliques
     of the co-interaction graph with planted fake-engagement rings, beside networkx and igraph). A stage whose
     engine is missing is reported and skipped. Every process the demo starts is stopped on exit and on Ctrl-C.

@@ -130,6 +130,7 @@ class LocalCluster:
         if self.detached:
             env["RECMINE_EKKO_DETACHED"] = "1"
         self.nodes = []
+        (self.run_dir / "go").unlink(missing_ok=True)
         for i in range(n):
             dc, rep = divmod(i, t["replicas"])
             peers = []
@@ -148,7 +149,7 @@ class LocalCluster:
                              snapshot_path=str(self.run_dir / f"ps{i}.snap.npz"),
                              snapshot_every_s=float(t["snapshot_every_s"]),
                              wal_path=str(self.run_dir / f"ps{i}.wal") if t["wal"] else None,
-                             log_applies=bool(t["log_applies"]))
+                             log_applies=bool(t["log_applies"]), go_file=str(self.run_dir / "go"))
             path = self.run_dir / f"ps{i}.json"
             cfg.to_json(path)
             self.nodes.append(Node(i, dc, rep, ps_ports[i], path))
@@ -158,6 +159,7 @@ class LocalCluster:
             for node in self.nodes:
                 node.proc = self._spawn_node(node, env)
             self._wait_ready(timeout)
+            (self.run_dir / "go").write_text("all peers are up")
         except BaseException:
             self.stop()
             raise

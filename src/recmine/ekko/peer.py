@@ -70,6 +70,7 @@ class PeerConfig:
     wal_path: str | None = None
     log_applies: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
+    go_file: str | None = None  # start disseminating once this file exists (the launcher's "all peers are up")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PeerConfig:
@@ -229,6 +230,14 @@ class PeerServer:
         if self.bound_port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
         await self.server.start()
+        self._tasks.append(asyncio.create_task(self._start_dissemination()))
+        return self.bound_port
+
+    async def _start_dissemination(self) -> None:
+        """Wait for the launcher's go signal (so no peer is presumed dead just for starting later), then run the
+        mode's loops."""
+        while self.cfg.go_file and not os.path.exists(self.cfg.go_file):
+            await asyncio.sleep(0.02)
         if self.cfg.mode == "ekko":
             for s in range(self.cfg.num_shards):
                 for node in self.dc_replicas(self.cfg.dc):
@@ -248,7 +257,6 @@ class PeerServer:
             raise ValueError(f"unknown mode {self.cfg.mode!r}")
         if self.cfg.snapshot_path and self.cfg.snapshot_every_s > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop()))
-        return self.bound_port
 
     async def stop(self) -> None:
         """Cancel dissemination, save a snapshot if configured, stop serving."""

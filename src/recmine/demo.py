@@ -500,6 +500,7 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
 
         changed = live.train(n_batches, 0.05, on_batch)
         live.wait_visible(changed)
+    rollback, guard_windows = _guard_stage(cfg, ui, live, t0)
     series, per_dc = [], []
     for d, r in enumerate(live.readers):
         st = r.stats()
@@ -527,16 +528,92 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         "trainer": "numpy logistic MF (ekko/model.py not landed)",
         "remote_p50_ms": float(np.median([r["p50_ms"] for r in remote])) if remote else None,
         "remote_p99_ms": float(max(r["p99_ms"] for r in remote)) if remote else None,
-        "rollback": None,
-        "rollback_status": "not run: ekko/guard.py (harmful-update detection and rollback) had not landed",
+        "rollback": rollback,
+        "rollback_status": "harmful update injected, detected and rolled back in every DC" if rollback
+        else "injected harm was not detected within the stage",
+        "guard_windows": guard_windows,
         "latency": series,
         "quality": {"t_s": [a for a, _ in aucs], "live": [b for _, b in aucs], "metric": "AUC (progressive)"},
         "per_dc": per_dc,
     }
+    rb_text = (f"harmful update detected after {rollback['detect_s']:.2f} s, rolled back in every DC "
+               f"{rollback['rollback_s'] * 1e3:.0f} ms later ({rollback['keys']} keys)") if rollback else "no rollback"
     out["headline"] = (f"p50 {out['remote_p50_ms']:.0f} ms / p99 {out['remote_p99_ms']:.0f} ms to remote DCs "
-                       f"(RTT {topo['rtt_ms']:.0f} ms); rollback not run (guard.py missing)") if remote else ""
+                       f"(RTT {topo['rtt_ms']:.0f} ms); {rb_text}") if remote else ""
     ui.table(f"ekko: per-DC update latency ({cfg.n_dcs} DCs, RTT {topo['rtt_ms']:.0f} ms)", per_dc)
     return out, live
+
+
+def _guard_stage(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float) -> tuple[dict[str, Any] | None, list]:
+    """ekko's model state manager on the running cluster: keep training (replaying the stream), inject a harmful
+    update (popular items' rows replaced by noise), let the guard compare the live rows served by the farthest DC
+    with its delayed witness every few batches, and time detection and the rollback's arrival in every DC."""
+    from recmine.ekko.guard import GuardConfig, ModelStateManager
+
+    tr, stream = live.trainer, live.stream
+    dim = tr.V.shape[1]
+    n_items = tr.V.shape[0]
+    ids = np.arange(n_items, dtype=np.int64)
+    guard = ModelStateManager({"item": (ids, tr.V.copy())}, {"item": dim},
+                              GuardConfig(margin=0.05, patience=2, witness_delay=6))
+    hold = slice(max(0, len(stream) - 4 * cfg.ekko_batch), len(stream))  # recent interactions, replayed
+    hu, hi, hy = stream.user[hold], stream.item[hold], stream.label[hold]
+
+    def neg_logloss(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
+        s = np.einsum("nd,nd->n", tr.U[hu], get("item", hi)).astype(np.float64)
+        p = np.clip(1.0 / (1.0 + np.exp(-s)), 1e-7, 1 - 1e-7)
+        return float(np.mean(hy * np.log(p) + (1 - hy) * np.log(1 - p)))
+
+    served = lambda table, keys: live.reader.get(table, keys)[0]  # noqa: E731 - the far DC's parameter servers
+    window, inject_at, n_batches = 3, 12, 36
+    rb: dict[str, Any] | None = None
+    windows: list[dict[str, Any]] = []
+    pos = 0
+    t_inject = None
+    with ui.step("ekko: harmful update injected, guard watching live vs witness", total=n_batches) as adv:
+        for b in range(n_batches):
+            lo = (pos % (len(stream) - cfg.ekko_batch))
+            pos += cfg.ekko_batch
+            u, i, y = (a[lo:lo + cfg.ekko_batch] for a in (stream.user, stream.item, stream.label))
+            changed = tr.step(u, i, y)
+            if b == inject_at:
+                bad = np.bincount(i, minlength=n_items).argsort()[-max(10, n_items // 5):]
+                tr.V[bad] = np.random.default_rng(cfg.seed).normal(0.0, 2.0, (bad.size, dim)).astype(np.float32)
+                changed = np.union1d(changed, bad)
+                t_inject = time.time()
+            live.writer.put("item", changed, tr.V[changed])
+            guard.record_batch([("item", changed, tr.V[changed])])
+            if b % window == window - 1:
+                live.wait_visible(changed)  # serving reads what was written (about one WAN delay later)
+                v = guard.check(neg_logloss, served)
+                windows.append({"window": v.window, "t_s": time.time() - t0, "live": v.live, "witness": v.witness,
+                                "bad": v.bad})
+                if v.rollback_due and rb is None and t_inject is not None:
+                    t_detect = time.time()
+                    rep = guard.rollback(lambda t, k, vals: live.writer.put(t, k, vals))
+                    keys, vals = rep.restored["item"]
+                    tr.V[keys] = vals
+                    _wait_values(live.readers, keys, vals)
+                    t_done = time.time()
+                    rb = {"injected_at_s": t_inject - t0, "detected_at_s": t_detect - t0,
+                          "rolled_back_at_s": t_done - t0, "detect_s": t_detect - t_inject,
+                          "rollback_s": t_done - t_detect, "keys": rep.total_keys,
+                          "table_rows": n_items, "windows_to_detect": v.window - rep.detect_window + 1}
+            adv(1)
+    false_alarms = sum(1 for r in guard.rollbacks) - (1 if rb else 0)
+    if rb is not None:
+        rb["false_rollbacks"] = false_alarms
+    return rb, windows
+
+
+def _wait_values(readers: list[Any], keys: np.ndarray, vals: np.ndarray, timeout: float = 15.0) -> None:
+    """Block until every DC's parameter server serves exactly `vals` for `keys`."""
+    deadline = time.time() + timeout
+    for r in readers:
+        while not np.array_equal(r.get("item", keys)[0], vals):
+            if time.time() > deadline:
+                raise TimeoutError("rollback did not reach every DC in time")
+            time.sleep(0.005)
 
 
 # --------------------------------------------------------------------------------------------------- driver

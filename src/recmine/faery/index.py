@@ -199,18 +199,21 @@ class Index:
         c = self.corpus
         q64 = q.astype(np.float64)
         ids = np.asarray(c.ids)[slots]
-        if self._metric == "l2":
-            d = kernels.exact_l2(q64, c.master, slots)
-            order = np.lexsort((ids, d))[:k]
-            return d[order].astype(np.float32), ids[order], int(slots.size)
-        s = kernels.exact_scores(q64, c.master, slots)
-        order = np.lexsort((ids, -s))[:k]
-        return s[order].astype(np.float32), ids[order], int(slots.size)
+        key = kernels.exact_l2(q64, c.master, slots) if self._metric == "l2" else -kernels.exact_scores(
+            q64, c.master, slots)
+        if key.size > 2 * k:  # keep everything tied with the k-th best, then order that small set exactly
+            kth = np.partition(key, k - 1)[k - 1]
+            sel = np.flatnonzero(key <= kth)
+            key, ids = key[sel], ids[sel]
+        order = np.lexsort((ids, key))[:k]
+        out = key[order] if self._metric == "l2" else -key[order]
+        return out.astype(np.float32), ids[order], int(slots.size)
 
     def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         c = self.corpus
         n = c.size
-        nchunks = max(1, min(64, numba.get_num_threads() * 4, n // 2048 + 1))
+        # chunks much larger than k, so each chunk's running K-th bound becomes selective early
+        nchunks = max(1, min(64, numba.get_num_threads() * 4, n // max(2048, 16 * k)))
         alpha = self._alpha()
         live = c.live[:n]
         bias = c.bias[:n]

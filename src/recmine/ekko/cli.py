@@ -97,8 +97,21 @@ def cluster_down(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = Fal
     emit({"stopped_processes": n}, as_json=as_json, title="ekko cluster down")
 
 
+ScenarioOpt = Annotated[str, typer.Option(
+    "--scenario", help="latency: update latency vs push/checkpoint; slo: SLO-aware vs FIFO vs unthrottled under a "
+    "short link; rollback: detect and roll back a harmful update.")]
+DataOpt = Annotated[str, typer.Option("--data", help="movielens (../shared MovieLens-100K), synthetic, or a .inter "
+                                      "file path (slo / rollback / run).")]
+
+
 @app.command("bench")
 def bench(
+    scenario: ScenarioOpt = "latency",
+    data: DataOpt = "movielens",
+    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all; slo / rollback).")] = 0,
+    replay_s: Annotated[float, typer.Option("--replay-s", help="Replay wall time per run (slo).")] = 20.0,
+    link_fraction: Annotated[float, typer.Option(
+        "--link-fraction", help="Throttled link: this share of the bandwidth the update stream needs (slo).")] = 0.25,
     dcs: Annotated[int, typer.Option("--dcs", help="Number of data centres (2 replicas each).")] = 4,
     duration: Annotated[float, typer.Option("--duration", help="Seconds of update stream per mode.")] = 8.0,
     rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,
@@ -109,10 +122,13 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
-    checkpoint, with WAN bytes per update and the physical floor.
+    checkpoint, with WAN bytes per update and the physical floor. --scenario slo / rollback run the PyTorch
+    recommender on MovieLens-100K (or --data) through real PS processes.
 
     Example:\n
-      recmine ekko bench --dcs 8 --json
+      recmine ekko bench --dcs 8 --json\n
+      recmine ekko bench --scenario slo --json\n
+      recmine ekko bench --scenario rollback --events 30000 --json
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -121,6 +137,12 @@ def bench(
     if dcs < 1:
         err_console.print("[red]error:[/red] --dcs must be >= 1")
         raise typer.Exit(2)
+    if scenario not in ("latency", "slo", "rollback"):
+        err_console.print(f"[red]error:[/red] unknown scenario {scenario!r}: latency, slo or rollback")
+        raise typer.Exit(2)
+    if scenario != "latency":
+        _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json)
+        return
     spec = BenchSpec(dcs=dcs, duration_s=duration, rate=rate, rtt_ms=rtt_ms, nic_mbps=nic_mbps,
                      checkpoint_s=checkpoint_s)
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
@@ -137,3 +159,98 @@ def bench(
         print(json.dumps(res))
         return
     emit({**res, "runs": runs}, as_json=False, title=f"ekko update latency, {dcs} DCs")
+
+
+def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, link_fraction: float,
+              rtt_ms: float, as_json: bool) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from recmine.ekko.scenarios import ScenarioSpec, run_rollback, run_slo
+
+    if not 0 < link_fraction <= 1 or replay_s <= 0 or events < 0:
+        err_console.print("[red]error:[/red] need 0 < --link-fraction <= 1, --replay-s > 0, --events >= 0")
+        raise typer.Exit(2)
+    spec = ScenarioSpec(data=data, events=events or None, dcs=dcs, replay_s=replay_s, link_fraction=link_fraction,
+                        rtt_ms=rtt_ms)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  disable=as_json) as bar:
+        task = bar.add_task(f"ekko {scenario}", total=None)
+        try:
+            fn = run_slo if scenario == "slo" else run_rollback
+            res = fn(spec, progress=lambda msg: bar.update(task, description=msg))
+        except (FileNotFoundError, ValueError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(res, default=float))
+        return
+    if scenario == "slo":
+        rows = [{"policy": r["variant"], "link_mbps": round(r["nic_mbps"], 2), "far-DC AUC": round(r["far_auc"], 4),
+                 "hot item age p50 (s)": round(r["far_hot_age_p50_s"], 3), "WAN MB": round(r["wan_bytes"] / 1e6, 1)}
+                for r in res["runs"]]
+        rows.append({"policy": "checkpoint only", "link_mbps": "-", "far-DC AUC": round(res["checkpoint_quality"], 4),
+                     "hot item age p50 (s)": "-", "WAN MB": "-"})
+        emit({"gap_closed": res["gap_closed"], "metric": res["metric"], "runs": rows}, as_json=False,
+             title=f"ekko SLO-aware updater ({res['data']}, {dcs} DCs)")
+    else:
+        emit({k: res[k] for k in ("detected", "detect_s", "rollback_s", "false_rollbacks", "recovered", "metric")}
+             | ({"keys_rolled_back": res["rollback"]["keys"], "model_rows": res["rollback"]["model_rows"]}
+                if res["rollback"] else {}), as_json=False, title=f"ekko rollback ({dcs} DCs)")
+
+
+@app.command("run")
+def run(
+    topology: Annotated[Path | None, typer.Option("--topology", "-t", help="Topology JSON (tables are set by the "
+                                                  "model).")] = None,
+    data: DataOpt = "synthetic",
+    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all).")] = 0,
+    replay_s: Annotated[float, typer.Option("--replay-s", help="Wall time to replay the stream over.")] = 30.0,
+    inject_bad_update: Annotated[int, typer.Option(
+        "--inject-bad-update", help="Batch at which a faulty trainer (updates x50) starts; -1: none.")] = -1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run trainer, cluster and serving together: the PyTorch recommender trains on the stream in DC 0, every DC
+    serves from its own parameter servers, the model state manager watches the farthest DC. Shows per-DC quality
+    (AUC, logloss over recent requests) and the age of the parameters served, live.
+
+    Example:\n
+      recmine ekko run --data movielens --inject-bad-update 150
+    """
+    from rich.live import Live
+    from rich.table import Table
+
+    from recmine.ekko.cluster import load_topology
+    from recmine.ekko.scenarios import ScenarioSpec, run_live
+
+    try:
+        topo = load_topology(topology) if topology else None
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if topo is not None:
+        topo.pop("tables", None)
+    spec = ScenarioSpec(data=data, events=events or None, replay_s=replay_s,
+                        dcs=topo["dcs"] if topo else 4)
+
+    def render(tick: dict) -> Table:
+        t = Table(title=f"ekko run: batch {tick['batch']}/{tick['batches']}, {tick['t_s']:.1f} s"
+                        + (" [red](faulty trainer)[/red]" if tick["faulty"] else ""))
+        for col in ("DC", "AUC", "logloss", "param age p50 (ms)", "events"):
+            t.add_column(col, justify="right")
+        for r in tick["dcs"]:
+            t.add_row(r["dc"], f"{r['auc']:.4f}", f"{r['logloss']:.4f}", f"{r['age_p50_ms']:.0f}", str(r["events"]))
+        for e in tick["events"][-3:]:
+            t.caption = (t.caption + "\n" if t.caption else "") + f"{e['t_s']:.1f} s: {e['event']}"
+        return t
+
+    try:
+        if as_json:
+            res = run_live(spec, topo, inject_bad_update if inject_bad_update >= 0 else None)
+        else:
+            with Live(console=err_console, refresh_per_second=4) as live:
+                res = run_live(spec, topo, inject_bad_update if inject_bad_update >= 0 else None,
+                               on_tick=lambda tick: live.update(render(tick)))
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    emit(res, as_json=as_json, title="ekko run")

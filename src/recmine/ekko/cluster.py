@@ -2,7 +2,8 @@
 
 Topology (JSON): {"dcs": 4, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50, "nic_mbps": 100,
 "mode": "ekko"|"push"|"checkpoint", "topology": "mesh"|"tree", "pull_interval_ms": 0 (or {"<dc>": ms}),
-"wait_ms": 1000, "checkpoint_s": 10, "origin_dc": 0, "delays_ms": {"0,1": 30}, "wal": false}"""
+"wait_ms": 1000, "checkpoint_s": 10, "origin_dc": 0, "delays_ms": {"0,1": 30}, "wal": false,
+"scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps), "round_ms": 50}"""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "dcs": 2, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50.0, "nic_mbps": 100.0,
     "mode": "ekko", "topology": "mesh", "pull_interval_ms": 0.0, "wait_ms": 1000, "checkpoint_s": 10.0,
     "origin_dc": 0, "delays_ms": {}, "wal": False, "snapshot_every_s": 0.0, "log_applies": False,
+    "scheduler": "all", "scheduler_share": 0.9, "round_ms": 50.0,
 }
 
 
@@ -55,6 +57,10 @@ def load_topology(spec: str | os.PathLike[str] | dict[str, Any]) -> dict[str, An
         raise ValueError(f"topology must be mesh or tree, got {topo['topology']!r}")
     if topo["nic_mbps"] <= 0 or topo["rtt_ms"] < 0:
         raise ValueError("nic_mbps must be > 0 and rtt_ms >= 0")
+    if topo["scheduler"] not in ("all", "slo", "fifo"):
+        raise ValueError(f"topology scheduler must be all, slo or fifo, got {topo['scheduler']!r}")
+    if not 0 < topo["scheduler_share"] <= 1 or topo["round_ms"] <= 0:
+        raise ValueError("scheduler_share must be in (0, 1] and round_ms > 0")
     if not 0 <= topo["origin_dc"] < topo["dcs"]:
         raise ValueError(f"origin_dc {topo['origin_dc']} outside 0..{topo['dcs'] - 1}")
     return topo
@@ -149,7 +155,9 @@ class LocalCluster:
                              snapshot_path=str(self.run_dir / f"ps{i}.snap.npz"),
                              snapshot_every_s=float(t["snapshot_every_s"]),
                              wal_path=str(self.run_dir / f"ps{i}.wal") if t["wal"] else None,
-                             log_applies=bool(t["log_applies"]), go_file=str(self.run_dir / "go"))
+                             log_applies=bool(t["log_applies"]), go_file=str(self.run_dir / "go"),
+                             scheduler=t["scheduler"], round_ms=float(t["round_ms"]),
+                             link_bytes_per_s=t["nic_mbps"] * 1e6 / 8 * t["scheduler_share"])
             path = self.run_dir / f"ps{i}.json"
             cfg.to_json(path)
             self.nodes.append(Node(i, dc, rep, ps_ports[i], path))

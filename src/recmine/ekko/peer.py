@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 
 from recmine.ekko import baselines
+from recmine.ekko.scheduler import SloScheduler, Traffic
 from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
 from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
 
@@ -71,6 +72,9 @@ class PeerConfig:
     log_applies: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
     go_file: str | None = None  # start disseminating once this file exists (the launcher's "all peers are up")
+    scheduler: str = "all"  # outgoing WAN sync: all (send every change at once) | slo | fifo (see scheduler.py)
+    link_bytes_per_s: float = 0.0  # the scheduler's WAN byte budget (slo / fifo)
+    round_ms: float = 50.0  # the scheduler's round length
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PeerConfig:
@@ -84,10 +88,10 @@ class PeerConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
-Sender = Callable[[ChangeSet, int, int], tuple[list[TableUpdate], bool]]
+Sender = Callable[[ChangeSet, int, int, int], tuple[list[TableUpdate], bool]]
 
 
-def send_everything(cs: ChangeSet, requester: int, budget: int) -> tuple[list[TableUpdate], bool]:
+def send_everything(cs: ChangeSet, requester: int, budget: int, incarnation: int = 0) -> tuple[list[TableUpdate], bool]:
     """Default outgoing sync policy: every changed row, in store order; the answer is complete."""
     return cs.updates, True
 
@@ -145,9 +149,17 @@ class PeerServer:
                 self.store.apply_own(req.table, np.array(req.keys, np.int64), vals, req.ts)
             self.wal = _WriteAheadLog(cfg.wal_path)
         self.put_lock = asyncio.Lock()  # stamp -> log -> apply in order, so version vectors stay truthful
-        self.sender: Sender = sender or send_everything
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
+        self.incarnation = int.from_bytes(os.urandom(7), "little")
+        self.traffic: Traffic | None = None
+        if sender is None and cfg.scheduler != "all":
+            if cfg.link_bytes_per_s <= 0:
+                raise ValueError(f"scheduler {cfg.scheduler!r} needs link_bytes_per_s > 0")
+            self.traffic = Traffic()
+            sender = SloScheduler(cfg.scheduler, cfg.link_bytes_per_s, cfg.round_ms / 1000.0,
+                                  is_wan=lambda node: self.by_node[node].dc != cfg.dc, traffic=self.traffic)
+        self.sender: Sender = sender or send_everything
         self.dead_until: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._events: dict[int, asyncio.Event] = {}
@@ -327,7 +339,7 @@ class PeerServer:
         req = pb2.PullRequest(shard=shard, version_vector=vv_to_pb(pb2, self.store.version_vector(shard)),
                               has_since=since is not None, since_counter=since or 0, wait_ms=self.cfg.wait_ms,
                               requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes,
-                              stream_ms=self.cfg.stream_ms, origins=origins or [])
+                              stream_ms=self.cfg.stream_ms, origins=origins or [], incarnation=self.incarnation)
         updates: list[TableUpdate] = []
         complete, counter = False, since or 0
         timeout = (self.cfg.stream_ms + self.cfg.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s
@@ -430,7 +442,10 @@ class _Servicer:
         if request.table not in store.tables:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"unknown table {request.table!r}; tables are {sorted(store.tables)}")
-        vals, found, ts = store.get(request.table, np.array(request.keys, np.int64))
+        keys = np.array(request.keys, np.int64)
+        vals, found, ts = store.get(request.table, keys)
+        if self.peer.traffic is not None:
+            self.peer.traffic.observe(request.table, keys)
         return self.pb2.GetReply(values=vals.astype("<f4").tobytes(), dim=vals.shape[1], found=found.tolist(),
                                  ts=ts.tolist())
 
@@ -458,10 +473,12 @@ class _Servicer:
                 cs = store.changes_since(request.shard, vv, since, request.requester, origins)
             if len(cs) == 0 and not first:
                 return
-            updates, complete = peer.sender(cs, request.requester, budget)
+            updates, complete = peer.sender(cs, request.requester, budget, request.incarnation)
             for msg in self._batches(updates, budget, cs, complete):
                 yield msg
             first = False
+            if not complete:  # the link's budget is spent: the rest waits for the next round
+                await asyncio.sleep(getattr(peer.sender, "round_s", 0.0))
             if complete:  # the asker now holds everything up to this round
                 since = cs.counter
                 for o, t in cs.version_vector.items():

@@ -170,3 +170,40 @@ def bench(
             bar.advance(task)
     emit({"n": n, "dim": dim, "bytes_per_row": idx.stats()["bytes_per_row"], "results": rows}, as_json=as_json,
          title="faery bench")
+
+
+@app.command("serve")
+def serve_cmd(
+    index: Annotated[Path, typer.Option("--index", help="Index directory (created if it holds no index).")],
+    port: Annotated[int, typer.Option("--port", help="TCP port; 0 picks a free one (printed).")] = 50061,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    dim: Annotated[int | None, typer.Option("--dim", help="Vector width of a new index.")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="ip, cosine or l2 (new index; default ip).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="int8, fp16 or fp32 (new index; default int8).")] = None,
+    for_seconds: Annotated[float | None, typer.Option("--for-seconds", help="Stop after this many seconds.")] = None,
+    max_message_mb: Annotated[float, typer.Option("--max-message-mb", help="Largest request/reply.")] = 64,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve an index over gRPC: batched exact search plus live upserts/deletes, crash-safe (write-ahead log,
+    checkpoints in the index directory). Runs until Ctrl-C / SIGTERM or --for-seconds, then checkpoints.
+
+    Example:\n
+      recmine retrieve serve --index idx/ --port 50061\n
+      recmine retrieve serve --index new_idx/ --dim 64 --storage fp32 --port 0 --json
+    """
+    import sys
+
+    from recmine.faery.service import RetrievalServer, serve
+
+    def ready(server: RetrievalServer) -> None:
+        core = server.core
+        emit({"address": server.address, "port": server.port, "index": str(index), "rows": len(core),
+              "dim": core.dim, "metric": core.metric, "storage": core.storage, "version": core.version},
+             as_json=as_json, title="faery serve")
+        sys.stdout.flush()
+
+    try:
+        serve(index, port=port, host=host, for_seconds=for_seconds, max_message_mb=max_message_mb,
+              on_ready=ready, dim=dim, metric=metric, storage=storage)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))

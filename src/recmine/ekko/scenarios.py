@@ -1,0 +1,355 @@
+"""End-to-end ekko scenarios on real PS processes behind the WAN emulator, driven by the PyTorch recommender:
+
+- `run_slo`: a link too slow for the full update stream. Serving quality (AUC of the far DCs' predictions on the
+  replayed interactions, each scored before the trainer learns from it) and freshness of the most-requested items,
+  for the SLO-aware updater vs FIFO vs an unthrottled link vs no updates between checkpoints.
+- `run_rollback`: a clean stretch (false rollbacks counted), then a harmful update (its row changes x50); the model
+  state manager compares the far DC's live rows with its delayed witness and rolls the damage back in every DC.
+
+Every DC starts from the same checkpoint of a model warm-trained on the stream's first part (written as each PS's
+snapshot before start), so only the live updates cross the WAN."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recmine.ekko.cluster import LocalCluster
+from recmine.ekko.data import Interactions, default_movielens_path, load_movielens, synthetic
+from recmine.ekko.guard import GuardConfig, ModelStateManager
+from recmine.ekko.model import OnlineTrainer, Update, score_rows, tables
+from recmine.ekko.scheduler import ROW_OVERHEAD
+from recmine.ekko.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
+from recmine.ekko.store import ParamStore, TableUpdate
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ScenarioSpec:
+    """Workload and network of one scenario run."""
+
+    data: str = "movielens"  # movielens | synthetic | a path to a MovieLens .inter file
+    events: int | None = None  # use only the first N events (None: all)
+    dcs: int = 4
+    dim: int = 16
+    batch: int = 250
+    warm_fraction: float = 0.2
+    replay_s: float = 20.0  # wall time the rest of the stream is replayed over
+    link_fraction: float = 0.25  # throttled link: this share of the bandwidth the full update stream needs
+    rtt_ms: float = 50.0
+    checkpoint_every: float = 0.25  # checkpoint baseline: a checkpoint per this share of the replay
+    seed: int = 0
+
+
+def load_data(spec: ScenarioSpec) -> Interactions:
+    """The scenario's interaction stream (MovieLens-100K from ../shared, the embedded stream, or a file)."""
+    if spec.data == "synthetic":
+        return synthetic(n_events=spec.events or 60_000, seed=spec.seed)
+    path = default_movielens_path() if spec.data == "movielens" else Path(spec.data)
+    d = load_movielens(path, limit=spec.events)
+    return d
+
+
+def _bootstrap(run_dir: Path, topo: dict[str, Any], state: Update) -> int:
+    """Write the warm model as every PS's starting snapshot (origin: the trainer's PS, version vectors set, so
+    nothing of it is re-sent); returns the checkpoint's stamp (ns)."""
+    stamp = time.time_ns()
+    n = topo["dcs"] * topo["replicas"]
+    ups = [TableUpdate(t, k, v.astype(np.float32), np.full(k.shape[0], stamp, np.int64), np.zeros(k.shape[0], np.int32))
+           for t, (k, v) in state.tables.items()]
+    for node in range(n):
+        store = ParamStore(topo["tables"], topo["shards"], node_id=node)
+        store.apply(ups, {s: {0: stamp} for s in range(topo["shards"])}, source=0)
+        store.save(run_dir / f"ps{node}.snap.npz")
+    return stamp
+
+
+def _warm(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, int]:
+    trainer = OnlineTrainer(dim=spec.dim, seed=spec.seed)
+    n_warm = int(len(data) * spec.warm_fraction)
+    for lo in range(0, n_warm, spec.batch):
+        b = data.slice(lo, min(lo + spec.batch, n_warm))
+        trainer.step(b.user, b.item, b.label)
+    return trainer, n_warm
+
+
+class _DictReader:
+    """In-process row reader over a checkpoint (the checkpoint baseline's serving copy)."""
+
+    def __init__(self, state: Update, stamp_ns: int) -> None:
+        self.rows = {t: dict(zip(k.tolist(), v, strict=True)) for t, (k, v) in state.tables.items()}
+        self.dims = {t: v.shape[1] for t, (_, v) in state.tables.items()}
+        self.stamp = stamp_ns
+
+    def __call__(self, table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = self.rows[table]
+        out = np.zeros((keys.shape[0], self.dims[table]), np.float32)
+        found = np.zeros(keys.shape[0], bool)
+        for n, k in enumerate(keys.tolist()):
+            v = src.get(k)
+            if v is not None:
+                out[n], found[n] = v, True
+        return out, found, np.full(keys.shape[0], self.stamp, np.int64)
+
+
+def _update_bytes(up: Update) -> int:
+    return sum(k.shape[0] * (ROW_OVERHEAD + 4 * v.shape[1]) for k, v in up.tables.values())
+
+
+def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: float, progress: Progress | None
+            ) -> dict[str, Any]:
+    """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time."""
+    trainer, n_warm = _warm(spec, data)
+    topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
+            "nic_mbps": nic_mbps, "scheduler": "all" if variant in ("unthrottled", "checkpoint") else variant}
+    with tempfile.TemporaryDirectory(prefix="ekko-scenario-") as tmp:
+        run_dir = Path(tmp)
+        stamp = _bootstrap(run_dir, topo, trainer.full_state())
+        with LocalCluster(topo, run_dir=run_dir) as c:
+            clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
+            try:
+                servers = [InferenceServer(ps_reader(cl), spec.dim, f"dc{d}", window=len(data))
+                           for d, cl in enumerate(clients)]
+                ckpt = InferenceServer(_DictReader(trainer.full_state(), stamp), spec.dim, "checkpoint",
+                                       window=len(data))
+                rest = data.slice(n_warm, len(data))
+                n_batches = (len(rest) + spec.batch - 1) // spec.batch
+                pace = spec.replay_s / n_batches
+                ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
+                produced = 0
+                items_served: list[np.ndarray] = []
+                ages: list[np.ndarray] = [[] for _ in range(spec.dcs)]  # type: ignore[misc]
+                t0 = time.monotonic()
+                for b in range(n_batches):
+                    ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
+                    for d, srv in enumerate(servers):  # each DC serves the requests before the trainer learns
+                        s = srv.serve(ev.user, ev.item, ev.label)
+                        ages[d].append(s.age_s)
+                    ckpt.serve(ev.user, ev.item, ev.label)
+                    items_served.append(ev.item)
+                    up = trainer.step(ev.user, ev.item, ev.label)
+                    for table, (k, v) in up.tables.items():
+                        clients[0].put(table, k, v)
+                    produced += _update_bytes(up)
+                    if (b + 1) % ckpt_every == 0:
+                        ckpt.read = _DictReader(trainer.full_state(), time.time_ns())
+                    if progress and b % 40 == 0:
+                        progress(f"{variant}: batch {b}/{n_batches}")
+                    lag = t0 + (b + 1) * pace - time.monotonic()
+                    if lag > 0:
+                        time.sleep(lag)
+                elapsed = time.monotonic() - t0
+            finally:
+                for cl in clients:
+                    cl.close()
+            wan = c.wan_bytes()
+    items = np.concatenate(items_served)
+    uniq, counts = np.unique(items, return_counts=True)
+    hot = set(uniq[np.argsort(-counts)[: max(1, uniq.size // 10)]].tolist())
+    hot_mask = np.array([i in hot for i in items.tolist()])
+    far = []
+    for d in range(1, spec.dcs):
+        age = np.concatenate(ages[d])
+        q = servers[d].quality.summary()
+        far.append({"auc": q["auc"], "logloss": q["logloss"], "hot_age_p50_s": float(np.nanmedian(age[hot_mask]))})
+    local = servers[0].quality.summary()
+    cq = ckpt.quality.summary()
+    return {"variant": variant, "nic_mbps": nic_mbps, "elapsed_s": elapsed, "batches": n_batches,
+            "update_bytes_per_s": produced / elapsed, "wan_bytes": int(sum(wan.values())),
+            "far_auc": float(np.mean([f["auc"] for f in far])), "far_logloss": float(np.mean([f["logloss"] for f in far])),
+            "far_hot_age_p50_s": float(np.median([f["hot_age_p50_s"] for f in far])), "local_auc": local["auc"],
+            "checkpoint_auc": cq["auc"], "per_dc": far}
+
+
+def run_slo(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """SLO-aware vs FIFO vs unthrottled vs checkpoint-only; the throttled link carries `link_fraction` of what the
+    update stream needs (measured on the unthrottled run). Returns the JSON the CLI prints."""
+    data = load_data(spec)
+    full = _replay(spec, data, "unthrottled", 1000.0, progress)
+    need_mbps = full["update_bytes_per_s"] * (spec.dcs - 1) * 8 / 1e6  # the trainer's PS feeds every other DC
+    nic = max(0.05, need_mbps * spec.link_fraction)
+    slo = _replay(spec, data, "slo", nic, progress)
+    fifo = _replay(spec, data, "fifo", nic, progress)
+    gap = full["far_auc"] - fifo["far_auc"]
+    closed = (slo["far_auc"] - fifo["far_auc"]) / gap if gap > 0 else float("nan")
+    return {"scenario": "slo", "metric": "AUC (far DCs, each event scored before training on it)",
+            "slo_aware_quality": slo["far_auc"], "fifo_quality": fifo["far_auc"],
+            "unthrottled_quality": full["far_auc"], "checkpoint_quality": full["checkpoint_auc"],
+            "gap_closed": closed, "link_mbps": nic, "stream_needs_mbps": need_mbps,
+            "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
+                                   "unthrottled": full["far_hot_age_p50_s"]},
+            "runs": [full, slo, fifo], "spec": asdict(spec), "data": data.source, "events": len(data)}
+
+
+def run_rollback(spec: ScenarioSpec, window: int = 4, inject_window: int = 10, windows: int = 16,
+                 guard: GuardConfig | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """A clean stretch of `inject_window` windows (false rollbacks counted), then a faulty trainer whose row changes
+    are x50 until the guard rolls back; returns detection and rollback times (rollback: until every DC serves the
+    restored rows). Each window is judged on the interactions served next, which no model has trained on."""
+    guard_cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=3 * window)
+    data = load_data(spec)
+    trainer, n_warm = _warm(spec, data)
+    topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
+            "nic_mbps": 100.0}
+    state = trainer.full_state()
+    mgr = ModelStateManager(state.tables, tables(spec.dim), guard_cfg)
+    rest = data.slice(n_warm, len(data))
+    out: dict[str, Any] = {"scenario": "rollback", "metric": "-logloss on the interactions served next",
+                           "data": data.source, "dcs": spec.dcs, "guard": asdict(guard_cfg)}
+    with tempfile.TemporaryDirectory(prefix="ekko-rollback-") as tmp:
+        run_dir = Path(tmp)
+        _bootstrap(run_dir, topo, state)
+        with LocalCluster(topo, run_dir=run_dir) as c:
+            clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
+            far = clients[-1]
+            try:
+                def quality_of(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], float]:
+                    def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
+                        head = get("dense", np.array([0]))[0].reshape(spec.dim, spec.dim)
+                        z = score_rows(get("user", ev.user), get("item", ev.item), head)
+                        return -logloss(z, ev.label)
+                    return evaluate
+
+                live = lambda t, k: far.get(t, k)[0]  # noqa: E731 - the far DC's served rows
+                t_inject = rb = None
+                verdicts = []
+                false_rollbacks = 0
+                total = windows * window
+                for b in range(total):
+                    lo = (b * spec.batch) % max(1, len(rest) - spec.batch)
+                    ev = rest.slice(lo, lo + spec.batch)
+                    harmful = b >= inject_window * window and rb is None  # a faulty trainer until rolled back
+                    up = trainer.step(ev.user, ev.item, ev.label, scale=50.0 if harmful else 1.0)
+                    if harmful and t_inject is None:
+                        t_inject = time.monotonic()
+                    for table, (k, v) in up.tables.items():
+                        clients[0].put(table, k, v)
+                    mgr.record_batch([(t, k, v) for t, (k, v) in up.tables.items()])
+                    if b % window == window - 1:
+                        _wait_rows([far], up.tables)  # serving reads what was written (one WAN delay later)
+                        nxt = rest.slice(lo + spec.batch, lo + 2 * spec.batch)  # the interactions served next
+                        v = mgr.check(quality_of(nxt if len(nxt) else ev), live)
+                        verdicts.append({"window": v.window, "live": v.live, "witness": v.witness, "bad": v.bad})
+                        if v.rollback_due:
+                            t_detect = time.monotonic()
+                            rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals))
+                            trainer.load_rows(rep.restored)
+                            _wait_rows(clients, rep.restored)
+                            t_done = time.monotonic()
+                            if t_inject is None:
+                                false_rollbacks += 1
+                            elif rb is None:
+                                rb = {"detect_s": t_detect - t_inject, "rollback_s": t_done - t_detect,
+                                      "keys": rep.total_keys, "windows_to_detect": v.window - rep.detect_window + 1,
+                                      "model_rows": len(trainer.users) + len(trainer.items) + 1}
+                    if progress and b % window == 0:
+                        progress(f"rollback: batch {b}/{total}")
+                after = verdicts[-1] if verdicts else None
+            finally:
+                for cl in clients:
+                    cl.close()
+    out.update({"detected": rb is not None, "detect_s": rb["detect_s"] if rb else None,
+                "rollback_s": rb["rollback_s"] if rb else None, "false_rollbacks": false_rollbacks,
+                "rollback": rb, "windows": verdicts,
+                "recovered": bool(after and after["live"] >= after["witness"] - guard_cfg.margin)})
+    return out
+
+
+def _wait_rows(clients: list, restored: dict[str, tuple[np.ndarray, np.ndarray]], timeout: float = 30.0) -> None:
+    """Until every DC serves exactly the restored rows."""
+    deadline = time.monotonic() + timeout
+    for cl in clients:
+        for table, (keys, vals) in restored.items():
+            if keys.size == 0:
+                continue
+            while not np.array_equal(cl.get(table, keys)[0], vals):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rollback not visible at {cl.address} after {timeout} s")
+                time.sleep(0.005)
+
+
+__all__ = ["ScenarioSpec", "run_rollback", "run_slo", "auc", "QualityWindow"]
+
+
+def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_at: int | None = None,
+             window: int = 4, on_tick: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Trainer + cluster + serving together: replay the stream's rest over `spec.replay_s`, every DC serving each
+    batch from its own PS before the trainer learns it; the guard watches the farthest DC. `inject_at` (a batch
+    number) starts a faulty trainer (row changes x50) that runs until the guard rolls it back. `on_tick` gets a
+    snapshot after every window: per-DC quality and parameter age, and the guard's state."""
+    data = load_data(spec)
+    trainer, n_warm = _warm(spec, data)
+    topo = dict(topology or {"dcs": spec.dcs, "replicas": 1, "shards": 2, "rtt_ms": spec.rtt_ms, "nic_mbps": 100.0})
+    topo["tables"] = tables(spec.dim)
+    from recmine.ekko.cluster import load_topology
+
+    topo = load_topology(topo)
+    state = trainer.full_state()
+    mgr = ModelStateManager(state.tables, tables(spec.dim), GuardConfig(margin=0.05, patience=2,
+                                                                        witness_delay=3 * window))
+    rest = data.slice(n_warm, len(data))
+    n_batches = (len(rest) + spec.batch - 1) // spec.batch
+    pace = spec.replay_s / n_batches
+    events: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ekko-run-") as tmp:
+        run_dir = Path(tmp)
+        _bootstrap(run_dir, topo, state)
+        with LocalCluster(topo, run_dir=run_dir) as c:
+            clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(topo["dcs"])]
+            servers = [InferenceServer(ps_reader(cl), spec.dim, f"dc{d}", window=20 * spec.batch)
+                       for d, cl in enumerate(clients)]
+            far = clients[-1]
+            faulty = False
+            t0 = time.monotonic()
+            try:
+                for b in range(n_batches):
+                    ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
+                    ages = [srv.serve(ev.user, ev.item, ev.label).age_s for srv in servers]
+                    if inject_at is not None and b == inject_at:
+                        faulty = True
+                        events.append({"t_s": time.monotonic() - t0, "batch": b, "event": "harmful update injected"})
+                    up = trainer.step(ev.user, ev.item, ev.label, scale=50.0 if faulty else 1.0)
+                    for table, (k, v) in up.tables.items():
+                        clients[0].put(table, k, v)
+                    mgr.record_batch([(t, k, v) for t, (k, v) in up.tables.items()])
+                    if b % window == window - 1:
+                        nxt = rest.slice((b + 1) * spec.batch, (b + 2) * spec.batch)
+                        if len(nxt):
+                            def evaluate(get: Callable[[str, np.ndarray], np.ndarray], ev: Interactions = nxt
+                                         ) -> float:
+                                head = get("dense", np.array([0]))[0].reshape(spec.dim, spec.dim)
+                                return -logloss(score_rows(get("user", ev.user), get("item", ev.item), head), ev.label)
+
+                            v = mgr.check(evaluate, lambda t, k: far.get(t, k)[0])
+                            if v.rollback_due:
+                                t_d = time.monotonic()
+                                rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals))
+                                trainer.load_rows(rep.restored)
+                                faulty = False
+                                _wait_rows(clients, rep.restored)
+                                events.append({"t_s": t_d - t0, "batch": b, "event":
+                                               f"rolled back {rep.total_keys} keys; visible in every DC "
+                                               f"{(time.monotonic() - t_d) * 1e3:.0f} ms later"})
+                        if on_tick is not None:
+                            on_tick({"batch": b + 1, "batches": n_batches, "t_s": time.monotonic() - t0,
+                                     "dcs": [{"dc": s.name, **s.quality.summary(),
+                                              "age_p50_ms": float(np.nanmedian(a) * 1e3) if np.isfinite(a).any()
+                                              else float("nan")} for s, a in zip(servers, ages, strict=True)],
+                                     "guard": mgr.history[-1].__dict__ if mgr.history else None,
+                                     "faulty": faulty, "events": list(events)})
+                    lag = t0 + (b + 1) * pace - time.monotonic()
+                    if lag > 0:
+                        time.sleep(lag)
+            finally:
+                for cl in clients:
+                    cl.close()
+    return {"data": data.source, "events": len(data), "batches": n_batches,
+            "dcs": [{"dc": s.name, **s.quality.summary()} for s in servers], "guard_events": events,
+            "rollbacks": len(mgr.rollbacks)}

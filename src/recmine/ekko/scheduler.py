@@ -1,0 +1,232 @@
+"""SLO-aware updater: on each outgoing WAN sync path, pending updates drain in priority order through the link's
+byte budget, so under a short link the updates that matter most for serving arrive first.
+
+A PS answers a peer's Pull with "what changed since your version"; when the link's budget cannot carry all of it,
+the scheduler sends the highest-priority rows and marks the round incomplete. Nothing is dropped: the asker's
+version stays where it was, so the rows that wait are offered again next round, by then merged with any later
+change to the same key (the store holds one latest version per key). The scheduler remembers per asker what it has
+already sent (and at which version), so a later round never resends a row the asker holds.
+
+Priority (the default `slo_priority`): (a) freshness: a key the asker has never received goes first; (b)
+significance: the size of the change against what the asker holds, relative to the key's running mean norm; (c)
+model priority: the share of inference traffic the key serves (Gets counted at this PS with exponential decay).
+Waiting raises a row's priority (aging) so no key starves. `fifo_priority` (oldest change first) is the ablation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from recmine.ekko.store import ChangeSet, TableUpdate
+
+ROW_OVERHEAD = 20  # key + ts + origin bytes per row on the wire (values add 4 * dim)
+
+
+@dataclass
+class PolicyInputs:
+    """Per candidate row: what a policy may weigh. All arrays have one entry per row."""
+
+    is_new: np.ndarray  # bool: the asker has never received this key
+    rel_change: np.ndarray  # ||new - held|| / running mean norm of the key (inf for new keys)
+    traffic: np.ndarray  # the key's share of inference reads, relative to the mean key (1.0 = average)
+    wait_s: np.ndarray  # seconds since this key first waited for the asker
+    ts: np.ndarray  # version stamp (ns) of the row
+
+
+Policy = Callable[[PolicyInputs], np.ndarray]
+
+
+def slo_priority(x: PolicyInputs, age_s: float = 2.0) -> np.ndarray:
+    """Default policy: new keys first, then change significance times traffic share, raised by waiting time."""
+    base = np.where(x.is_new, 1e6 + x.traffic, np.minimum(x.rel_change, 1e3) * (x.traffic + 0.05))
+    return base * (1.0 + x.wait_s / age_s)
+
+
+def fifo_priority(x: PolicyInputs) -> np.ndarray:
+    """Ablation: oldest change first (what a plain FIFO queue with per-key merging sends)."""
+    return -x.ts.astype(np.float64)
+
+
+POLICIES: dict[str, Policy] = {"slo": slo_priority, "fifo": fifo_priority}
+
+
+class Traffic:
+    """Inference read counts per (table, key), decayed with a half-life, to weigh keys by traffic share."""
+
+    def __init__(self, half_life_s: float = 30.0) -> None:
+        self.half_life_s = half_life_s
+        self._lock = threading.Lock()
+        self._slots: dict[str, dict[int, int]] = {}
+        self._counts: dict[str, np.ndarray] = {}
+        self._t0 = time.monotonic()
+
+    def _weight(self) -> float:  # reads are added with a growing weight: decay without touching every key
+        return float(2.0 ** ((time.monotonic() - self._t0) / self.half_life_s))
+
+    def observe(self, table: str, keys: np.ndarray) -> None:
+        """Count one read of each key (a Get from a local inference server)."""
+        if keys.size == 0:
+            return
+        uk, cnt = np.unique(np.asarray(keys, np.int64), return_counts=True)
+        with self._lock:
+            slots = self._slots.setdefault(table, {})
+            idx = np.empty(uk.size, np.int64)
+            for i, k in enumerate(uk.tolist()):
+                s = slots.get(k)
+                if s is None:
+                    s = slots[k] = len(slots)
+                idx[i] = s
+            counts = self._counts.get(table, np.zeros(0))
+            if counts.size < len(slots):
+                grown = np.zeros(max(len(slots), 2 * counts.size))
+                grown[: counts.size] = counts
+                counts = self._counts[table] = grown
+            counts[idx] += cnt * self._weight()
+
+    def share(self, table: str, keys: np.ndarray) -> np.ndarray:
+        """Each key's reads relative to the mean over keys read (1.0 when nothing was read yet)."""
+        with self._lock:
+            slots = self._slots.get(table)
+            if not slots:
+                return np.ones(keys.shape[0])
+            counts = self._counts[table][: len(slots)]
+            mean = float(counts.mean())
+            idx = np.array([slots.get(k, -1) for k in np.asarray(keys).tolist()], np.int64)
+        out = np.where(idx >= 0, counts[np.maximum(idx, 0)], 0.0)
+        return out / mean if mean > 0 else np.ones(keys.shape[0])
+
+
+class _Mirror:
+    """What one asker holds of one table, as far as this sender knows: version and value sent per key."""
+
+    def __init__(self, dim: int) -> None:
+        self.slots: dict[int, int] = {}
+        self.ts = np.zeros(0, np.int64)
+        self.values = np.zeros((0, dim), np.float32)
+        self.norm = np.zeros(0, np.float64)  # running mean of the key's norm
+        self.waiting_since = np.zeros(0, np.float64)  # 0 = not waiting
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        return np.array([self.slots.get(k, -1) for k in keys.tolist()], np.int64)
+
+    def add(self, keys: np.ndarray) -> np.ndarray:
+        for k in keys.tolist():
+            if k not in self.slots:
+                self.slots[k] = len(self.slots)
+        n = len(self.slots)
+        if self.ts.size < n:
+            cap = max(n, 2 * self.ts.size)
+            for name, shape in (("ts", (cap,)), ("values", (cap, self.values.shape[1])), ("norm", (cap,)),
+                                ("waiting_since", (cap,))):
+                old = getattr(self, name)
+                new = np.zeros(shape, old.dtype)
+                if name == "ts":
+                    new[:] = -1
+                new[: old.shape[0]] = old
+                setattr(self, name, new)
+        return self.rows(keys)
+
+
+class SloScheduler:
+    """A PS's Sender for WAN askers: token bucket at `bytes_per_s`, rows ordered by `policy`, incomplete rounds
+    when the budget runs out (the Pull loop waits `round_s` before the next). Intra-DC askers get everything."""
+
+    def __init__(self, policy: Policy | str = "slo", bytes_per_s: float = 1e6, round_s: float = 0.05,
+                 is_wan: Callable[[int], bool] = lambda node: True, traffic: Traffic | None = None) -> None:
+        if isinstance(policy, str):
+            if policy not in POLICIES:
+                raise ValueError(f"unknown scheduling policy {policy!r}; choose from {sorted(POLICIES)}")
+            policy = POLICIES[policy]
+        if bytes_per_s <= 0 or round_s <= 0:
+            raise ValueError("bytes_per_s and round_s must be > 0")
+        self.policy = policy
+        self.bytes_per_s = float(bytes_per_s)
+        self.round_s = float(round_s)
+        self.capacity = self.bytes_per_s * self.round_s * 2
+        self.is_wan = is_wan
+        self.traffic = traffic or Traffic()
+        self._tokens = self.capacity
+        self._last = time.monotonic()
+        self._mirrors: dict[tuple[int, int, str], _Mirror] = {}
+        self._lock = threading.Lock()
+        self.sent_bytes = 0
+        self.sent_rows = 0
+        self.deferred_rounds = 0
+
+    def _refill(self) -> float:
+        now = time.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.bytes_per_s)
+        self._last = now
+        return now
+
+    def __call__(self, cs: ChangeSet, requester: int, budget: int, incarnation: int = 0
+                 ) -> tuple[list[TableUpdate], bool]:
+        """Choose this round's rows for `requester`; complete=True when it then holds the whole change set."""
+        if not self.is_wan(requester):
+            return cs.updates, True
+        with self._lock:
+            now = self._refill()
+            cands: list[tuple[TableUpdate, np.ndarray, _Mirror]] = []
+            inputs: list[PolicyInputs] = []
+            for up in cs.updates:
+                m = self._mirrors.get((requester, incarnation, up.table))
+                if m is None:
+                    m = self._mirrors[(requester, incarnation, up.table)] = _Mirror(up.values.shape[1])
+                rows = m.rows(up.keys)
+                known = rows >= 0
+                held_ts = np.full(rows.size, -1, np.int64)
+                held_ts[known] = m.ts[rows[known]]
+                todo = np.flatnonzero(held_ts != up.ts)  # already sent at this version: the asker holds it
+                if todo.size == 0:
+                    continue
+                sub = up.take(todo)
+                rows = m.add(sub.keys)
+                is_new = m.ts[rows] < 0
+                waiting = m.waiting_since[rows]
+                fresh_wait = waiting == 0
+                m.waiting_since[rows[fresh_wait]] = now
+                held = m.values[rows]
+                delta = np.linalg.norm(sub.values - held, axis=1)
+                scale = np.where(m.norm[rows] > 0, m.norm[rows], np.linalg.norm(sub.values, axis=1) + 1e-12)
+                rel = np.where(is_new, np.inf, delta / scale)
+                inputs.append(PolicyInputs(is_new, rel, self.traffic.share(up.table, sub.keys),
+                                           now - m.waiting_since[rows], sub.ts))
+                cands.append((sub, rows, m))
+            if not cands:
+                return [], True
+            x = PolicyInputs(*(np.concatenate([getattr(i, f) for i in inputs]) for f in
+                               ("is_new", "rel_change", "traffic", "wait_s", "ts")))
+            prio = np.asarray(self.policy(x), np.float64)
+            cost = np.concatenate([np.full(len(s), ROW_OVERHEAD + 4 * s.values.shape[1]) for s, _, _ in cands])
+            order = np.argsort(-prio, kind="stable")
+            fits = np.cumsum(cost[order]) <= self._tokens
+            chosen = order[fits]
+            complete = bool(fits.all())
+            if not complete:
+                self.deferred_rounds += 1
+            self._tokens -= float(cost[chosen].sum())
+            take = np.zeros(prio.size, bool)
+            take[chosen] = True
+            out: list[TableUpdate] = []
+            lo = 0
+            for sub, rows, m in cands:
+                sel = np.flatnonzero(take[lo: lo + len(sub)])
+                lo += len(sub)
+                if sel.size == 0:
+                    continue
+                part = sub.take(sel)
+                r = rows[sel]
+                norms = np.linalg.norm(part.values, axis=1)
+                m.norm[r] = np.where(m.ts[r] < 0, norms, 0.9 * m.norm[r] + 0.1 * norms)
+                m.ts[r] = part.ts
+                m.values[r] = part.values
+                m.waiting_since[r] = 0.0
+                out.append(part)
+                self.sent_rows += len(part)
+            self.sent_bytes += int(cost[chosen].sum())
+            return out, complete

@@ -376,39 +376,39 @@ class EkkoLive(Protocol):
         ...
 
 
-class _MFTrainer:
-    """Online logistic matrix factorisation in numpy (SGD on each click batch). ekko's own PyTorch recommender
-    (ekko/model.py) had not landed when the demo was written; this is a small real learner, not a stand-in for
-    ekko: what ekko does -- carry each batch's changed item rows to every DC -- runs on the real cluster."""
+class _Trainer:
+    """ekko's PyTorch two-tower recommender (ekko/model.py) trained online; `auc` scores a batch before training
+    on it (progressive validation) from the model's own rows."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, seed: int, lr: float = 0.05) -> None:
-        rng = np.random.default_rng(seed)
-        self.U = (0.1 * rng.standard_normal((n_users, dim))).astype(np.float32)
-        self.V = (0.1 * rng.standard_normal((n_items, dim))).astype(np.float32)
-        self.lr = lr
+    def __init__(self, dim: int, seed: int) -> None:
+        from recmine.ekko.model import OnlineTrainer
+
+        self.model = OnlineTrainer(dim=dim, seed=seed)
 
     def auc(self, u: np.ndarray, i: np.ndarray, y: np.ndarray) -> float | None:
         """Progressive-validation AUC of the current model on a batch before it trains on it."""
-        s = np.einsum("nd,nd->n", self.U[u], self.V[i])
-        pos, neg = s[y > 0], s[y <= 0]
-        if not len(pos) or not len(neg):
-            return None
-        ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1
-        return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+        from recmine.ekko.model import score_rows
+        from recmine.ekko.serving import auc
 
-    def step(self, u: np.ndarray, i: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """One SGD step on the batch; returns the item ids whose rows changed."""
-        pu, qi = self.U[u], self.V[i]
-        g = (1.0 / (1.0 + np.exp(-np.einsum("nd,nd->n", pu, qi))) - y)[:, None]
-        np.add.at(self.U, u, -self.lr * (g * qi + 1e-4 * pu))
-        np.add.at(self.V, i, -self.lr * (g * pu + 1e-4 * qi))
-        return np.unique(i)
+        m = self.model
+        ur, ir = m.users.rows(u, add=False), m.items.rows(i, add=False)
+        ok = (ur >= 0) & (ir >= 0)
+        if ok.sum() < 2:
+            return None
+        s = score_rows(m.model.user.weight.detach().numpy()[ur[ok]], m.model.item.weight.detach().numpy()[ir[ok]],
+                       m.head())
+        a = auc(s, y[ok])
+        return None if np.isnan(a) else a
+
+    def step(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, scale: float = 1.0) -> Any:
+        """One mini-batch; returns the changed rows per PS table (an ekko.model.Update)."""
+        return self.model.step(u, i, y, scale=scale)
 
 
 class _EkkoLive:
     """The running ekko stage: a LocalCluster, the trainer writing to DC 0, reads from the farthest DC."""
 
-    def __init__(self, cluster: Any, trainer: _MFTrainer, stream: datasets.ClickStream, batch: int,
+    def __init__(self, cluster: Any, trainer: _Trainer, stream: datasets.ClickStream, batch: int,
                  n_dcs: int) -> None:
         self.cluster, self.trainer, self.stream, self.batch = cluster, trainer, stream, batch
         self.writer = cluster.client(cluster.node(0).node_id)
@@ -423,7 +423,8 @@ class _EkkoLive:
 
     def train(self, n_batches: int, pace_s: float, on_batch: Callable[[float | None], None] | None = None
               ) -> np.ndarray:
-        """Train on the next batches, Put each batch's changed item rows to DC 0; returns all changed ids."""
+        """Train on the next batches, Put each batch's changed rows (user, item, dense) to DC 0; returns the item
+        ids changed."""
         changed: list[np.ndarray] = []
         for _ in range(n_batches):
             lo, hi = self.pos, min(self.pos + self.batch, len(self.stream))
@@ -431,14 +432,18 @@ class _EkkoLive:
                 break
             u, i, y = self.stream.user[lo:hi], self.stream.item[lo:hi], self.stream.label[lo:hi]
             auc = self.trainer.auc(u, i, y)
-            ids = self.trainer.step(u, i, y)
-            self.writer.put("item", ids, self.trainer.V[ids])
-            changed.append(ids)
+            self.put(self.trainer.step(u, i, y))
+            changed.append(i)
             self.pos = hi
             if on_batch is not None:
                 on_batch(auc)
             time.sleep(pace_s)
         return np.unique(np.concatenate(changed)) if changed else np.empty(0, np.int64)
+
+    def put(self, up: Any) -> None:
+        """Write one update's rows to the trainer's PS (DC 0)."""
+        for table, (keys, vals) in up.tables.items():
+            self.writer.put(table, keys, vals)
 
     def wait_visible(self, ids: np.ndarray, timeout: float = 15.0) -> None:
         """Block until every DC holds the writer's latest version of `ids`."""
@@ -454,7 +459,7 @@ class _EkkoLive:
                 time.sleep(0.05)
 
     def item_table(self) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.arange(self.trainer.V.shape[0], dtype=np.int64)
+        ids = np.array(self.trainer.model.items.keys, dtype=np.int64)
         vals, found, _ = self.reader.get("item", ids)
         return ids[found], vals[found]
 
@@ -472,7 +477,9 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         from recmine.ekko.cluster import LocalCluster
     except Exception as e:  # noqa: BLE001
         return _unavailable("ekko", e), None
-    topo = {"dcs": cfg.n_dcs, "replicas": 1, "shards": 2, "tables": {"item": cfg.ekko_dim}, "rtt_ms": 50.0,
+    from recmine.ekko.model import tables
+
+    topo = {"dcs": cfg.n_dcs, "replicas": 1, "shards": 2, "tables": tables(cfg.ekko_dim), "rtt_ms": 50.0,
             "nic_mbps": 100.0, "mode": "ekko", "topology": "mesh", "log_applies": True}
     cluster = LocalCluster(topo)
     stack.callback(cluster.stop)
@@ -480,16 +487,15 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         cluster.start(timeout=60)
     stream = datasets.click_stream(n_users=cfg.ekko_users, n_items=cfg.ekko_items, n_events=cfg.ekko_events,
                                    seed=cfg.seed, n_factors=cfg.ekko_dim // 2)
-    trainer = _MFTrainer(cfg.ekko_users, cfg.ekko_items, cfg.ekko_dim, cfg.seed)
+    trainer = _Trainer(cfg.ekko_dim, cfg.seed)
     live = _EkkoLive(cluster, trainer, stream, cfg.ekko_batch, cfg.n_dcs)
     stack.callback(live.close)
-    with ui.step("ekko: loading the initial item table"):
-        ids = np.arange(cfg.ekko_items, dtype=np.int64)
-        live.writer.put("item", ids, trainer.V)
-        live.wait_visible(ids)
+    with ui.step("ekko: warm-starting the model and loading it into DC 0"):
+        live.train(max(1, len(stream) // 10 // cfg.ekko_batch), 0.0)  # the checkpoint every DC starts from
+        live.wait_visible(np.array(trainer.model.items.keys, np.int64))
         for r in live.readers:
             r.stats(clear=True)
-    n_batches = max(1, (len(stream) * 3 // 4) // cfg.ekko_batch)
+    n_batches = max(1, (len(stream) * 2 // 3) // cfg.ekko_batch)
     aucs: list[tuple[float, float]] = []
     t0 = time.time()
     with ui.step("ekko: online training, updates spreading to every DC", total=n_batches) as adv:
@@ -525,7 +531,7 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         "dcs": cfg.n_dcs, "rtt_ms": topo["rtt_ms"], "nic_mbps": topo["nic_mbps"], "batches": n_batches,
         "item_rows_put": int(sum(r["rows_applied"] for r in per_dc[:1])),
         "wan_bytes": int(sum(wan.values())),
-        "trainer": "numpy logistic MF (ekko/model.py not landed)",
+        "trainer": f"ekko two-tower (PyTorch), dim {cfg.ekko_dim}",
         "remote_p50_ms": float(np.median([r["p50_ms"] for r in remote])) if remote else None,
         "remote_p99_ms": float(max(r["p99_ms"] for r in remote)) if remote else None,
         "rollback": rollback,
@@ -545,60 +551,58 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
 
 
 def _guard_stage(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float) -> tuple[dict[str, Any] | None, list]:
-    """ekko's model state manager on the running cluster: keep training (replaying the stream), inject a harmful
-    update (popular items' rows replaced by noise), let the guard compare the live rows served by the farthest DC
-    with its delayed witness every few batches, and time detection and the rollback's arrival in every DC."""
+    """ekko's model state manager on the running cluster: keep training, then a faulty trainer (each batch's row
+    changes x50) starts; the guard compares -logloss of the rows the farthest DC serves with its delayed witness on
+    the interactions served next, and rolls the damage back in every DC. Times detection and the rollback."""
     from recmine.ekko.guard import GuardConfig, ModelStateManager
+    from recmine.ekko.model import score_rows, tables
+    from recmine.ekko.serving import logloss
 
-    tr, stream = live.trainer, live.stream
-    dim = tr.V.shape[1]
-    n_items = tr.V.shape[0]
-    ids = np.arange(n_items, dtype=np.int64)
-    guard = ModelStateManager({"item": (ids, tr.V.copy())}, {"item": dim},
-                              GuardConfig(margin=0.05, patience=2, witness_delay=6))
-    hold = slice(max(0, len(stream) - 4 * cfg.ekko_batch), len(stream))  # recent interactions, replayed
-    hu, hi, hy = stream.user[hold], stream.item[hold], stream.label[hold]
+    tr, stream, dim, b_sz = live.trainer, live.stream, cfg.ekko_dim, cfg.ekko_batch
+    guard = ModelStateManager(tr.model.full_state().tables, tables(dim),
+                              GuardConfig(margin=0.05, patience=2, witness_delay=9))
 
-    def neg_logloss(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
-        s = np.einsum("nd,nd->n", tr.U[hu], get("item", hi)).astype(np.float64)
-        p = np.clip(1.0 / (1.0 + np.exp(-s)), 1e-7, 1 - 1e-7)
-        return float(np.mean(hy * np.log(p) + (1 - hy) * np.log(1 - p)))
+    def quality(lo: int) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], float]:
+        u, i, y = (a[lo:lo + b_sz] for a in (stream.user, stream.item, stream.label))
+
+        def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
+            head = get("dense", np.array([0]))[0].reshape(dim, dim)
+            return -logloss(score_rows(get("user", u), get("item", i), head), y)
+        return evaluate
 
     served = lambda table, keys: live.reader.get(table, keys)[0]  # noqa: E731 - the far DC's parameter servers
     window, inject_at, n_batches = 3, 12, 36
     rb: dict[str, Any] | None = None
     windows: list[dict[str, Any]] = []
-    pos = 0
     t_inject = None
+    span = len(stream) - 2 * b_sz
     with ui.step("ekko: harmful update injected, guard watching live vs witness", total=n_batches) as adv:
         for b in range(n_batches):
-            lo = (pos % (len(stream) - cfg.ekko_batch))
-            pos += cfg.ekko_batch
-            u, i, y = (a[lo:lo + cfg.ekko_batch] for a in (stream.user, stream.item, stream.label))
-            changed = tr.step(u, i, y)
-            if b == inject_at:
-                bad = np.bincount(i, minlength=n_items).argsort()[-max(10, n_items // 5):]
-                tr.V[bad] = np.random.default_rng(cfg.seed).normal(0.0, 2.0, (bad.size, dim)).astype(np.float32)
-                changed = np.union1d(changed, bad)
+            lo = (live.pos + b * b_sz) % span
+            u, i, y = (a[lo:lo + b_sz] for a in (stream.user, stream.item, stream.label))
+            faulty = b >= inject_at and rb is None
+            if faulty and t_inject is None:
                 t_inject = time.time()
-            live.writer.put("item", changed, tr.V[changed])
-            guard.record_batch([("item", changed, tr.V[changed])])
+            up = tr.step(u, i, y, scale=50.0 if faulty else 1.0)
+            live.put(up)
+            guard.record_batch([(t, k, v) for t, (k, v) in up.tables.items()])
             if b % window == window - 1:
-                live.wait_visible(changed)  # serving reads what was written (about one WAN delay later)
-                v = guard.check(neg_logloss, served)
+                live.wait_visible(np.unique(i))  # serving reads what was written (about one WAN delay later)
+                v = guard.check(quality(lo + b_sz), served)
                 windows.append({"window": v.window, "t_s": time.time() - t0, "live": v.live, "witness": v.witness,
                                 "bad": v.bad})
                 if v.rollback_due and rb is None and t_inject is not None:
                     t_detect = time.time()
                     rep = guard.rollback(lambda t, k, vals: live.writer.put(t, k, vals))
+                    tr.model.load_rows(rep.restored)
                     keys, vals = rep.restored["item"]
-                    tr.V[keys] = vals
                     _wait_values(live.readers, keys, vals)
                     t_done = time.time()
                     rb = {"injected_at_s": t_inject - t0, "detected_at_s": t_detect - t0,
                           "rolled_back_at_s": t_done - t0, "detect_s": t_detect - t_inject,
                           "rollback_s": t_done - t_detect, "keys": rep.total_keys,
-                          "table_rows": n_items, "windows_to_detect": v.window - rep.detect_window + 1}
+                          "table_rows": len(tr.model.users) + len(tr.model.items) + 1,
+                          "windows_to_detect": v.window - rep.detect_window + 1}
             adv(1)
     false_alarms = sum(1 for r in guard.rollbacks) - (1 if rb else 0)
     if rb is not None:

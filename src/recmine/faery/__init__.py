@@ -1,7 +1,9 @@
 """recmine.faery: exact embedding retrieval (packed corpus, fused scan + filter + top-K, exact re-rank), with
-shards and replicas across workers or Ray actors."""
+shards and replicas across workers or Ray actors, and a gRPC retrieval service with live updates and a
+write-ahead log (`connect("host:port")` gives a client shaped like Index)."""
 
+from recmine.faery.client import Client, connect
 from recmine.faery.cluster import ReplicatedIndex, ShardedIndex
 from recmine.faery.index import METRICS, Index
 
-__all__ = ["METRICS", "Index", "ReplicatedIndex", "ShardedIndex"]
+__all__ = ["METRICS", "Client", "Index", "ReplicatedIndex", "ShardedIndex", "connect"]

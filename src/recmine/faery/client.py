@@ -105,6 +105,8 @@ class Client:
             q = q[None, :]
         if q.ndim != 2:
             raise ValueError(f"queries must have shape (nq, dim), got {q.shape}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -(2**31) <= k < 2**31:
+            raise ValueError(f"k must be an integer, got {k!r}")
         q = np.ascontiguousarray(q, "<f4")
         req = self.pb2.SearchRequest(queries=q.tobytes(), nq=q.shape[0], dim=q.shape[1], k=int(k))
         rep = self._call("Search", req)

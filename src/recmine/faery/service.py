@@ -257,7 +257,7 @@ class RetrievalCore:
     dim/metric/storage only matter when the directory holds no index yet (then dim is required)."""
 
     def __init__(self, index_dir: str | os.PathLike[str], dim: int | None = None, metric: str | None = None,
-                 storage: str | None = None, *, fold_rows: int = 4096, fold_tombstones: int = 1024,
+                 storage: str | None = None, *, fold_rows: int = 4096, fold_tombstones: int = 512,
                  checkpoint_bytes: int = 64 << 20, fsync: bool = True, background: bool = True,
                  checkpoint_on_close: bool = True, poll_s: float = 0.2) -> None:
         self.root = Path(index_dir)
@@ -314,6 +314,9 @@ class RetrievalCore:
                 log.warning("%s: existing index has %s %s; ignoring %s", self.root, name, have, want)
         self._checkpoint_lsn = lsn
         self.wal, records = WriteAheadLog.open(self.root / WAL_FILE, after_lsn=lsn, fsync=fsync)
+        if records and records[0].lsn != lsn + 1:
+            log.warning("%s: the log resumes at LSN %d but the checkpoint covers only up to %d: writes %d..%d are "
+                        "missing", self.root, records[0].lsn, lsn, lsn + 1, records[0].lsn - 1)
         head = Snapshot.of_base(base, lsn)
         next_id = max(getattr(base, "_next_id", 0), int(base.ids().max()) + 1 if len(base) else 0)
         for rec in records:
@@ -696,10 +699,8 @@ class _TooLarge(Exception):
 
 
 class RetrievalServer:
-    """gRPC server over a RetrievalCore in `index_dir`. Port 0 picks a free port (see `.port` after start()).
-
-    lifetime_s stops the server by itself after that many seconds (tests, demos); extra keyword arguments go to
-    RetrievalCore (dim, metric, storage, fold_rows, checkpoint_bytes, ...)."""
+    """gRPC server over a RetrievalCore(index_dir, **core_kwargs); port 0 picks a free one (`.port` after start()).
+    lifetime_s makes it stop by itself after that many seconds (tests, demos)."""
 
     def __init__(self, index_dir: str | os.PathLike[str], port: int = 0, host: str = "127.0.0.1",
                  max_message_mb: float = 64, workers: int = 16, lifetime_s: float | None = None,

@@ -13,7 +13,8 @@ from recmine.output import emit, err_console
 app = typer.Typer(
     help=(
         "Low-latency model updates across data centres (ekko): local multi-DC clusters over an emulated WAN, "
-        "and the update-latency benchmark against central push and checkpoints.\n\n"
+        "the PyTorch recommender trained, served and guarded across them (run), and the benchmarks: update "
+        "latency against central push and checkpoints, the SLO-aware updater, rollback of a harmful update.\n\n"
         "A topology file is JSON, e.g. {\"dcs\": 4, \"replicas\": 2, \"shards\": 2, \"tables\": {\"emb\": 64}, "
         "\"rtt_ms\": 50, \"nic_mbps\": 100, \"topology\": \"mesh\"}."
     ),

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scenario", choices=["latency", "slo", "rollback"], default="latency")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default="movielens")
+    ap.add_argument("--traffic-half-life", type=float, default=30.0,
+                    help="slo: seconds over which the scheduler forgets which keys inference reads")
     args = ap.parse_args(argv)
     if args.scenario != "latency":
         scenario(args)
@@ -78,7 +80,7 @@ def scenario(args: argparse.Namespace) -> None:
 
     rows = []
     for rep in range(args.repeats):
-        spec = ScenarioSpec(data=args.data, seed=rep)
+        spec = ScenarioSpec(data=args.data, seed=rep, traffic_half_life_s=args.traffic_half_life)
         if args.scenario == "slo":
             r = run_slo(spec, progress=lambda m: console.print(f"  {m}") if "batch 0/" in m else None)
             rows.append({"run": rep, "slo_auc": r["slo_aware_quality"], "fifo_auc": r["fifo_quality"],

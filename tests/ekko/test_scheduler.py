@@ -43,10 +43,11 @@ def _drain(store: ParamStore, sched: SloScheduler, requester: int, receiver: Par
 
 def test_policies_rank_as_documented():
     x = PolicyInputs(is_new=np.array([True, False, False, False]), rel_change=np.array([np.inf, 0.5, 0.5, 0.01]),
-                     traffic=np.array([0.0, 3.0, 0.1, 3.0]), wait_s=np.zeros(4), ts=np.array([4, 3, 2, 1]))
+                     traffic=np.array([0.0, 3.0, 0.1, 3.0]), wait_s=np.zeros(4), ts=np.array([4, 3, 2, 9]),
+                     queued_ts=np.array([4, 3, 2, 1]))
     assert np.argsort(-slo_priority(x)).tolist() == [0, 1, 2, 3]
     assert np.argsort(-fifo_priority(x)).tolist() == [3, 2, 1, 0]
-    aged = PolicyInputs(x.is_new, x.rel_change, x.traffic, np.array([0.0, 0.0, 100.0, 0.0]), x.ts)
+    aged = PolicyInputs(x.is_new, x.rel_change, x.traffic, np.array([0.0, 0.0, 100.0, 0.0]), x.ts, x.queued_ts)
     assert slo_priority(aged)[2] > slo_priority(aged)[1]  # a key that waited long enough overtakes
 
 
@@ -96,9 +97,13 @@ def test_fifo_ablation_sends_oldest_changes_first():
     sched._tokens = sched.capacity = 5 * ROW
     receiver = ParamStore({"emb": DIM}, num_shards=1, node_id=1)
     assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == [0, 1, 2, 3, 4]
-    store.put("emb", np.array([1]), np.full((1, DIM), 99, np.float32))  # re-changed: merged, goes to the back
+    store.put("emb", np.array([1]), np.full((1, DIM), 99, np.float32))  # sent, changed again: to the back
+    store.put("emb", np.array([7]), np.full((1, DIM), 77, np.float32))  # still queued: merged, keeps its place
     sched._tokens = 5 * ROW
     assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == [5, 6, 7, 8, 9]
+    assert receiver.get("emb", np.array([7]))[0][0, 0] == 77  # at its old place, with its newest value
+    sched._tokens = sched.capacity = 10 * ROW
+    assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == list(range(10, 20))  # key 1 waited least
 
 
 def test_restarted_asker_is_resent_everything():
@@ -161,3 +166,16 @@ def test_processes_behind_a_short_link_deliver_hot_keys_first_only_with_slo():
     assert ok_slo and ok_fifo
     assert hot_slo < cold_slo  # SLO-aware: the most-read keys arrive ahead of the rest
     assert hot_fifo > cold_fifo  # FIFO: they were changed last, so they arrive last
+
+
+def test_traffic_forgets_old_reads_and_never_overflows():
+    tr = Traffic(half_life_s=0.01)
+    tr.observe("item", np.array([1] * 50))  # key 1: many reads, long ago (in half-lives)
+    time.sleep(0.2)  # 20 half-lives: weight x 2**20
+    tr.observe("item", np.array([2]))
+    share = tr.share("item", np.array([1, 2, 3]))
+    assert share[1] > 1000 * share[0] and share[2] == 0.0
+    time.sleep(0.45)  # 2**45 > the rebase threshold: counts are rescaled, not overflowed
+    tr.observe("item", np.array([3]))
+    share = tr.share("item", np.array([1, 2, 3]))
+    assert np.isfinite(share).all() and share[2] > 1000 * share[1] > 0

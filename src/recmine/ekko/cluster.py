@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "dcs": 2, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50.0, "nic_mbps": 100.0,
     "mode": "ekko", "topology": "mesh", "pull_interval_ms": 0.0, "wait_ms": 1000, "checkpoint_s": 10.0,
     "origin_dc": 0, "delays_ms": {}, "wal": False, "snapshot_every_s": 0.0, "log_applies": False,
-    "scheduler": "all", "scheduler_share": 0.9, "round_ms": 50.0,
+    "scheduler": "all", "scheduler_share": 0.9, "round_ms": 50.0, "traffic_half_life_s": 30.0,
 }
 
 
@@ -61,6 +61,8 @@ def load_topology(spec: str | os.PathLike[str] | dict[str, Any]) -> dict[str, An
         raise ValueError(f"topology scheduler must be all, slo or fifo, got {topo['scheduler']!r}")
     if not 0 < topo["scheduler_share"] <= 1 or topo["round_ms"] <= 0:
         raise ValueError("scheduler_share must be in (0, 1] and round_ms > 0")
+    if not topo["traffic_half_life_s"] > 0:
+        raise ValueError(f"traffic_half_life_s must be > 0, got {topo['traffic_half_life_s']!r}")
     if not 0 <= topo["origin_dc"] < topo["dcs"]:
         raise ValueError(f"origin_dc {topo['origin_dc']} outside 0..{topo['dcs'] - 1}")
     return topo
@@ -157,6 +159,7 @@ class LocalCluster:
                              wal_path=str(self.run_dir / f"ps{i}.wal") if t["wal"] else None,
                              log_applies=bool(t["log_applies"]), go_file=str(self.run_dir / "go"),
                              scheduler=t["scheduler"], round_ms=float(t["round_ms"]),
+                             traffic_half_life_s=float(t["traffic_half_life_s"]),
                              link_bytes_per_s=t["nic_mbps"] * 1e6 / 8 * t["scheduler_share"])
             path = self.run_dir / f"ps{i}.json"
             cfg.to_json(path)

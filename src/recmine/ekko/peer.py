@@ -75,6 +75,7 @@ class PeerConfig:
     scheduler: str = "all"  # outgoing WAN sync: all (send every change at once) | slo | fifo (see scheduler.py)
     link_bytes_per_s: float = 0.0  # the scheduler's WAN byte budget (slo / fifo)
     round_ms: float = 50.0  # the scheduler's round length
+    traffic_half_life_s: float = 30.0  # how fast the scheduler forgets which keys inference reads
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> PeerConfig:
@@ -156,7 +157,7 @@ class PeerServer:
         if sender is None and cfg.scheduler != "all":
             if cfg.link_bytes_per_s <= 0:
                 raise ValueError(f"scheduler {cfg.scheduler!r} needs link_bytes_per_s > 0")
-            self.traffic = Traffic()
+            self.traffic = Traffic(cfg.traffic_half_life_s)
             sender = SloScheduler(cfg.scheduler, cfg.link_bytes_per_s, cfg.round_ms / 1000.0,
                                   is_wan=lambda node: self.by_node[node].dc != cfg.dc, traffic=self.traffic)
         self.sender: Sender = sender or send_everything

@@ -46,6 +46,7 @@ class ScenarioSpec:
     rtt_ms: float = 50.0
     checkpoint_every: float = 0.25  # checkpoint baseline: a checkpoint per this share of the replay
     seed: int = 0
+    traffic_half_life_s: float = 30.0  # the SLO-aware scheduler's memory of which keys inference reads
 
 
 def load_data(spec: ScenarioSpec) -> Interactions:
@@ -108,7 +109,8 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
     """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time."""
     trainer, n_warm = _warm(spec, data)
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
-            "nic_mbps": nic_mbps, "scheduler": "all" if variant in ("unthrottled", "checkpoint") else variant}
+            "nic_mbps": nic_mbps, "scheduler": "all" if variant in ("unthrottled", "checkpoint") else variant,
+            "traffic_half_life_s": spec.traffic_half_life_s}
     with tempfile.TemporaryDirectory(prefix="ekko-scenario-") as tmp:
         run_dir = Path(tmp)
         stamp = _bootstrap(run_dir, topo, trainer.full_state())

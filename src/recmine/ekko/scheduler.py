@@ -10,7 +10,7 @@ already sent (and at which version), so a later round never resends a row the as
 Priority (the default `slo_priority`): (a) freshness: a key the asker has never received goes first; (b)
 significance: the size of the change against what the asker holds, relative to the key's running mean norm; (c)
 model priority: the share of inference traffic the key serves (Gets counted at this PS with exponential decay).
-Waiting raises a row's priority (aging) so no key starves. `fifo_priority` (oldest change first) is the ablation.
+Waiting raises a row's priority (aging) so no key starves. `fifo_priority` (a merging FIFO queue) is the ablation.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class PolicyInputs:
     traffic: np.ndarray  # the key's share of inference reads, relative to the mean key (1.0 = average)
     wait_s: np.ndarray  # seconds since this key first waited for the asker
     ts: np.ndarray  # version stamp (ns) of the row
+    queued_ts: np.ndarray  # version stamp of the key's first change the asker still waits for
 
 
 Policy = Callable[[PolicyInputs], np.ndarray]
@@ -48,8 +49,9 @@ def slo_priority(x: PolicyInputs, age_s: float = 2.0) -> np.ndarray:
 
 
 def fifo_priority(x: PolicyInputs) -> np.ndarray:
-    """Ablation: oldest change first (what a plain FIFO queue with per-key merging sends)."""
-    return -x.ts.astype(np.float64)
+    """Ablation: a FIFO queue with per-key merging: a key queues at its first unsent change and keeps that place
+    when it changes again (its newest value goes out there)."""
+    return -x.queued_ts.astype(np.float64)
 
 
 POLICIES: dict[str, Policy] = {"slo": slo_priority, "fifo": fifo_priority}
@@ -66,7 +68,13 @@ class Traffic:
         self._t0 = time.monotonic()
 
     def _weight(self) -> float:  # reads are added with a growing weight: decay without touching every key
-        return float(2.0 ** ((time.monotonic() - self._t0) / self.half_life_s))
+        w = float(2.0 ** ((time.monotonic() - self._t0) / self.half_life_s))
+        if w > 1e12:  # rebase (caller holds the lock): scale every count down, so weights never overflow
+            for counts in self._counts.values():
+                counts /= w
+            self._t0 = time.monotonic()
+            w = 1.0
+        return w
 
     def observe(self, table: str, keys: np.ndarray) -> None:
         """Count one read of each key (a Get from a local inference server)."""
@@ -110,6 +118,7 @@ class _Mirror:
         self.values = np.zeros((0, dim), np.float32)
         self.norm = np.zeros(0, np.float64)  # running mean of the key's norm
         self.waiting_since = np.zeros(0, np.float64)  # 0 = not waiting
+        self.queued_ts = np.zeros(0, np.int64)  # version stamp of the first change still waiting
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         return np.array([self.slots.get(k, -1) for k in keys.tolist()], np.int64)
@@ -122,7 +131,7 @@ class _Mirror:
         if self.ts.size < n:
             cap = max(n, 2 * self.ts.size)
             for name, shape in (("ts", (cap,)), ("values", (cap, self.values.shape[1])), ("norm", (cap,)),
-                                ("waiting_since", (cap,))):
+                                ("waiting_since", (cap,)), ("queued_ts", (cap,))):
                 old = getattr(self, name)
                 new = np.zeros(shape, old.dtype)
                 if name == "ts":
@@ -190,17 +199,18 @@ class SloScheduler:
                 waiting = m.waiting_since[rows]
                 fresh_wait = waiting == 0
                 m.waiting_since[rows[fresh_wait]] = now
+                m.queued_ts[rows[fresh_wait]] = sub.ts[fresh_wait]
                 held = m.values[rows]
                 delta = np.linalg.norm(sub.values - held, axis=1)
                 scale = np.where(m.norm[rows] > 0, m.norm[rows], np.linalg.norm(sub.values, axis=1) + 1e-12)
                 rel = np.where(is_new, np.inf, delta / scale)
                 inputs.append(PolicyInputs(is_new, rel, self.traffic.share(up.table, sub.keys),
-                                           now - m.waiting_since[rows], sub.ts))
+                                           now - m.waiting_since[rows], sub.ts, m.queued_ts[rows]))
                 cands.append((sub, rows, m))
             if not cands:
                 return [], True
             x = PolicyInputs(*(np.concatenate([getattr(i, f) for i in inputs]) for f in
-                               ("is_new", "rel_change", "traffic", "wait_s", "ts")))
+                               ("is_new", "rel_change", "traffic", "wait_s", "ts", "queued_ts")))
             prio = np.asarray(self.policy(x), np.float64)
             cost = np.concatenate([np.full(len(s), ROW_OVERHEAD + 4 * s.values.shape[1]) for s, _, _ in cands])
             order = np.argsort(-prio, kind="stable")

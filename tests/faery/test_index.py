@@ -89,6 +89,7 @@ def test_bad_input_leaves_index_unchanged(tmp_path):
         (lambda: idx.add(np.ones((2, 7), np.float32)), ValueError, r"shape \(n, 8\)"),
         (lambda: idx.add(np.array([[np.nan] * 8], np.float32)), ValueError, "NaN or Inf"),
         (lambda: idx.add(np.ones((2, 8), np.float32), ids=[4, 4]), ValueError, "duplicate id 4"),
+        (lambda: idx.add(np.ones((3, 8), np.float32), ids=[9, 4, 4]), ValueError, "duplicate id 4"),
         (lambda: idx.add(np.ones((1, 8), np.float32), ids=[2]), ValueError, "already in the index"),
         (lambda: idx.remove([1, 99]), KeyError, "unknown id 99"),
         (lambda: idx.update([99], np.ones((1, 8), np.float32)), KeyError, "unknown id 99"),

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recmine.faery.index import Index
+from recmine.faery.index import Index, check_ids
 
 _M64 = (1 << 64) - 1
 
@@ -196,7 +196,17 @@ class _Base:
         return self._probe.corpus.check_vectors(vectors)
 
     def _ids(self, ids: Any) -> np.ndarray:
-        return self._probe._check_ids(ids)
+        return check_ids(ids)
+
+    def _new_ids(self, v: np.ndarray, ids: Any, live: Container[int]) -> np.ndarray:
+        """Ids for an add of v's rows (new consecutive ones when None); ValueError on a count mismatch or a clash."""
+        arr = np.arange(self._next_id, self._next_id + v.shape[0], dtype=np.int64) if ids is None else check_ids(ids)
+        if arr.size != v.shape[0]:
+            raise ValueError(f"{arr.size} ids for {v.shape[0]} vectors")
+        clash = [i for i in arr.tolist() if i in live]
+        if clash:
+            raise ValueError(f"id {clash[0]} is already in the index (use update)")
+        return arr
 
     def __enter__(self) -> Any:
         return self
@@ -246,13 +256,7 @@ class ShardedIndex(_Base):
         """Add rows (ids default to new consecutive integers); each goes to its hashed shard."""
         v = self._vectors(vectors)
         with self._mut:
-            arr = (np.arange(self._next_id, self._next_id + v.shape[0], dtype=np.int64) if ids is None
-                   else self._ids(ids))
-            if arr.size != v.shape[0]:
-                raise ValueError(f"{arr.size} ids for {v.shape[0]} vectors")
-            clash = [i for i in arr.tolist() if i in self._owner]
-            if clash:
-                raise ValueError(f"id {clash[0]} is already in the index (use update)")
+            arr = self._new_ids(v, ids, self._owner)
             parts = self._split(arr)
             g = self._group
             g.fan([(g.parts[s], "add", (v[sel], arr[sel])) for s, sel in enumerate(parts) if sel.size])
@@ -405,13 +409,7 @@ class ReplicatedIndex(_Base):
         """Add rows to every replica."""
         v = self._vectors(vectors)
         with self._mut:
-            arr = (np.arange(self._next_id, self._next_id + v.shape[0], dtype=np.int64) if ids is None
-                   else self._ids(ids))
-            if arr.size != v.shape[0]:
-                raise ValueError(f"{arr.size} ids for {v.shape[0]} vectors")
-            clash = [i for i in arr.tolist() if i in self._live]
-            if clash:
-                raise ValueError(f"id {clash[0]} is already in the index (use update)")
+            arr = self._new_ids(v, ids, self._live)
             self._all("add", v, arr)
             self._live.update(arr.tolist())
             if arr.size:

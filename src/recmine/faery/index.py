@@ -19,6 +19,20 @@ METRICS = ("ip", "cosine", "l2")
 BATCH_BLOCK = 16384
 
 
+
+def check_ids(ids: Any) -> np.ndarray:
+    """ids as a 1-D int64 array; ValueError for a wrong shape or dtype, or an id given twice (named)."""
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"ids must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+    arr = arr.astype(np.int64)
+    if np.unique(arr).size != arr.size:
+        srt = np.sort(arr)
+        raise ValueError(f"duplicate id {int(srt[np.flatnonzero(np.diff(srt) == 0)[0]])} in the call")
+    return arr
+
 class Index:
     """Exact retrieval over int64-identified vectors; see module docstring.
 
@@ -82,16 +96,7 @@ class Index:
 
     # ---- validation helpers (every check happens before any change)
     def _check_ids(self, ids: Any) -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.ndim == 0:
-            arr = arr[None]
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"ids must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
-        arr = arr.astype(np.int64)
-        if np.unique(arr).size != arr.size:
-            dup = arr[np.flatnonzero(np.diff(np.sort(arr)) == 0)[0]]
-            raise ValueError(f"duplicate id {int(dup)} in the call")
-        return arr
+        return check_ids(ids)
 
     def _require_known(self, ids: np.ndarray) -> None:
         for i in ids.tolist():

@@ -31,7 +31,7 @@ import numpy as np
 
 from recmine.faery import kernels
 from recmine.faery.corpus import ARRAYS, Corpus
-from recmine.faery.index import Index
+from recmine.faery.index import Index, check_ids
 from recmine.faery.wal import (
     CURRENT,
     OP_DELETE,
@@ -388,19 +388,11 @@ class RetrievalCore:
 
     # ---- validation
     def _check_ids(self, ids: Any) -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.ndim == 0:
-            arr = arr[None]
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"ids must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
-        arr = arr.astype(np.int64)
+        arr = check_ids(ids)
         if arr.size == 0:
             raise ValueError("empty batch: no ids given")
         if (arr < 0).any():
             raise ValueError(f"ids must be non-negative (-1 marks padding), got {int(arr[arr < 0][0])}")
-        if np.unique(arr).size != arr.size:
-            dup = np.sort(arr)[np.flatnonzero(np.diff(np.sort(arr)) == 0)[0]]
-            raise ValueError(f"duplicate id {int(dup)} in the call")
         return arr
 
     def _check_queries(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:

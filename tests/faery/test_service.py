@@ -487,6 +487,10 @@ def test_bad_input_gets_exact_status_codes(start_server):
     with pytest.raises(grpc.RpcError) as info:
         stub.Search(pb2.SearchRequest(queries=q.tobytes(), nq=3, dim=8, k=5), timeout=5)
     assert info.value.code() == inv and "query bytes" in info.value.details()
+    unknown = grpc.insecure_channel(srv.address).unary_unary("/recmine.faery.Retrieval/Train")
+    with pytest.raises(grpc.RpcError) as info:
+        unknown(b"", timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # an unknown method; the server keeps serving
     assert len(srv.core) == 50 and client.stats()["live"] == 50
     with pytest.raises(ConnectionError):
         connect("127.0.0.1:1", timeout=0.5)

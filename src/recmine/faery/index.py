@@ -20,6 +20,24 @@ BATCH_BLOCK = 16384
 
 
 
+def check_queries(queries: Any, k: Any, dim: int) -> np.ndarray:
+    """queries as (nq, dim) finite float32; ValueError naming a bad k, shape, dtype or a NaN/Inf query."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape (nq, {dim}), got {np.asarray(queries).shape}")
+    if not np.issubdtype(q.dtype, np.number):
+        raise ValueError(f"queries must be numeric, got dtype {q.dtype}")
+    q = q.astype(np.float32)
+    bad = ~np.isfinite(q).all(axis=1)
+    if bad.any():
+        raise ValueError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
+    return q
+
+
 def check_ids(ids: Any) -> np.ndarray:
     """ids as a 1-D int64 array; ValueError for a wrong shape or dtype, or an id given twice (named)."""
     arr = np.asarray(ids)
@@ -162,16 +180,7 @@ class Index:
 
         ip/cosine: larger scores first; l2: squared distances, smaller first. With fewer than k live rows the tail
         is padded with id -1 and score -inf (+inf for l2)."""
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (nq, {self.dim}), got {np.asarray(queries).shape}")
-        q = q.astype(np.float32)
-        if not np.isfinite(q).all():
-            raise ValueError(f"query {int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])} contains NaN or Inf")
+        q = check_queries(queries, k, self.dim)
         if self._metric == "cosine":
             n = np.linalg.norm(q.astype(np.float64), axis=1)
             q = (q / np.where(n > 0, n, 1.0)[:, None]).astype(np.float32)

@@ -31,7 +31,7 @@ import numpy as np
 
 from recmine.faery import kernels
 from recmine.faery.corpus import ARRAYS, Corpus
-from recmine.faery.index import Index, check_ids
+from recmine.faery.index import Index, check_ids, check_queries
 from recmine.faery.wal import (
     CURRENT,
     OP_DELETE,
@@ -396,21 +396,9 @@ class RetrievalCore:
         return arr
 
     def _check_queries(self, queries: Any, k: Any) -> tuple[np.ndarray, int]:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (nq, {self.dim}), got {np.asarray(queries).shape}")
+        q = check_queries(queries, k, self.dim)
         if q.shape[0] == 0:
             raise ValueError("empty batch: no queries given")
-        if not np.issubdtype(q.dtype, np.number):
-            raise ValueError(f"queries must be numeric, got dtype {q.dtype}")
-        q = q.astype(np.float32)
-        bad = ~np.isfinite(q).all(axis=1)
-        if bad.any():
-            raise ValueError(f"query {int(np.flatnonzero(bad)[0])} contains NaN or Inf")
         return q, int(k)
 
     def _check_writable(self) -> None:

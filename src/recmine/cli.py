@@ -6,9 +6,15 @@ from pathlib import Path
 
 import typer
 
-from recmine.ekko.cli import app as ekko_app
+from recmine.extras import MissingExtraError
 from recmine.faery.cli import app as faery_app
 from recmine.g2miner.cli import app as g2miner_app
+
+ekko_missing: str | None = None
+try:
+    from recmine.ekko.cli import app as ekko_app
+except MissingExtraError as exc:  # the family stays listed, and says what to install when used
+    ekko_missing = str(exc)
 
 app = typer.Typer(
     name="recmine",
@@ -26,7 +32,15 @@ app = typer.Typer(
 )
 app.add_typer(g2miner_app, name="mine")
 app.add_typer(faery_app, name="retrieve")
-app.add_typer(ekko_app, name="ekko")
+if ekko_missing is None:
+    app.add_typer(ekko_app, name="ekko")
+else:
+
+    @app.command("ekko", help=f"(not installed here) {ekko_missing}",
+                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def ekko_not_installed(ctx: typer.Context) -> None:
+        """Stands in for the ekko family when its extra is missing."""
+        raise MissingExtraError(ekko_missing)
 
 
 @app.command("demo")
@@ -55,8 +69,14 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; a part used without its extra installed ends with one line naming it."""
+    try:
+        app()
+    except MissingExtraError as exc:
+        from recmine.output import err_console
+
+        err_console.print(f"error: {exc}", markup=False, style="red")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -2,8 +2,19 @@
 shards and replicas across workers or Ray actors, and a gRPC retrieval service with live updates and a
 write-ahead log (`connect("host:port")` gives a client shaped like Index)."""
 
-from recmine.faery.client import Client, connect
+from typing import Any
+
 from recmine.faery.cluster import ReplicatedIndex, ShardedIndex
 from recmine.faery.index import METRICS, Index
 
 __all__ = ["METRICS", "Client", "Index", "ReplicatedIndex", "ShardedIndex", "connect"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Client` and `connect` load on first use: the service client needs the `service` extra (gRPC), the
+    in-process engine does not."""
+    if name in ("Client", "connect"):
+        from recmine.faery import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'recmine.faery' has no attribute {name!r}")

@@ -197,6 +197,9 @@ def serve_cmd(
     # idle OpenMP workers sleep instead of spinning between searches, leaving the cores to the gRPC threads that
     # decode requests and encode replies (measured: lower p50 on 2 vCPUs). Read when numba first loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from recmine.extras import check
+
+    check("service", "grpc", "grpc_tools", "google.protobuf")
     from recmine.faery.service import RetrievalServer, serve
 
     def ready(server: RetrievalServer) -> None:

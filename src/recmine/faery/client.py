@@ -10,10 +10,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import grpc
 import numpy as np
 
+from recmine.extras import check, require
 from recmine.protos import load_proto
+
+check("service", "grpc_tools", "google.protobuf")
+grpc = require("grpc", "service")
 
 MAX_MESSAGE = 256 * 1024 * 1024
 

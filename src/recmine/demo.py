@@ -680,8 +680,8 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
     caught = "detected_at_s" in rb
     rb["discarded_rows"] = gate.discarded_rows.get(src, 0)
     status = ("harmful update detected, rolled back in every DC, trainer quarantined until fixed" if caught
-              else "injected harm was not detected" if rb["harmful_batches_applied"] else
-              "injected harm was held by a quarantine and never served")
+              else "the guard did not detect the injected harm" if rb["harmful_batches_applied"] else
+              "injected harm was held by the guard's quarantine and never served")
     phases = _phase_table(q, inject_at, rb, n)
     return {
         "batches": n,

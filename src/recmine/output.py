@@ -2,10 +2,10 @@
 table otherwise, laid out to fit the terminal.
 
 In tables, measured quantities get 3 significant digits and a unit read from the key's suffix (`_ns`, `_us`,
-`_ms`, `_s`/`_seconds` as time, scaled per column to ns/µs/ms/s; `_bytes`, `_mbps`, `_qps`, `_pct`; `x_...` and
-`speedup...` as ratios "12.3x"); counts stay exact integers with thousands separators. A table too wide for the
-terminal wraps its text, then is split into several tables that each repeat the first (label) column, or is
-transposed when it has few rows; no cell is ever cut short.
+`_ms`, `_s`/`_seconds` as time, scaled per column to ns/µs/ms/s; `_bytes`, `_mbps`, `_qps`, `_pct`; `x_...`,
+`speedup...` and `a/b` as ratios "12.3x"); counts stay exact integers with thousands separators. A table too
+wide for the terminal wraps its text, then is transposed when it has few rows or split into several tables that
+each repeat the first (label) column; no cell is ever cut short.
 
 Example::
 
@@ -83,7 +83,7 @@ def _unit_of(key: str) -> tuple[str, float, str]:
     for suffix, unit in _SUFFIX_UNITS.items():
         if k.endswith(suffix) or k == suffix[1:]:
             return "unit", 1.0, unit
-    if k.startswith("x_") or k.endswith("_x") or "speedup" in k:
+    if k.startswith("x_") or k.endswith("_x") or "speedup" in k or "/" in k:  # "faiss/ours": a ratio
         return "ratio", 1.0, "x"
     return "", 1.0, ""
 
@@ -221,11 +221,12 @@ def _fit(cols: list[Column], width: int) -> list[int] | None:
 
 
 def _transpose(cols: list[Column]) -> list[Column]:
-    """Fields as rows, one column per original row (headed by its label, the first column's cell)."""
+    """Fields as rows, one column per original row (headed by its label, the first column's cell; the first
+    column's header heads the field names)."""
     n = len(cols[0].cells)
     heads = [cols[0].cells[r] for r in range(n)] if n > 1 else ["value"]
     src = cols[1:] if n > 1 else cols
-    out = [Column("field", "field", [c.header for c in src], False)]
+    out = [Column("field", cols[0].header if n > 1 else "field", [c.header for c in src], False)]
     for r in range(n):
         cells = [c.cells[r] for c in src]
         short = all(c.count(" ") <= 1 for c in cells)  # numbers with units, yes/no: right-aligned, unbroken

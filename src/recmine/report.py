@@ -117,12 +117,18 @@ def plot_ekko(sec: Mapping[str, Any]) -> list[tuple[str, str]]:
                                   ("popularity", "popularity baseline", "--"), ("baseline", "baseline", ":")):
             if q.get(key):
                 ax.plot(q["t_s"], q[key], style, lw=1.2, label=q.get(f"{key}_label", label))
-        _mark_rollback(ax, sec.get("rollback") or {})
+        rb = sec.get("rollback") or {}
+        _mark_rollback(ax, rb)
+        lo, hi = _num(rb.get("rolled_back_at_s")), _num(rb.get("released_at_s"))
+        if lo is not None:
+            ax.axvspan(lo, hi if hi is not None else max(q["t_s"]), color="#2e8b57", alpha=.08,
+                       label="trainer quarantined (updates held)")
+        metric = str(q.get("metric", "quality"))
         ax.set_xlabel("time since start (s)")
-        ax.set_ylabel(str(q.get("metric", "quality")))
-        ax.set_title("ekko: serving quality, harmful update and rollback")
+        ax.set_ylabel(metric.split(" (")[0])
+        ax.set_title(f"ekko: serving quality, harmful update and rollback\n{metric}", fontsize=10)
         ax.grid(alpha=.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         out.append(("Serving quality", _png(fig)))
     return out
 

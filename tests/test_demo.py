@@ -202,7 +202,7 @@ def test_ekko_latency_and_rollback_reported(demo_run: dict) -> None:
     assert sec["per_dc"][0]["p50_ms"] < sec["rtt_ms"] / 2
     assert len(sec["quality"]["live"]) > 0 and all(0.0 <= a <= 1.0 for a in sec["quality"]["live"])
     rb = sec["rollback"]
-    if rb is None:
+    if not sec["detected"]:
         assert "guard" in sec["rollback_status"]  # says why no rollback ran
     else:
         assert rb["injected_at_s"] <= rb["detected_at_s"] <= rb["rolled_back_at_s"]
@@ -234,7 +234,7 @@ def test_ekko_quality_covers_before_during_and_after_the_fault(demo_run: dict) -
     t = np.asarray(q["t_s"])
     assert len(t) == len(q["live"]) == len(q["popularity"]) == len(q["stale"]) == sec["batches"]
     assert np.all(np.diff(t) >= 0)
-    assert rb is not None, sec["rollback_status"]
+    assert sec["detected"], sec["rollback_status"]
     marks = [rb[k] for k in ("injected_at_s", "detected_at_s", "rolled_back_at_s", "trainer_fixed_at_s",
                              "released_at_s")]
     assert t[0] < marks[0] and marks == sorted(marks) and marks[-1] < t[-1]

@@ -51,6 +51,7 @@ class DemoConfig:
     ekko_events: int = 60_000
     ekko_dim: int = 32
     ekko_batch: int = 512
+    ekko_pace_s: float = 0.08  # the stream arrives at one batch per this many seconds (at most)
     # faery
     catalogue_items: int = 200_000
     catalogue_dim: int = 64
@@ -67,7 +68,7 @@ class DemoConfig:
     def quick_config(cls, seed: int = 0) -> DemoConfig:
         """Small sizes for tests and CI (well under a minute once kernels are compiled)."""
         return cls(seed=seed, quick=True, ekko_users=300, ekko_items=400, ekko_events=12_000,
-                   ekko_dim=16, ekko_batch=200, catalogue_items=20_000, catalogue_dim=32,
+                   ekko_dim=16, ekko_batch=200, ekko_pace_s=0.04, catalogue_items=20_000, catalogue_dim=32,
                    k_values=(1, 10, 100, 1_000), n_queries=20,
                    graph_users=4_000, graph_items=600, graph_events=20_000, n_rings=3, ring_size=7)
 
@@ -624,6 +625,7 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
 
     with ui.step("ekko: online training, fault, guard", total=n) as adv:
         for b in range(n):
+            time.sleep(max(0.0, t0 + b * cfg.ekko_pace_s - time.time()))  # batches arrive at a steady rate
             u, i, y = live.next_batch()
             q["t_s"].append(time.time() - t0)
             q["batch"].append(b)

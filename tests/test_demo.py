@@ -245,7 +245,7 @@ def test_ekko_quality_covers_before_during_and_after_the_fault(demo_run: dict) -
     assert np.nanmin(live[harm]) < np.nanmean(live[before]) - 0.1  # the harm shows
     assert np.nanmean(live[after]) > np.nanmin(live[harm]) + 0.05  # and recovery after the rollback
     # honest guard numbers: alarms acted on, false ones counted, delay from the injection
-    assert g["false_alarms"] == sum(1 for a in sec["alarms"] if not a["true"]) and g["clean_windows"] > 0
+    assert g["false_alarms"] == sum(1 for a in sec["alarms"] if not a["true_alarm"]) and g["clean_windows"] > 0
     assert rb["detect_s"] == pytest.approx(rb["detected_at_s"] - rb["injected_at_s"]) and rb["detect_s"] > 0
     assert rb["batches_to_detect"] >= 1 and rb["rollback_s"] > 0
     assert rb["harmful_batches_held"] > 0 and rb["rollback_held_checks"] > 0

@@ -682,7 +682,7 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
                 windows.append(w)
             adv(1)
     clean = [w for w in windows if not w["harm_served"]]
-    false_alarms = [a for a in alarms if not a["true"]]
+    false_alarms = [a for a in alarms if not a["true_alarm"]]
     caught = "detected_at_s" in rb
     rb["discarded_rows"] = gate.discarded_rows.get(src, 0)
     status = ("harmful update detected, rolled back in every DC, trainer quarantined until fixed" if caught
@@ -712,7 +712,7 @@ def _act_on_alarm(live: _EkkoLive, guard: Any, gate: Any, v: Any, b: int, t0: fl
         gate.quarantine(s, reason=f"rolled back at guard window {v.window}")
     _wait_values(live.readers, rep.restored)
     t_done = time.time()
-    alarm = {"window": v.window, "batch": b, "t_s": t_detect - t0, "true": harm_served,
+    alarm = {"window": v.window, "batch": b, "t_s": t_detect - t0, "true_alarm": harm_served,
              "keys_rolled_back": rep.total_keys, "rollback_s": t_done - t_detect, "quarantined": ",".join(rep.sources)}
     if harm_served and "detected_at_s" not in rb:
         rb.update({"detected_at_s": t_detect - t0, "rolled_back_at_s": t_done - t0,

@@ -37,8 +37,10 @@ __all__ = ["write_report", "render_html", "to_jsonable"]
 SECTIONS = [
     ("ekko", "ekko: model updates across data centres",
      "A 4-DC parameter-server cluster behind an emulated WAN. The recommender trains on a drifting click "
-     "stream; every update spreads peer to peer. With ekko's state manager present, a harmful update is "
-     "injected, detected from serving quality and rolled back in every DC (the facts say whether that ran)."),
+     "stream; every update spreads peer to peer; its served AUC is shown beside a popularity ranking and the "
+     "stale warm-start checkpoint. Partway, the trainer turns faulty and keeps sending harmful updates until an "
+     "operator fixes it: ekko's state manager acts on every alarm (false ones counted), rolls the damage back in "
+     "every DC and quarantines the trainer (its updates held, judged in shadow, released when healthy)."),
     ("faery", "faery: exact top-K retrieval over the live item table",
      "The item-embedding table read from one DC's parameter servers becomes a faery index, refreshed as "
      "updates arrive; user queries retrieve exact top-K candidates. Latency beside Faiss's flat index."),

@@ -678,6 +678,7 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
                         written(rev.released, held_harm)
                         held_harm = False
                         rb.setdefault("released_at_s", time.time() - t0)
+                        rb.setdefault("released_batch", b)
                         rb.setdefault("released_rows", sum(int(k.size) for _, k, _ in rev.released))
                 windows.append(w)
             adv(1)
@@ -715,7 +716,7 @@ def _act_on_alarm(live: _EkkoLive, guard: Any, gate: Any, v: Any, b: int, t0: fl
     alarm = {"window": v.window, "batch": b, "t_s": t_detect - t0, "true_alarm": harm_served,
              "keys_rolled_back": rep.total_keys, "rollback_s": t_done - t_detect, "quarantined": ",".join(rep.sources)}
     if harm_served and "detected_at_s" not in rb:
-        rb.update({"detected_at_s": t_detect - t0, "rolled_back_at_s": t_done - t0,
+        rb.update({"detected_at_s": t_detect - t0, "rolled_back_at_s": t_done - t0, "rollback_batch": b,
                    "detect_s": t_detect - t0 - rb["injected_at_s"], "rollback_s": t_done - t_detect,
                    "batches_to_detect": b - rb["inject_batch"] + 1, "keys": rep.total_keys,
                    "table_rows": sum(len(ks) for ks in (live.trainer.model.users.keys,
@@ -774,9 +775,11 @@ def _ekko_headline(sec: dict[str, Any]) -> str:
         parts.append(f"the faulty trainer kept sending: {rb['harmful_batches_held']} harmful batches held, "
                      f"rollback held in {rb['rollback_held_ok']}/{rb['rollback_held_checks']} checks")
         if "released_at_s" in rb and "trainer_fixed_at_s" in rb:
-            parts.append(f"operator fixed the trainer {rb['trainer_fixed_at_s'] - rb['rolled_back_at_s']:.2f} s "
-                         f"after the rollback; its updates released {rb['released_at_s'] - rb['trainer_fixed_at_s']:.2f}"
-                         f" s later, after {g['release_after_healthy_windows']} healthy shadow windows")
+            parts.append(f"the operator fixed the trainer {rb['fix_batch'] - rb['rollback_batch']} batches "
+                         f"({rb['trainer_fixed_at_s'] - rb['rolled_back_at_s']:.2f} s) after the rollback; its updates "
+                         f"were released {rb['released_batch'] - rb['fix_batch'] + 1} batches "
+                         f"({rb['released_at_s'] - rb['trainer_fixed_at_s']:.2f} s) later, after "
+                         f"{g['release_after_healthy_windows']} healthy shadow windows")
     else:
         parts.append(sec["rollback_status"])
     parts.append(f"{g['false_alarms']} false alarms in {g['clean_windows']} clean windows")

@@ -101,3 +101,49 @@ def test_power_law_graph() -> None:
     assert deg.max() > 10 * deg.mean()  # heavy tail
     G = _nx(g)
     assert G.number_of_edges() == g.n_edges
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_click_stream_is_learnable_and_freshness_matters(seed: int) -> None:
+    """The demo's trainer settings on a quick stream, each batch scored before training on it (progressive
+    validation): AUC rises, ends well above a popularity ranking (positives so far per item), and a model frozen
+    after the first tenth falls behind as tastes drift."""
+    from recmine.ekko.model import OnlineTrainer, score_rows
+    from recmine.ekko.serving import auc
+
+    s = click_stream(n_users=300, n_items=400, n_events=12_000, seed=seed, n_factors=8)
+    tr = OnlineTrainer(dim=16, seed=seed, lr=0.2, replay=0)
+
+    def rows(copy: bool) -> tuple:
+        w = (tr.model.user.weight.detach().numpy(), tr.model.item.weight.detach().numpy(), tr.head())
+        return (*(a.copy() if copy else a for a in w), len(tr.users), len(tr.items))
+
+    def score(model: tuple, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        wu, wi, head, n_u, n_i = model
+        ur, ir = tr.users.rows(u, add=False), tr.items.rows(i, add=False)
+        ok = (ur >= 0) & (ur < n_u) & (ir >= 0) & (ir < n_i)  # rows the model had then; others score 0
+        return np.where(ok, score_rows(wu[np.where(ok, ur, 0)], wi[np.where(ok, ir, 0)], head), 0.0)
+
+    pos = np.zeros(s.n_items)
+    scores: dict[str, list[np.ndarray]] = {"live": [], "popularity": [], "frozen": []}
+    frozen = rows(copy=True)
+    for lo in range(0, len(s), 200):
+        u, i, y = s.user[lo:lo + 200], s.item[lo:lo + 200], s.label[lo:lo + 200]
+        if lo < len(s) // 10:
+            frozen = rows(copy=True)
+        scores["live"].append(score(rows(copy=False), u, i))
+        scores["frozen"].append(score(frozen, u, i))
+        scores["popularity"].append(pos[i].copy())
+        tr.step(u, i, y)
+        np.add.at(pos, i, y)
+    n = len(scores["live"])
+
+    def part_auc(name: str, lo: float, hi: float) -> float:
+        a, b = int(lo * n), int(hi * n)
+        return auc(np.concatenate(scores[name][a:b]), s.label[a * 200:b * 200])
+
+    first, last = part_auc("live", 0.0, 0.2), part_auc("live", 0.6, 1.0)
+    pop, stale = part_auc("popularity", 0.6, 1.0), part_auc("frozen", 0.6, 1.0)
+    assert last > first + 0.05, (first, last)  # it learns (main's stream: +0.03 / -0.01 on these seeds)
+    assert last >= pop + 0.08, (last, pop)  # measured: +0.22 / +0.10 on seeds 0 / 1
+    assert last >= stale + 0.05, (last, stale)  # freshness matters under drift

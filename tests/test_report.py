@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from recmine.report import render_html, write_report
+from recmine.report import HTML_TABLE_CHARS, render_html, write_report
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,9 +52,10 @@ def sample_results() -> dict:
         "ekko": {
             "dcs": 4, "updates": 1234, "p50_latency_s": 0.11,
             "latency": latency,
-            "rollback": {"injected_at_s": 10.0, "detected_at_s": 12.0, "rolled_back_at_s": 12.4, "keys": 50},
-            "quality": {"t_s": t, "live": 0.8 - 0.2 * ((t > 10) & (t < 12.4)), "baseline": np.full(60, 0.78),
-                        "metric": "AUC"},
+            "rollback": {"injected_at_s": 10.0, "detected_at_s": 12.0, "rolled_back_at_s": 12.4, "keys": 50,
+                         "trainer_fixed_at_s": 18.0, "released_at_s": 19.5, "detect_s": 2.0},
+            "quality": {"t_s": t, "live": 0.8 - 0.2 * ((t > 10) & (t < 12.4)), "popularity": np.full(60, 0.6),
+                        "stale": np.linspace(0.75, 0.6, 60), "metric": "AUC"},
             "per_dc": [{"dc": f"dc{i}", "p50_ms": 50.0 * (i + 1), "p99_ms": 60.0 * (i + 1)} for i in range(4)],
         },
         "faery": {
@@ -63,10 +65,12 @@ def sample_results() -> dict:
         },
         "g2miner": {
             "vertices": 1000, "edges": 5000,
-            "patterns": [{"pattern": "triangle", "count": 10, "networkx_count": 10, "ours_s": 0.001,
-                          "networkx_s": 0.1},
-                         {"pattern": "4-clique", "count": 3, "networkx_count": 3, "ours_s": 0.002,
-                          "networkx_s": 0.9}],
+            "patterns": [{"pattern": "triangle", "count": 49267, "ours_s": 0.0026912, "compile_s": 0.0079581,
+                          "networkx_count": 49267, "networkx_s": 0.10471, "igraph_count": 49267, "igraph_s": 4.6822,
+                          "x_networkx": 38.9097, "x_igraph": 1739.8, "matches_networkx": True},
+                         {"pattern": "4-clique", "count": 81005, "ours_s": 0.0222141, "compile_s": 0.012234,
+                          "networkx_count": 81005, "networkx_s": 4.27979, "igraph_count": 81005, "igraph_s": 4.7262,
+                          "x_networkx": 192.66, "x_igraph": 212.75, "matches_networkx": True}],
         },
     }
 
@@ -86,6 +90,30 @@ def test_write_report_files_and_json(tmp_path: Path) -> None:
     for u in uris:
         img = mpimg.imread(io.BytesIO(base64.b64decode(u)), format="png")
         assert img.shape[0] > 100 and img.shape[1] > 300 and img[..., :3].std() > 0.05
+
+
+def _html_tables(text: str) -> list[list[list[str]]]:
+    """Every <table> of the page as rows of cell texts (header row first; a cell's <br> lines: its longest)."""
+    out = []
+    for tab in re.findall(r"<table>(.*?)</table>", text, flags=re.S):
+        rows = re.findall(r"<tr>(.*?)</tr>", tab, flags=re.S)
+        out.append([[max((html.unescape(re.sub(r"<[^>]+>", "", line)).strip() for line in c.split("<br>")), key=len)
+                     for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, flags=re.S)] for r in rows])
+    return out
+
+
+def test_report_tables_use_units_and_fit() -> None:
+    """The report's tables format like the terminal's (units, 3 significant digits, exact counts) and a table
+    too wide to read is transposed or split (at most HTML_TABLE_CHARS characters of text per row)."""
+    text = render_html(sample_results())
+    tables = _html_tables(text)
+    for tab in tables:
+        cols = list(zip(*[r for r in tab if len(r) == len(tab[0])], strict=True))
+        assert sum(max(len(c) for c in col) + 3 for col in cols) <= HTML_TABLE_CHARS + 1, tab[0]
+    cells = {c for tab in tables for r in tab for c in r}
+    assert {"2.69 ms", "49,267", "4.28 s", "193x", "yes"} <= cells and "detect_s = 2.00 s" in text, sorted(cells)
+    assert "0.0026912" not in text and "0.002691" not in text
+    assert any(tab[0][:3] == ["pattern", "triangle", "4-clique"] for tab in tables)  # transposed
 
 
 def test_sections_with_errors_and_missing_render() -> None:

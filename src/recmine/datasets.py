@@ -39,8 +39,9 @@ __all__ = [
 class ClickStream:
     """A time-ordered interaction stream: one row per impression, `label` 1 for a click (positive), 0 otherwise.
 
-    `item_factors`/`user_factors` are the hidden ground-truth tastes that generated the labels (the factors of
-    the *last* drift phase for users), kept so that demos and tests can check a model learns something real.
+    `item_factors`/`user_factors`/`item_quality` are the hidden ground truth that generated the labels (the
+    factors of the *last* drift phase for users), kept so that demos and tests can check a model learns
+    something real.
     """
 
     user: np.ndarray  # int64 [n]
@@ -52,6 +53,8 @@ class ClickStream:
     item_birth: np.ndarray  # float64 [n_items]: time an item first becomes available
     user_factors: np.ndarray = field(repr=False)  # float32 [n_users, f]
     item_factors: np.ndarray = field(repr=False)  # float32 [n_items, f]
+    item_quality: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32), repr=False)  # [n_items]
+    user_segment: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)  # [n_users]
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -108,13 +111,30 @@ def click_stream(
     drift_phases: int = 4,
     new_item_fraction: float = 0.2,
     duration_s: float = 3_600.0,
+    n_segments: int = 8,
+    taste: float = 3.0,
+    user_spread: float = 0.3,
+    drift: float = 0.8,
+    quality_sd: float = 1.0,
+    popularity_quality: float = 0.3,
 ) -> ClickStream:
-    """A drifting click stream: Zipf-popular items, hidden user/item tastes that shift between phases,
-    and a share of items born mid-stream, so a model that is kept fresh scores better than a stale one."""
+    """A learnable drifting click stream: Zipf-popular items, a share born mid-stream, and clicks driven by
+    hidden tastes that shift between phases, so a model kept fresh scores better than a stale one.
+
+    P(click) = sigmoid(taste * u.v / sqrt(f) + b_item). Users belong to `n_segments` taste segments (a user's
+    factors are the segment's plus `user_spread` of their own, so a few clicks place a user); at each of the
+    `drift_phases` phase changes every segment's taste moves by `drift` (0: never, 1: a fresh random taste).
+    Item quality b_item is `quality_sd`-wide noise plus `popularity_quality` x standardised log-popularity, so
+    a popularity ranking is a real but weaker baseline."""
     _check_positive(n_users=n_users, n_items=n_items, n_events=n_events, zipf_a=zipf_a, n_factors=n_factors,
-                    drift_phases=drift_phases, duration_s=duration_s)
+                    drift_phases=drift_phases, duration_s=duration_s, n_segments=n_segments)
     if not 0.0 <= new_item_fraction < 1.0:
         raise ValueError(f"new_item_fraction must be in [0, 1), got {new_item_fraction}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must be in [0, 1], got {drift}")
+    for name, value in (("taste", taste), ("user_spread", user_spread), ("quality_sd", quality_sd)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
     rng = np.random.default_rng(seed)
     item_f = rng.standard_normal((n_items, n_factors)).astype(np.float32)
     user_f = rng.standard_normal((n_users, n_factors)).astype(np.float32)
@@ -130,8 +150,6 @@ def click_stream(
     ts = np.sort(rng.uniform(0.0, duration_s, size=n_events))
     users = rng.choice(n_users, size=n_events, p=user_act)
     items = np.empty(n_events, dtype=np.int64)
-    labels = np.empty(n_events, dtype=np.float32)
-    phase_len = duration_s / drift_phases
     chunk = 4_096
     for lo in range(0, n_events, chunk):
         hi = min(lo + chunk, n_events)
@@ -144,21 +162,28 @@ def click_stream(
         cdf = np.cumsum(w, axis=1)
         u = rng.uniform(size=hi - lo) * cdf[:, -1]
         items[lo:hi] = np.minimum((cdf < u[:, None]).sum(axis=1), n_items - 1)
-    # Taste drift: each phase rotates every user's factors part-way towards a fresh random direction.
-    phase = np.minimum((ts // phase_len).astype(np.int64), drift_phases - 1)
-    phase_user_f = [user_f]
-    for _ in range(1, drift_phases):
-        target = rng.standard_normal((n_users, n_factors)).astype(np.float32)
-        phase_user_f.append((0.4 * phase_user_f[-1] + 0.9 * target).astype(np.float32))
+    # Tastes: segment centres (drifting per phase) plus each user's own part; item quality.
+    segment = rng.integers(0, n_segments, size=n_users)
+    centre = rng.standard_normal((n_segments, n_factors))
+    log_pop = np.log(pop)
+    quality = popularity_quality * (log_pop - log_pop.mean()) / max(float(log_pop.std()), 1e-12)
+    quality = quality + rng.normal(0.0, quality_sd, size=n_items)
+    phase = np.minimum((ts // (duration_s / drift_phases)).astype(np.int64), drift_phases - 1)
+    labels = np.empty(n_events, dtype=np.float32)
+    norm = taste / np.sqrt(n_factors * (1.0 + user_spread**2))
     for p in range(drift_phases):
+        if p:
+            centre = np.sqrt(1.0 - drift**2) * centre + drift * rng.standard_normal(centre.shape)
+        phase_user_f = (centre[segment] + user_spread * user_f).astype(np.float32)
         sel = phase == p
-        logit = np.einsum("nf,nf->n", phase_user_f[p][users[sel]], item_f[items[sel]]) / np.sqrt(n_factors)
-        prob = 1.0 / (1.0 + np.exp(-2.0 * logit))
+        logit = norm * np.einsum("nf,nf->n", phase_user_f[users[sel]], item_f[items[sel]]) + quality[items[sel]]
+        prob = 1.0 / (1.0 + np.exp(-logit))
         labels[sel] = (rng.uniform(size=int(sel.sum())) < prob).astype(np.float32)
     return ClickStream(
         user=users.astype(np.int64), item=items, label=labels, timestamp=ts,
         n_users=n_users, n_items=n_items, item_birth=birth,
-        user_factors=phase_user_f[-1], item_factors=item_f,
+        user_factors=phase_user_f, item_factors=item_f, item_quality=quality.astype(np.float32),
+        user_segment=segment,
     )
 
 

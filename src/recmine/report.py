@@ -6,8 +6,9 @@ no network) and the raw `results.json` beside it.
 scalar facts (shown as a key/value table), lists of row mappings (shown as tables), and the series the plots use:
 
 - `ekko.latency`: ``[{"dc": str, "t_s": [...], "latency_s": [...]}]`` and `ekko.rollback`
-  ``{"injected_at_s", "detected_at_s", "rolled_back_at_s"}``; optional `ekko.quality`
-  ``{"t_s": [...], "live": [...], "baseline": [...], "metric": str}``;
+  ``{"injected_at_s", "detected_at_s", "rolled_back_at_s"}`` (optionally "trainer_fixed_at_s", "released_at_s");
+  optional `ekko.quality` ``{"t_s": [...], "live": [...], "metric": str}`` with any of the comparison series
+  "popularity", "stale", "baseline";
 - `faery.latency_vs_k`: ``[{"k": int, "ours_ms": float, "faiss_ms": float | None, "numpy_ms": float}]``;
 - `g2miner.patterns`: ``[{"pattern": str, "count": int, "ours_s": float, "networkx_s": float, ...}]``.
 """
@@ -30,13 +31,17 @@ from recmine.extras import require
 require("matplotlib", "report").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from recmine.output import format_columns, format_value, layout  # noqa: E402
+
 __all__ = ["write_report", "render_html", "to_jsonable"]
 
 SECTIONS = [
     ("ekko", "ekko: model updates across data centres",
      "A 4-DC parameter-server cluster behind an emulated WAN. The recommender trains on a drifting click "
-     "stream; every update spreads peer to peer. With ekko's state manager present, a harmful update is "
-     "injected, detected from serving quality and rolled back in every DC (the facts say whether that ran)."),
+     "stream; every update spreads peer to peer; its served AUC is shown beside a popularity ranking and the "
+     "stale warm-start checkpoint. Partway, the trainer turns faulty and keeps sending harmful updates until an "
+     "operator fixes it: ekko's state manager acts on every alarm (false ones counted), rolls the damage back in "
+     "every DC and quarantines the trainer (its updates held, judged in shadow, released when healthy)."),
     ("faery", "faery: exact top-K retrieval over the live item table",
      "The item-embedding table read from one DC's parameter servers becomes a faery index, refreshed as "
      "updates arrive; user queries retrieve exact top-K candidates. Latency beside Faiss's flat index."),
@@ -109,16 +114,24 @@ def plot_ekko(sec: Mapping[str, Any]) -> list[tuple[str, str]]:
         out.append(("Update latency per data centre", _png(fig)))
     q = sec.get("quality") or {}
     if q.get("t_s"):
-        fig, ax = plt.subplots(figsize=(9.5, 3.4))
-        ax.plot(q["t_s"], q.get("live", []), "-", label="live model")
-        if q.get("baseline"):
-            ax.plot(q["t_s"], q["baseline"], "--", label="baseline (witness)")
-        _mark_rollback(ax, sec.get("rollback") or {})
+        fig, ax = plt.subplots(figsize=(9.5, 3.8))
+        ax.plot(q["t_s"], q.get("live", []), "-", lw=1.6, label=q.get("live_label", "live model (served)"))
+        for key, label, style in (("stale", "stale model (frozen at the warm start)", "-."),
+                                  ("popularity", "popularity baseline", "--"), ("baseline", "baseline", ":")):
+            if q.get(key):
+                ax.plot(q["t_s"], q[key], style, lw=1.2, label=q.get(f"{key}_label", label))
+        rb = sec.get("rollback") or {}
+        _mark_rollback(ax, rb)
+        lo, hi = _num(rb.get("rolled_back_at_s")), _num(rb.get("released_at_s"))
+        if lo is not None:
+            ax.axvspan(lo, hi if hi is not None else max(q["t_s"]), color="#2e8b57", alpha=.08,
+                       label="trainer quarantined (updates held)")
+        metric = str(q.get("metric", "quality"))
         ax.set_xlabel("time since start (s)")
-        ax.set_ylabel(str(q.get("metric", "quality")))
-        ax.set_title("ekko: serving quality, harmful update and rollback")
+        ax.set_ylabel(metric.split(" (")[0])
+        ax.set_title(f"ekko: serving quality, harmful update and rollback\n{metric}", fontsize=10)
         ax.grid(alpha=.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         out.append(("Serving quality", _png(fig)))
     return out
 
@@ -126,7 +139,9 @@ def plot_ekko(sec: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _mark_rollback(ax: plt.Axes, rb: Mapping[str, Any]) -> None:
     styles = [("injected_at_s", "harmful update", "#c0392b", ":"),
               ("detected_at_s", "detected", "#d4a017", "--"),
-              ("rolled_back_at_s", "rolled back", "#2e8b57", "-")]
+              ("rolled_back_at_s", "rolled back", "#2e8b57", "-"),
+              ("trainer_fixed_at_s", "trainer fixed (operator)", "#7f8c8d", "-."),
+              ("released_at_s", "quarantine released", "#2980b9", "--")]
     for key, label, color, ls in styles:
         x = _num(rb.get(key))
         if x is not None:
@@ -185,24 +200,23 @@ PLOTTERS = {"ekko": plot_ekko, "faery": plot_faery, "g2miner": plot_g2miner}
 SERIES_KEYS = {"latency", "quality", "rollback_series"}
 
 
-def _fmt(v: Any) -> str:
+_NUM = ' class="n"'
+HTML_TABLE_CHARS = 110  # a table wider than this many characters of text is split or transposed, as in a terminal
+
+
+def _fmt(key: str, v: Any) -> str:
+    """A value as the report shows it: the terminal tables' formatting (units, 3 significant digits)."""
     v = to_jsonable(v)
-    if isinstance(v, bool) or v is None:
-        return html.escape(str(v))
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
     if isinstance(v, Mapping):
-        return "<br>".join(f"{html.escape(str(k))} = {_fmt(x)}" for k, x in v.items())
-    return html.escape(str(v))
+        return "<br>".join(f"{html.escape(str(k))} = {_fmt(str(k), x)}" for k, x in v.items())
+    return html.escape(format_value(key, v))
 
 
-def _td(v: Any) -> str:
+def _td(key: str, v: Any) -> str:
     """A table cell: numbers right-aligned, text left-aligned."""
     v = to_jsonable(v)
-    cls = ' class="n"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
-    return f"<td{cls}>{_fmt(v)}</td>"
+    cls = _NUM if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+    return f"<td{cls}>{_fmt(key, v)}</td>"
 
 
 def _is_rows(v: Any) -> bool:
@@ -210,13 +224,18 @@ def _is_rows(v: Any) -> bool:
 
 
 def _rows_html(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols and not isinstance(r[k], (list, tuple, np.ndarray))]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_td(r.get(c, "")) for c in cols) + "</tr>" for r in rows)
-    return (f'<div class="scroll"><table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}'
-            "</table></div>")
+    """Rows as one or more HTML tables, cut like the terminal tables (`recmine.output.layout`)."""
+    rows = [{k: v for k, v in r.items() if not isinstance(v, (list, tuple, np.ndarray))} for r in rows]
+    parts = layout(format_columns(rows), HTML_TABLE_CHARS)
+    out = []
+    for n, (cols, _) in enumerate(parts):
+        cap = caption if len(parts) == 1 or not caption else f"{caption} ({n + 1}/{len(parts)})"
+        head = "".join(f"<th>{html.escape(c.header)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td{_NUM if c.numeric else ''}>{html.escape(c.cells[r])}</td>"
+                                        for c in cols) + "</tr>" for r in range(len(cols[0].cells)))
+        out.append(f'<div class="scroll"><table><caption>{html.escape(cap)}</caption><tr>{head}</tr>{body}'
+                   "</table></div>")
+    return "".join(out)
 
 
 def _section_html(key: str, title: str, lead: str, sec: Mapping[str, Any] | None) -> str:
@@ -232,7 +251,7 @@ def _section_html(key: str, title: str, lead: str, sec: Mapping[str, Any] | None
                if k not in ("error", "skipped") and not _is_rows(v) and not isinstance(v, (list, tuple))
                and not (isinstance(v, Mapping) and k in SERIES_KEYS)}
     if scalars:
-        body = "".join(f"<tr><td>{html.escape(k)}</td>{_td(v)}</tr>" for k, v in scalars.items())
+        body = "".join(f"<tr><td>{html.escape(k)}</td>{_td(k, v)}</tr>" for k, v in scalars.items())
         parts.append(f"<table><tr><th>fact</th><th>value</th></tr>{body}</table>")
     for name, uri in PLOTTERS[key](sec):
         parts.append(f'<img alt="{html.escape(name)}" title="{html.escape(name)}" src="{uri}">')
@@ -247,7 +266,7 @@ def render_html(results: Mapping[str, Any]) -> str:
     """The report page as one HTML string (all plots inline)."""
     results = to_jsonable(results)
     meta = results.get("meta", {}) or {}
-    sub = " · ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in meta.items()
+    sub = " · ".join(f"{html.escape(str(k))}: {_fmt(str(k), v)}" for k, v in meta.items()
                      if not isinstance(v, (Mapping, list, tuple)))
     body = "".join(_section_html(k, t, lead, results.get(k)) for k, t, lead in SECTIONS)
     if _is_rows(results.get("summary")):

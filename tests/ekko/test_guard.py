@@ -9,7 +9,7 @@ import pytest
 
 from recmine.datasets import click_stream
 from recmine.ekko.cluster import LocalCluster
-from recmine.ekko.guard import GuardConfig, ModelStateManager
+from recmine.ekko.guard import GuardConfig, ModelStateManager, Quarantine
 from recmine.ekko.store import ParamStore
 
 DIM = 8
@@ -23,9 +23,15 @@ def _auc(scores: np.ndarray, y: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def _run(inject_at: int | None, store: ParamStore, write=None, n_batches: int = 90):
+def _run(inject_at: int | None, store: ParamStore, write=None, n_batches: int = 90, fault_until: int | None = None,
+         gate: Quarantine | None = None, watch: list | None = None):
     """Item rows of a factor model live in `store` (what serving reads); every batch applies small legitimate
-    updates to the rows it touched; the guard compares live and witness AUC on held-out clicks every window."""
+    updates to the rows it touched; the guard compares live and witness AUC on held-out clicks every window.
+
+    A fault at `inject_at` replaces popular items' rows with noise; with `fault_until` the faulty trainer keeps
+    doing so every batch until then (when the operator restarts it from the served rows). With `gate`, a rollback
+    quarantines the sources it names and their updates go through the gate; `watch` gets, after every batch
+    while a rollback is in force and the trainer faulty, whether the store still serves the restored rows."""
     stream = click_stream(n_users=300, n_items=400, n_events=(n_batches + 10) * BATCH, seed=3, n_factors=DIM,
                           drift_phases=1, new_item_fraction=0.0)
     hu, hi, hy = (a[n_batches * BATCH:] for a in (stream.user, stream.item, stream.label))  # held-out clicks
@@ -38,27 +44,47 @@ def _run(inject_at: int | None, store: ParamStore, write=None, n_batches: int = 
     guard = ModelStateManager({"item": (ids, V.copy())}, {"item": DIM},
                               GuardConfig(margin=0.03, patience=2, witness_delay=2 * WINDOW))
     live = lambda t, k: store.get(t, k)[0]  # noqa: E731 - serving reads the parameter server
-    verdicts, injected_window = [], None
+    evaluate = lambda get: _auc(np.einsum("nd,nd->n", U[hu], get("item", hi)), hy)  # noqa: E731
+    verdicts, injected_window, restored = [], None, None
+    last = inject_at if fault_until is None else fault_until - 1
     for b in range(n_batches):
         lo = b * BATCH
         i = stream.item[lo:lo + BATCH]
         if b % WINDOW == 0 and b >= 2 * WINDOW:
-            v = guard.check(lambda get: _auc(np.einsum("nd,nd->n", U[hu], get("item", hi)), hy), live)
+            v = guard.check(evaluate, live)
             verdicts.append(v)
+            held = gate is not None and gate.quarantined("trainer")
             if v.rollback_due:
                 rep = guard.rollback(write)
-                for table, (keys, vals) in rep.restored.items():  # the trainer resets its copy too
-                    if table == "item":
-                        V[keys] = vals
+                restored = rep.restored["item"]
+                if gate is None:  # the trainer resets its copy too
+                    for table, (keys, vals) in rep.restored.items():
+                        if table == "item":
+                            V[keys] = vals
+                else:
+                    for source in rep.sources:
+                        gate.quarantine(source)
+            if held:
+                rev = gate.review("trainer", evaluate, live)
+                for table, keys, vals in rev.released:
+                    write(table, keys, vals)
+                guard.record_batch(rev.released)
+        if fault_until is not None and b == fault_until:  # the operator restarts the trainer from what is served
+            V[:] = store.get("item", ids)[0]
         changed = np.unique(i)
         V[changed] += 0.01 * rng.standard_normal((changed.size, DIM)).astype(np.float32)  # legitimate updates
-        if inject_at is not None and b == inject_at:  # a harmful push: popular items' rows replaced by noise
-            injected_window = guard.window
+        if inject_at is not None and inject_at <= b <= last:  # harmful pushes: popular items' rows as noise
+            injected_window = guard.window if injected_window is None else injected_window
             bad = np.bincount(i, minlength=400).argsort()[-80:]
             V[bad] = rng.normal(0.0, 3.0, (bad.size, DIM)).astype(np.float32)
             changed = np.union1d(changed, bad)
-        write("item", changed, V[changed])
-        guard.record_batch([("item", changed, V[changed])])
+        update = [("item", changed, V[changed].copy())]
+        applied = gate.submit("trainer", update) if gate is not None else update
+        for table, keys, vals in applied:
+            write(table, keys, vals)
+        guard.record_batch(applied)
+        if watch is not None and restored is not None and b <= last:
+            watch.append(np.array_equal(store.get("item", restored[0])[0], restored[1]))
     return guard, verdicts, injected_window
 
 
@@ -73,6 +99,74 @@ def test_harmful_update_is_detected_and_rolled_back():
     assert after and all(v.live >= v.witness - 0.03 for v in after[-3:])  # back within the margin
     restored_keys, restored_vals = rep.restored["item"]
     assert restored_keys.size == rep.keys["item"]
+    assert rep.sources == ["trainer"]  # who wrote since the last good window: the source to quarantine
+
+
+def test_rollback_holds_while_the_faulty_trainer_keeps_sending():
+    """The faulty trainer sends harmful rows for 25 more batches after the rollback. Without a quarantine every
+    later push undoes the rollback (the guard must roll back again and again); with it the restored rows stay
+    served, the harmful updates are held and discarded, and after the operator's fix the healthy updates are
+    released after two healthy shadow windows and quality is back within the margin."""
+    guard, verdicts, _ = _run(inject_at=40, fault_until=65, store=ParamStore({"item": DIM}, num_shards=2))
+    assert len(guard.rollbacks) >= 3 and sum(v.bad for v in verdicts) >= 6  # no quarantine: it does not hold
+
+    store, gate, watch = ParamStore({"item": DIM}, num_shards=2), Quarantine(margin=0.03, release_after=2), []
+    guard, verdicts, injected = _run(inject_at=40, fault_until=65, store=store, gate=gate, watch=watch)
+    assert len(guard.rollbacks) == 1 and guard.rollbacks[0].window - injected <= 2
+    assert len(watch) >= 15 and all(watch)  # the restored rows stayed served while the trainer kept sending
+    actions = [r.action for r in gate.reviews]
+    assert actions[: actions.index("holding")].count("discarded") >= 3  # harmful held rows thrown away
+    assert actions[-1] == "released" and not gate.quarantined("trainer")  # healthy rows released after the fix
+    assert gate.held_total["trainer"] >= 25 and gate.discarded_rows["trainer"] > 0
+    assert all(v.live >= v.witness - 0.03 for v in verdicts[-3:]) and not any(v.bad for v in verdicts[-5:])
+
+
+def _getter(rows: dict[int, float]):
+    return lambda table, keys: np.array([[rows.get(int(k), 0.0)] for k in keys], np.float32)
+
+
+def test_quarantine_holds_judges_in_shadow_and_releases():
+    q = Quarantine(margin=0.1, release_after=2)
+    up = [("item", np.array([1, 2]), np.array([[5.0], [6.0]], np.float32))]
+    assert q.submit("a", up) is up  # a trusted source passes straight through
+    q.quarantine("a", "rolled back")
+    assert q.quarantined("a") and q.sources == ["a"] and q.reasons["a"] == "rolled back"
+    assert q.submit("a", up) == [] and q.submit("b", up) is up  # only the quarantined source is held
+    q.submit("a", [("item", np.array([2]), np.array([[9.0]], np.float32))])  # latest value per key wins
+    assert q.held_rows("a") == 2 and q.held_total["a"] == 2
+    served = _getter({1: 1.0, 2: 1.0, 3: 1.0})
+    shadow = q.overlay("a", served)
+    np.testing.assert_array_equal(shadow("item", np.array([3, 2, 1])), [[1.0], [9.0], [5.0]])
+    quality = lambda get: -float(np.abs(get("item", np.array([1, 2, 3])) - 1.0).mean())  # noqa: E731
+    rev = q.review("a", quality, served)  # the held rows hurt: thrown away, still held
+    assert (rev.action, rev.healthy, rev.held_rows) == ("discarded", False, 2) and rev.shadow < rev.served
+    assert q.quarantined("a") and q.held_rows("a") == 0 and q.discarded_rows["a"] == 2
+    q.submit("a", [("item", np.array([3]), np.array([[1.05]], np.float32))])
+    assert q.review("a", quality, served).action == "holding"  # healthy once: not yet
+    rev = q.review("a", quality, served)
+    assert rev.action == "released" and not q.quarantined("a")
+    (table, keys, vals), = rev.released
+    assert table == "item" and keys.tolist() == [3] and vals.tolist() == [[pytest.approx(1.05)]]
+    assert q.submit("a", up) is up  # trusted again
+    q.quarantine("a")
+    q.submit("a", up)
+    released = q.release("a")  # the operator's release, at any time
+    assert [k.tolist() for _, k, _ in released] == [[1, 2]] and not q.quarantined("a")
+
+
+def test_quarantine_bad_input_is_named():
+    with pytest.raises(ValueError, match="release_after"):
+        Quarantine(release_after=0)
+    with pytest.raises(ValueError, match="margin"):
+        Quarantine(margin=-1.0)
+    q = Quarantine()
+    with pytest.raises(KeyError, match="'x' is not quarantined"):
+        q.review("x", lambda get: 0.0, _getter({}))
+    with pytest.raises(KeyError, match="'x' is not quarantined"):
+        q.release("x")
+    q.quarantine("x")
+    with pytest.raises(ValueError, match="finite"):
+        q.review("x", lambda get: float("nan"), _getter({}))
 
 
 def test_clean_stream_never_rolls_back():
@@ -110,3 +204,16 @@ def test_bad_input():
         g.record_batch([("user", np.array([1]), np.ones((1, 2)))])
     with pytest.raises(ValueError, match="finite"):
         g.check(lambda get: float("nan"), lambda t, k: np.zeros((len(k), 2)))
+
+
+def test_rollback_resets_keys_born_after_the_witness_horizon():
+    """A key the witness never saw (born within its delay) goes back to the zero prior, not left harmful."""
+    store = ParamStore({"item": 2}, num_shards=1)
+    g = ModelStateManager({"item": (np.array([1]), np.ones((1, 2), np.float32))}, {"item": 2},
+                          GuardConfig(witness_delay=3))
+    harm = np.full((2, 2), 40.0, np.float32)
+    store.put("item", np.array([1, 7]), harm)
+    g.record_batch([("item", np.array([1, 7]), harm)])
+    rep = g.rollback(lambda t, k, v: store.put(t, k, v))
+    assert rep.unrecoverable == {"item": 1} and rep.keys == {"item": 2}
+    np.testing.assert_array_equal(store.get("item", np.array([1, 7]))[0], [[1.0, 1.0], [0.0, 0.0]])

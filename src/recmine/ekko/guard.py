@@ -5,7 +5,14 @@ evaluation window scores the same recent interactions with the live parameters (
 parameter servers) and with the witness's. When live quality trails the witness by more than `margin` for
 `patience` consecutive windows, the keys changed since the last good window are rolled back to the witness's values:
 written as fresh versions at the trainer's PS, so they spread to every DC like any update, and the cost is
-proportional to the keys changed, not the model size."""
+proportional to the keys changed, not the model size.
+
+A rollback alone does not hold while the faulty trainer keeps sending: its next update would undo it. The rollback
+names the sources that wrote since the last good window, and a `Quarantine` holds those sources' later updates
+(latest value per key) instead of applying them. Each window it scores the held rows in shadow (served rows with
+the held ones laid over them) against the served rows: held rows that hurt are discarded; after `release_after`
+healthy windows in a row they are released (written) and the source is trusted again; an operator can release
+or discard at any time."""
 
 from __future__ import annotations
 
@@ -48,9 +55,10 @@ class RollbackReport:
     window: int
     keys: dict[str, int]
     restored: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
-    unrecoverable: dict[str, int] = field(default_factory=dict)
+    unrecoverable: dict[str, int] = field(default_factory=dict)  # keys per table reset to the prior (zeros)
     detect_window: int = 0
     write_seconds: float = 0.0
+    sources: list[str] = field(default_factory=list)  # who wrote since the last good window (to quarantine)
 
     @property
     def total_keys(self) -> int:
@@ -112,13 +120,17 @@ class ModelStateManager:
         self.history: list[Verdict] = []
         self.rollbacks: list[RollbackReport] = []
         self._first_bad_window: int | None = None
+        self._sources_since_good: set[str] = set()
 
-    def record_batch(self, updates: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-        """Call after every training batch with the rows it wrote: feeds the witness and the changed-key set."""
+    def record_batch(self, updates: list[tuple[str, np.ndarray, np.ndarray]], source: str = "trainer") -> None:
+        """Call after every batch applied to the PS with the rows it wrote (and who wrote them): feeds the witness,
+        the changed-key set and the sources a rollback names."""
         for table, keys, _ in updates:
             if table not in self.dims:
                 raise KeyError(f"unknown table {table!r}; guarded tables are {sorted(self.dims)}")
             self.changed_since_good[table].update(np.asarray(keys).tolist())
+        if updates:
+            self._sources_since_good.add(source)
         self.witness.record_batch(updates)
 
     def witness_getter(self) -> RowGetter:
@@ -141,6 +153,7 @@ class ModelStateManager:
             self._first_bad_window = None
             for s in self.changed_since_good.values():  # a good point: later rollbacks start from here
                 s.clear()
+            self._sources_since_good.clear()
         v = Verdict(self.window, q_live, q_wit, bad, self.consecutive_bad,
                     self.consecutive_bad >= self.cfg.patience)
         self.history.append(v)
@@ -149,28 +162,152 @@ class ModelStateManager:
 
     def rollback(self, write: RowWriter) -> RollbackReport:
         """Write the witness's values for every key changed since the last good window (fresh versions, so they
-        reach every DC); returns what was restored so the trainer can reset its own copy too."""
+        reach every DC); keys the witness never saw (born within its delay) go back to the cold-start prior, the
+        zero row a PS serves for a key it does not hold. Returns what was restored so a trainer can reset too."""
         t0 = time.perf_counter()
         restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        counts, lost = {}, {}
+        counts, reset = {}, {}
         for table, keyset in self.changed_since_good.items():
             if not keyset:
                 continue
             keys = np.array(sorted(keyset), np.int64)
-            vals, known = self.witness.get(table, keys, self.dims[table])
+            vals, known = self.witness.get(table, keys, self.dims[table])  # unknown keys read as zeros
             if (~known).any():
-                lost[table] = int((~known).sum())  # born after the witness's horizon: nothing older to restore
-            keys, vals = keys[known], vals[known]
-            if keys.size:
-                write(table, keys, vals)
+                reset[table] = int((~known).sum())
+            write(table, keys, vals)
             restored[table] = (keys, vals)
             counts[table] = int(keys.size)
             keyset.clear()
         self.witness.drop_pending()
-        rep = RollbackReport(self.window - 1, counts, restored, lost,
+        rep = RollbackReport(self.window - 1, counts, restored, reset,
                              detect_window=self._first_bad_window if self._first_bad_window is not None else -1,
-                             write_seconds=time.perf_counter() - t0)
+                             write_seconds=time.perf_counter() - t0, sources=sorted(self._sources_since_good))
         self.rollbacks.append(rep)
         self.consecutive_bad = 0
         self._first_bad_window = None
+        self._sources_since_good.clear()
         return rep
+
+
+Updates = list[tuple[str, np.ndarray, np.ndarray]]  # [(table, keys, values)], as ModelStateManager.record_batch
+
+
+@dataclass
+class Review:
+    """One shadow window of a quarantined source: its held rows laid over the served ones vs the served ones."""
+
+    source: str
+    shadow: float
+    served: float
+    healthy: bool
+    held_rows: int
+    action: str  # "discarded" | "holding" | "released"
+    released: Updates = field(default_factory=list, repr=False)  # rows to write when action == "released"
+
+
+class Quarantine:
+    """Holds the updates of quarantined sources instead of applying them, until a healthy streak or an operator
+    releases them (see module docstring). Values are absolute rows, so only the latest per key is kept."""
+
+    def __init__(self, margin: float = 0.02, release_after: int = 2) -> None:
+        if not (np.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be finite and >= 0, got {margin}")
+        if release_after < 1:
+            raise ValueError(f"release_after must be >= 1, got {release_after}")
+        self.margin, self.release_after = margin, release_after
+        self._held: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+        self._healthy: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}
+        self.reviews: list[Review] = []
+        self.held_total: dict[str, int] = {}  # updates (batches) held per source, ever
+        self.discarded_rows: dict[str, int] = {}
+
+    def quarantined(self, source: str) -> bool:
+        """Whether `source`'s updates are being held."""
+        return source in self._held
+
+    @property
+    def sources(self) -> list[str]:
+        """Sources held now."""
+        return sorted(self._held)
+
+    def quarantine(self, source: str, reason: str = "") -> None:
+        """Start holding `source`'s updates (no-op if already held; its healthy streak restarts)."""
+        self._held.setdefault(source, {})
+        self._healthy[source] = 0
+        self.reasons[source] = reason
+
+    def submit(self, source: str, updates: Updates) -> Updates:
+        """Route one batch of `source`'s updates: returned unchanged (apply them) if the source is trusted, held
+        (and [] returned) if it is quarantined."""
+        held = self._held.get(source)
+        if held is None:
+            return updates
+        for table, keys, vals in updates:
+            dst = held.setdefault(table, {})
+            for k, v in zip(np.asarray(keys, np.int64).tolist(), np.asarray(vals, np.float32), strict=True):
+                dst[k] = v.copy()
+        self.held_total[source] = self.held_total.get(source, 0) + 1
+        return []
+
+    def held_rows(self, source: str) -> int:
+        """Rows held for `source` now."""
+        return sum(len(t) for t in self._held.get(source, {}).values())
+
+    def overlay(self, source: str, base: RowGetter) -> RowGetter:
+        """A getter serving `source`'s held rows where it holds them and `base` elsewhere (the shadow model)."""
+        held = self._held.get(source, {})
+
+        def get(table: str, keys: np.ndarray) -> np.ndarray:
+            vals = np.array(base(table, keys), np.float32, copy=True)
+            rows = held.get(table)
+            if rows:
+                for n, k in enumerate(np.asarray(keys).tolist()):
+                    v = rows.get(k)
+                    if v is not None:
+                        vals[n] = v
+            return vals
+        return get
+
+    def review(self, source: str, evaluate: Callable[[RowGetter], float], served: RowGetter) -> Review:
+        """Score `source`'s held rows in shadow on one window: harmful ones are discarded, and after
+        `release_after` healthy windows in a row they are released (returned in `Review.released`)."""
+        if source not in self._held:
+            raise KeyError(f"source {source!r} is not quarantined; quarantined: {self.sources}")
+        q_served = float(evaluate(served))
+        q_shadow = float(evaluate(self.overlay(source, served)))
+        if not (np.isfinite(q_served) and np.isfinite(q_shadow)):
+            raise ValueError(f"quality must be finite, got shadow={q_shadow} served={q_served}")
+        n = self.held_rows(source)
+        healthy = q_shadow >= q_served - self.margin
+        released: Updates = []
+        if not healthy:
+            self._healthy[source] = 0
+            self.discard(source)
+            action = "discarded"
+        else:
+            self._healthy[source] += 1
+            action = "holding"
+            if self._healthy[source] >= self.release_after:
+                released, action = self.release(source), "released"
+        rev = Review(source, q_shadow, q_served, healthy, n, action, released)
+        self.reviews.append(rev)
+        return rev
+
+    def release(self, source: str) -> Updates:
+        """Trust `source` again and return its held rows (the caller writes them); the operator's release."""
+        held = self._held.pop(source, None)
+        if held is None:
+            raise KeyError(f"source {source!r} is not quarantined; quarantined: {self.sources}")
+        self._healthy.pop(source, None)
+        return [(t, np.array(sorted(rows), np.int64), np.stack([rows[k] for k in sorted(rows)]))
+                for t, rows in held.items() if rows]
+
+    def discard(self, source: str) -> int:
+        """Drop `source`'s held rows (it stays quarantined); returns how many were dropped."""
+        if source not in self._held:
+            raise KeyError(f"source {source!r} is not quarantined; quarantined: {self.sources}")
+        n = self.held_rows(source)
+        self._held[source] = {}
+        self.discarded_rows[source] = self.discarded_rows.get(source, 0) + n
+        return n

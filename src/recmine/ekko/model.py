@@ -227,6 +227,12 @@ class OnlineTrainer:
                 ok = r >= 0
                 emb.weight[torch.from_numpy(r[ok])] = torch.from_numpy(np.asarray(vals[ok], np.float32))
 
+    def restart(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Restart from `rows` (e.g. the model being served, after a fault): load them and start the optimizers
+        afresh, as a restarted trainer process would (a fault's huge steps leave Adagrad's step sizes tiny)."""
+        self.load_rows(rows)
+        self._make_optimizers()
+
     def _remember(self, u: np.ndarray, i: np.ndarray, y: np.ndarray) -> None:
         cap = self._buf_u.shape[0]
         at = (self._buf_n + np.arange(u.shape[0])) % cap

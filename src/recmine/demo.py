@@ -228,10 +228,11 @@ def section_g2miner(cfg: DemoConfig, ui: UI) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- faery
 def _brute_topk(table: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """numpy oracle: top-k ids by inner product, ties broken by the smaller id."""
-    s = q @ table.T
-    order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=-1)
-    return ids[order[..., :k]]
+    """The float64 oracle's top-k ids by inner product (ties by the smaller id): float32 scoring reorders
+    near-ties and would call an exact result wrong."""
+    from recmine.faery.exact import brute_force_topk
+
+    return brute_force_topk(table, ids, q, k, "ip")[1]
 
 
 def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | None) -> dict[str, Any]:

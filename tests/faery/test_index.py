@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from recmine.faery import Index
-
-from .oracle import brute_force
+from recmine.faery.exact import brute_force_topk
 
 N, D = 3000, 24
 
@@ -45,7 +44,7 @@ def test_search_equals_brute_force(kind, storage, metric):
         q[0] = x[-1]  # aligned with the data direction: scores ascend with the row index
     for k in (1, 10, 100, 1000, N):
         got_s, got_i = idx.search(q, k)
-        want_s, want_i = brute_force(x, ids, q, k, metric)
+        want_s, want_i = brute_force_topk(x, ids, q, k, metric)
         np.testing.assert_array_equal(got_i, want_i, err_msg=f"k={k}")
         np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5 * (1 + np.abs(want_s).max()))
     one_s, one_i = idx.search(q[0], 10)  # a single 1-D query
@@ -139,7 +138,7 @@ def test_remove_update_compact():
     live = x[500:].copy()
     live[:100] = x2
     q = rng.standard_normal((4, 8)).astype(np.float32)
-    want = brute_force(live, ids[500:], q, 10, "ip")[1]
+    want = brute_force_topk(live, ids[500:], q, 10, "ip")[1]
     np.testing.assert_array_equal(idx.search(q, 10)[1], want)
     idx.compact()
     assert idx.corpus.size == 500

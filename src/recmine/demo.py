@@ -327,8 +327,8 @@ def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | Non
     out["catalogue_items"] = n_cat
     out["faiss"] = ("faiss.IndexFlatIP, each K through its fastest of the flat scan, its BLAS path and IndexShards"
                     if any(r["engine"] == "faiss" for r in res["runs"]) else "not installed")
-    out["isolation"] = "each engine alone in a spawned process, at " + " and ".join(f"{t}" for t in res["threads"]) \
-        + " threads"
+    out["isolation"] = (f"each engine alone in a spawned process, at {' and '.join(map(str, res['threads']))} "
+                        f"threads, OMP_WAIT_POLICY={res['omp_wait_policy']}")
     out["engines"] = res["engines"]
     out["latency_vs_k"] = rows
     ui.table("faery: single-query latency vs K (median ms, each engine in its own process)", res["latency"])

@@ -144,7 +144,8 @@ def bench(
         res = compare(x, qs, ks, batch=qb, threads=thr, storages=(storage,),
                       progress=None if as_json else lambda msg: status.update(f"timing {msg}"))
     emit({"n": n, "dim": dim, "storage": storage, "queries": queries, "all_exact": res["all_exact"],
-          "isolation": "each engine alone in a spawned process", "latency_ms": res["latency"],
+          "isolation": "each engine alone in a spawned process", "omp_wait_policy": res["omp_wait_policy"],
+          "latency_ms": res["latency"],
           "ratios": res["ratios"], "engines": res["engines"]}, as_json=as_json, title="faery bench")
 
 

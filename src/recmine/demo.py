@@ -338,7 +338,9 @@ def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | Non
 
 def _per_query(res: dict[str, Any], engine: str, k: int, threads: int) -> float | None:
     """Median single-query ms of `engine` at `threads` threads and K (None when it did not run)."""
-    run = next((r for r in res["runs"] if r["engine"] == engine and r["threads_asked"] == threads), None)
+    from recmine.faery.compare import find_run
+
+    run = find_run(res, engine, threads)
     return None if run is None else run["single"][k]["p50_ms"]
 
 

@@ -297,8 +297,9 @@ def compare(x: np.ndarray, queries: np.ndarray, ks: Sequence[int], *, batch: np.
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def _run(result: dict[str, Any], engine: str, threads: int | None = None,
-         storage: str | None = None) -> dict[str, Any] | None:
+def find_run(result: dict[str, Any], engine: str, threads: int | None = None,
+             storage: str | None = None) -> dict[str, Any] | None:
+    """The first run of `engine` (at `threads` threads, in `storage` for faery) in a compare() result, or None."""
     for r in result["runs"]:
         if r["engine"] == engine and (threads is None or r["threads_asked"] == threads) \
                 and (storage is None or r["storage"] == storage):
@@ -322,7 +323,7 @@ def latency_rows(result: dict[str, Any], storage: str | None = None) -> list[dic
         row: dict[str, Any] = {"K": k}
         for engine in engines:
             for t in result["threads"]:
-                r = _run(result, engine, t, primary if engine == "faery" else None)
+                r = find_run(result, engine, t, primary if engine == "faery" else None)
                 if r is not None:
                     row[f"{storage or engine} {t}t ms"] = r["single"][k]["p50_ms"]
                     if storage:
@@ -339,7 +340,7 @@ def ratio_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for k in result["ks"]:
         row: dict[str, Any] = {"K": k}
         for t in result["threads"]:
-            ours, theirs = _run(result, "faery", t, primary), _run(result, "faiss", t)
+            ours, theirs = find_run(result, "faery", t, primary), find_run(result, "faiss", t)
             if ours is not None and theirs is not None:
                 row[f"x faiss {t}t"] = theirs["single"][k]["p50_ms"] / ours["single"][k]["p50_ms"]
         f_ms, f_run = best(result, "faiss", k)

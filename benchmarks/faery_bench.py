@@ -1,13 +1,17 @@
-"""faery benchmark: our exact index (int8 and fp32 scan tiers) vs faiss.IndexFlatIP (default, and with
-distance_compute_blas_threshold = 0) vs numpy matvec + argpartition — same data, same run, equal threads.
+"""faery benchmark: our exact index (int8 and fp32 scan tiers) vs faiss.IndexFlatIP vs numpy matmul + argpartition,
+same data, same run, every engine alone in a process of its own (recmine.faery.compare).
 
-Usage: python benchmarks/faery_bench.py [--quick] [--threads 2] [--sections index,service,cluster] [--json]
-Section index: p50/p99 single-query latency per K, batch-64 throughput, recall against the exact answer, bytes read
-per query, and the time to remove 1,000 ids. Section service: the gRPC retrieval server (its own process) on
-loopback at 1, 4 and 16 concurrent clients with 1% of requests being upserts (K = 100): throughput and p50/p99, and
-the service's added latency over in-process Index.search (target <= 1 ms at p50), beside an empty RPC's round trip
-(the gRPC floor). Section cluster: ShardedIndex over 2 local workers vs one Index (this machine's 2 vCPUs share
-about one physical core, so expect little).
+Usage: python benchmarks/faery_bench.py [--quick] [--threads 1,2] [--sections index,service,cluster] [--json]
+Section index: per (N, d), median and p99 single-query latency per K of faery at 1 and N threads, faiss at 1 and N
+threads (each K through its fastest configuration: IndexFlatIP's scan, its BLAS path or IndexShards), numpy;
+batch-64 throughput (faiss through its BLAS path); every result checked against the float64 oracle; the ratios at
+equal threads and best configuration against best; and removal of 1,000 ids: faery remove (tombstones) and
+remove + compact() beside faiss IDSelectorNot (tombstones) and remove_ids, searches after removal checked against
+the oracle over the remaining rows. Section service: the gRPC retrieval server (its own process) on loopback at 1, 4
+and 16 concurrent clients with 1% of requests being upserts (K = 100): throughput and p50/p99, and the service's
+added latency over in-process Index.search in a process of its own (target <= 1 ms at p50), beside an empty RPC's round trip (the gRPC
+floor). Section cluster: ShardedIndex over 2 local workers vs one Index (this machine's 2 vCPUs share about one
+physical core, so expect little).
 Latencies are medians over repeated queries; quote the ratios.
 """
 
@@ -15,16 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import numba
 import numpy as np
 from rich.console import Console
 
 from recmine.faery import Index
+from recmine.faery.compare import compare, latency_rows
+from recmine.isolate import run_isolated
 from recmine.output import rows_table
 
-console = Console(width=220)
+console = Console(width=100)
+log = Console(stderr=True)
 
 
 def _lat(fn, queries: np.ndarray) -> tuple[float, float]:
@@ -36,75 +44,18 @@ def _lat(fn, queries: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(times, 50)) * 1e3, float(np.percentile(times, 99)) * 1e3
 
 
-def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    s = x @ q
-    return np.argpartition(-s, k - 1)[:k]
-
-
-def run_case(n: int, d: int, ks: list[int], nq: int, threads: int) -> tuple[list[dict], list[dict]]:
-    """One (N, d) configuration: a latency table and a throughput/maintenance table."""
-    import faiss
-
-    faiss.omp_set_num_threads(threads)
-    numba.set_num_threads(threads)
+def run_case(n: int, d: int, ks: list[int], nq: int, threads: list[int] | None) -> dict:
+    """One (N, d) configuration, every engine in its own process; see the module docstring."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d), dtype=np.float32)
     qs = rng.standard_normal((nq, d), dtype=np.float32)
-    q64 = rng.standard_normal((64, d), dtype=np.float32)
-    ours = {}
-    for storage in ("int8", "fp32"):
-        idx = Index(d, storage=storage)
-        idx.add(x)
-        idx.search(qs[:1], 10)
-        ours[storage] = idx
-    flat = faiss.IndexFlatIP(d)
-    flat.add(x)
-    lat_rows = []
-    for k in ks:
-        row: dict = {"N": n, "d": d, "K": k}
-        truth = [_exact_topk(x, q, k) for q in qs[:5]]
-        for storage, idx in ours.items():
-            idx.search(qs[:1], k)
-            p50, p99 = _lat(lambda q, idx=idx, k=k: idx.search(q, k), qs)
-            got = [idx.search(q[None], k)[1][0] for q in qs[:5]]
-            row[f"ours_{storage}_p50_ms"] = p50
-            row[f"ours_{storage}_p99_ms"] = p99
-            row[f"recall_{storage}"] = float(np.mean([np.isin(g, t).mean() for g, t in zip(got, truth, strict=True)]))
-            if storage == "int8":
-                st = idx.stats()
-                row["ours_bytes_per_query_MB"] = (st["bytes_per_row"] * n + st["filter_pass_rate"] * n * 4 * d) / 1e6
-        faiss.cvar.distance_compute_blas_threshold = 20
-        row["faiss_p50_ms"], row["faiss_p99_ms"] = _lat(lambda q, k=k: flat.search(q, k), qs)
-        row["numpy_p50_ms"], _ = _lat(lambda q, k=k: np.argpartition(-(x @ q[0]), k - 1)[:k], qs)
-        row["fp32_bytes_per_query_MB"] = 4 * d * n / 1e6
-        row["faiss/ours_int8"] = row["faiss_p50_ms"] / row["ours_int8_p50_ms"]
-        row["faiss/ours_fp32"] = row["faiss_p50_ms"] / row["ours_fp32_p50_ms"]
-        lat_rows.append(row)
-        console.print(f"  N={n:,} d={d} K={k}: ours int8 {row['ours_int8_p50_ms']:.2f} ms, "
-                      f"faiss {row['faiss_p50_ms']:.2f} ms")
-    tp: dict = {"N": n, "d": d, "batch": 64, "K": 100}
-    for storage, idx in ours.items():
-        idx.search(q64, 100)
-        t = time.perf_counter()
-        idx.search(q64, 100)
-        tp[f"ours_{storage}_qps"] = 64 / (time.perf_counter() - t)
-    for thr, name in ((20, "faiss_default_qps"), (0, "faiss_blas0_qps")):
-        faiss.cvar.distance_compute_blas_threshold = thr
-        flat.search(q64, 100)
-        t = time.perf_counter()
-        flat.search(q64, 100)
-        tp[name] = 64 / (time.perf_counter() - t)
-    faiss.cvar.distance_compute_blas_threshold = 20
-    tp["ours_int8/faiss_blas0"] = tp["ours_int8_qps"] / tp["faiss_blas0_qps"]
-    ids = ours["int8"].ids()[: 1000].copy()
-    t = time.perf_counter()
-    ours["int8"].remove(ids)
-    tp["ours_remove_1000_ms"] = (time.perf_counter() - t) * 1e3
-    sel = faiss.IDSelectorBatch(np.arange(1000, 2000, dtype=np.int64))
-    t = time.perf_counter()
-    flat.remove_ids(sel)
-    tp["faiss_remove_1000_ms"] = (time.perf_counter() - t) * 1e3
-    return lat_rows, [tp]
+    qb = rng.standard_normal((64, d), dtype=np.float32)
+    t0 = time.perf_counter()
+    res = compare(x, qs, ks, batch=qb, threads=threads, storages=("int8", "fp32"), removal=1000,
+                  progress=lambda msg: log.print(f"  N={n:,} d={d}: {msg} ({time.perf_counter() - t0:.0f} s)"))
+    if not res["all_exact"]:
+        log.print(f"[red]N={n:,} d={d}: a faery result differs from the float64 oracle[/red]")
+    return res
 
 
 def _free_port() -> int:
@@ -113,6 +64,14 @@ def _free_port() -> int:
     with socket.socket() as so:
         so.bind(("127.0.0.1", 0))
         return so.getsockname()[1]
+
+
+def _inprocess_latency(index_dir: str, q_path: str, k: int) -> tuple[float, float]:
+    """p50/p99 ms of Index.search on the saved index, in a process of its own (no other thread pool beside it)."""
+    idx = Index.load(index_dir)
+    qs = np.load(q_path)
+    idx.search(qs[:1], k)
+    return _lat(lambda q: idx.search(q, k), qs)
 
 
 def run_service(n: int, d: int, seconds: float) -> list[dict]:
@@ -133,9 +92,8 @@ def run_service(n: int, d: int, seconds: float) -> list[dict]:
         idx = Index(d, storage="int8")
         idx.add(x)
         idx.save(os.path.join(tmp, "idx"))
-        local = Index.load(os.path.join(tmp, "idx"))
-        local.search(qs[:1], 100)
-        inproc_p50, inproc_p99 = _lat(lambda q: local.search(q, 100), qs[:100])
+        np.save(os.path.join(tmp, "q.npy"), qs[:100])
+        inproc_p50, _ = run_isolated(_inprocess_latency, os.path.join(tmp, "idx"), os.path.join(tmp, "q.npy"), 100)
         port = _free_port()
         proc = subprocess.Popen([sys.executable, "-m", "recmine.cli", "retrieve", "serve", "--index",
                                  os.path.join(tmp, "idx"), "--port", str(port), "--for-seconds", "600"],
@@ -186,7 +144,7 @@ def run_service(n: int, d: int, seconds: float) -> list[dict]:
                              "service_p99_ms": float(np.percentile(lat, 99)) * 1e3,
                              "inprocess_p50_ms": inproc_p50, "added_p50_ms": p50 - inproc_p50,
                              "empty_rpc_p50_ms": rtt_p50})
-                console.print(f"  service, {clients} clients: {rows[-1]['requests_per_s']:.0f} req/s, p50 {p50:.2f} ms")
+                log.print(f"  service, {clients} clients: {rows[-1]['requests_per_s']:.0f} req/s, p50 {p50:.2f} ms")
             probe.close()
         finally:
             proc.terminate()
@@ -228,32 +186,40 @@ def main(argv: list[str] | None = None) -> None:
     """Run the cases and print the tables (or one JSON object with --json)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=200k d=128 and N=50k d=768, fewer queries")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default=None, help="comma list of thread counts (default: 1 and every CPU)")
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--sections", default="index,service,cluster")
     ap.add_argument("--service-seconds", type=float, default=5.0)
+    ap.add_argument("--case", default=None, help="one N,d instead of the default cases (e.g. 1000000,128)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     cases = [(200_000, 128), (50_000, 768)] if args.quick else [(1_000_000, 128), (200_000, 768)]
+    if args.case:
+        n, d = (int(v) for v in args.case.split(","))
+        cases = [(n, d)]
+    threads = [int(v) for v in args.threads.split(",")] if args.threads else None
     ks = [10, 100, 1000, 4096, 16384]
-    lat, tp, svc, clu = [], [], [], []
+    idx_res, svc, clu = [], [], []
     if "index" in sections:
-        for n, d in cases:
-            a, b = run_case(n, d, ks, args.queries, args.threads)
-            lat += a
-            tp += b
+        idx_res = [run_case(n, d, ks, args.queries, threads) for n, d in cases]
     if "service" in sections:
         svc = run_service(50_000 if args.quick else 200_000, 64, args.service_seconds)
     if "cluster" in sections:
         clu = run_cluster(200_000 if args.quick else 1_000_000, 128, args.queries)
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "isolation": "each engine alone in a spawned process (recmine.isolate.run_isolated)"}
     if args.json:
-        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "latency": lat, "throughput": tp, "service": svc,
-                          "cluster": clu}))
+        print(json.dumps({**meta, "index": idx_res, "service": svc, "cluster": clu}, default=float))
         return
-    if lat:
-        console.print(rows_table(lat, title="faery: single-query latency (ms) vs Faiss flat and numpy"))
-        console.print(rows_table(tp, title="faery: batch-64 throughput (queries/s) and remove"))
+    for res in idx_res:
+        case = f"N={res['n']:,} d={res['dim']}"
+        console.print(rows_table(res["latency"], title=f"faery {case}: single-query latency, median ms (faery int8)"))
+        for storage in sorted({r["storage"] for r in res["runs"] if r["storage"]} - {"int8"}):
+            console.print(rows_table(latency_rows(res, storage), title=f"faery {case}: the {storage} tier, ms"))
+        console.print(rows_table(res["ratios"], title=f"faery {case}: faiss time / faery time"))
+        console.print(rows_table(res["engines"], title=f"faery {case}: engines (own process each), batch K=100"))
+        console.print(rows_table(res["removal"], title=f"faery {case}: removing 1,000 ids"))
     if svc:
         console.print(rows_table(svc, title="faery service on loopback (1% upserts) vs in-process Index.search"))
     if clu:

@@ -229,15 +229,17 @@ def section_g2miner(cfg: DemoConfig, ui: UI) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- faery
 def _brute_topk(table: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """numpy oracle: top-k ids by inner product, ties broken by the smaller id."""
-    s = q @ table.T
-    order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=-1)
-    return ids[order[..., :k]]
+    """The float64 oracle's top-k ids by inner product (ties by the smaller id): float32 scoring reorders
+    near-ties and would call an exact result wrong."""
+    from recmine.faery.exact import brute_force_topk
+
+    return brute_force_topk(table, ids, q, k, "ip")[1]
 
 
 def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | None) -> dict[str, Any]:
     """Build a faery Index over the live item table (from one DC's PS when ekko runs), refresh it with new
-    updates, check exactness against numpy brute force, and time single queries vs K beside Faiss."""
+    updates, check exactness against the float64 oracle, and time single queries vs K beside Faiss and numpy, each
+    engine alone in its own process."""
     try:
         from recmine.faery import Index
     except Exception as e:  # noqa: BLE001
@@ -301,65 +303,46 @@ def section_faery(cfg: DemoConfig, ui: UI, live: Any | None, out_dir: Path | Non
     if out_dir is not None:
         np.savez_compressed(out_dir / "faery_check.npz", ids=ids, table=table, queries=queries,
                             result_ids=np.asarray(got, dtype=np.int64), k=k)
-    # 4. latency vs K on a larger generated catalogue, beside Faiss's flat index and numpy
+    # 4. latency vs K on a larger generated catalogue beside Faiss's flat index and numpy: each engine alone in a
+    #    process of its own at 1 and at every thread, results checked against the float64 oracle
+    from recmine.faery.compare import best, compare
+
     n_cat = cfg.catalogue_items
-    with ui.step(f"faery: latency vs K on a {n_cat:,}-item catalogue", total=len(cfg.k_values),
+    with ui.step(f"faery: latency vs K on a {n_cat:,}-item catalogue (each engine in its own process)",
                  timed=True) as adv:
         cat = datasets.item_embeddings(n_cat, cfg.catalogue_dim, seed=cfg.seed + 1)
         cq = datasets.user_queries(cfg.n_queries, cfg.catalogue_dim, seed=cfg.seed + 1)
-        cidx = Index(cfg.catalogue_dim, metric="ip")
-        cidx.add(cat)
-        flat = _faiss_flat(cat)
-        rows = []
-        for kk in cfg.k_values:
-            kk = min(kk, n_cat)
-            cidx.search(cq[:1], kk)  # warm (compile)
-            t_ours = _per_query(lambda q, kk=kk: cidx.search(q, kk), cq)
-            row: dict[str, Any] = {"k": kk, "ours_ms": t_ours * 1e3}
-            if flat is not None:
-                row["faiss_ms"] = _per_query(lambda q, kk=kk: flat.search(q, kk), cq) * 1e3
-                row["speedup_vs_faiss"] = row["faiss_ms"] / row["ours_ms"]
-            row["numpy_ms"] = _per_query(lambda q, kk=kk: _np_topk(cat, q, kk), cq) * 1e3
-            _, i_ours = cidx.search(cq[:5], kk)
-            row["exact"] = bool(np.array_equal(np.sort(i_ours, axis=1),
-                                               np.sort(_np_topk_ids(cat, cq[:5], kk), axis=1)))
-            rows.append(row)
-            adv(1)
+        res = compare(cat, cq, [min(kk, n_cat) for kk in cfg.k_values], batch_k=min(100, n_cat))
+        adv(1)
+    rows = []
+    for r in res["ratios"]:
+        kk = r["K"]
+        (ours_ms, _), (faiss_ms, _), (numpy_ms, _) = (best(res, e, kk) for e in ("faery", "faiss", "numpy"))
+        row: dict[str, Any] = {"k": kk, "ours_ms": ours_ms, "ours_1t_ms": _per_query(res, "faery", kk, 1),
+                               "numpy_ms": numpy_ms, "exact": r["faery exact"]}
+        if math.isfinite(faiss_ms):
+            row.update({"faiss_ms": faiss_ms, "faiss_1t_ms": _per_query(res, "faiss", kk, 1),
+                        "speedup_vs_faiss": r["x best/best"], "x_faiss_equal_threads": r.get("x faiss 1t"),
+                        "faiss_best": r["faiss best"]})
+        rows.append(row)
     out["catalogue_items"] = n_cat
-    out["faiss"] = "faiss.IndexFlatIP" if flat is not None else "not installed"
+    out["faiss"] = ("faiss.IndexFlatIP, each K through its fastest of the flat scan, its BLAS path and IndexShards"
+                    if any(r["engine"] == "faiss" for r in res["runs"]) else "not installed")
+    out["isolation"] = (f"each engine alone in a spawned process, at {' and '.join(map(str, res['threads']))} "
+                        f"threads, OMP_WAIT_POLICY={res['omp_wait_policy']}")
+    out["engines"] = res["engines"]
     out["latency_vs_k"] = rows
-    ui.table("faery: single-query latency vs K (median ms)", rows)
+    ui.table("faery: single-query latency vs K (median ms, each engine in its own process)", res["latency"])
+    ui.table("faery: faiss time / faery time (equal threads; best vs best)", res["ratios"])
     return out
 
 
-def _per_query(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
-    times = []
-    for i in range(queries.shape[0]):
-        t0 = time.perf_counter()
-        fn(queries[i : i + 1])
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _per_query(res: dict[str, Any], engine: str, k: int, threads: int) -> float | None:
+    """Median single-query ms of `engine` at `threads` threads and K (None when it did not run)."""
+    from recmine.faery.compare import find_run
 
-
-def _np_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    s = q @ x.T
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < x.shape[0] else np.tile(np.arange(x.shape[0]), (len(q), 1))
-    return np.take_along_axis(part, np.argsort(-np.take_along_axis(s, part, axis=1), axis=1), axis=1)
-
-
-def _np_topk_ids(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    s = q @ x.T
-    return np.lexsort((np.broadcast_to(np.arange(x.shape[0]), s.shape), -s), axis=-1)[:, :k]
-
-
-def _faiss_flat(x: np.ndarray) -> Any | None:
-    try:
-        import faiss
-    except ImportError:
-        return None
-    idx = faiss.IndexFlatIP(x.shape[1])
-    idx.add(x)
-    return idx
+    run = find_run(res, engine, threads)
+    return None if run is None else run["single"][k]["p50_ms"]
 
 
 # --------------------------------------------------------------------------------------------------- ekko

@@ -10,8 +10,7 @@ import pytest
 
 from recmine.faery import Index
 from recmine.faery.cluster import ReplicatedIndex, ShardedIndex, merge_topk, shard_of
-
-from .oracle import brute_force
+from recmine.faery.exact import brute_force_topk
 
 D = 32
 
@@ -38,7 +37,7 @@ def _check(idx, x: np.ndarray, ids: np.ndarray, ks=(1, 10, 100)) -> None:
     q = np.random.default_rng(5).normal(size=(7, D)).astype(np.float32)
     for k in ks:
         s, i = idx.search(q, k)
-        bs, bi = brute_force(x, ids, q, k, "ip")
+        bs, bi = brute_force_topk(x, ids, q, k, "ip")
         np.testing.assert_array_equal(i, bi)
         np.testing.assert_allclose(s, bs, rtol=1e-5, atol=1e-5)
 
@@ -90,7 +89,7 @@ def test_rendezvous_hash_moves_only_rows_for_the_new_shard():
 def test_add_shard_while_searching_never_shows_a_partial_corpus():
     x, ids = _data(4000)
     q = np.random.default_rng(3).normal(size=(4, D)).astype(np.float32)
-    want = brute_force(x, ids, q, 20, "ip")[1]
+    want = brute_force_topk(x, ids, q, 20, "ip")[1]
     errors: list[str] = []
     stop = threading.Event()
     with ShardedIndex(D, 2, storage="fp32") as idx:

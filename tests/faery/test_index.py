@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from recmine.faery import Index
-
-from .oracle import brute_force
+from recmine.faery.exact import brute_force_topk
+from recmine.faery.index import BATCH_BLOCK, BATCH_MIN_QUERIES, scan_chunks
 
 N, D = 3000, 24
 
@@ -28,11 +28,24 @@ def _data(kind: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["random", "clustered", "heavy_norms", "adversarial"])
-@pytest.mark.parametrize("storage", ["int8", "fp16", "fp32"])
-@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+KINDS = ("random", "clustered", "heavy_norms", "adversarial")
+STORAGES = ("int8", "fp16", "fp32")
+METRICS = ("ip", "cosine", "l2")
+
+
+def _seed(*picks: tuple[str, tuple[str, ...]]) -> int:
+    """A fixed seed per parameter combination (hash() of strings changes from process to process)."""
+    seed = 0
+    for value, options in picks:
+        seed = seed * 10 + options.index(value) + 1
+    return seed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("metric", METRICS)
 def test_search_equals_brute_force(kind, storage, metric):
-    rng = np.random.default_rng(hash((kind, storage, metric)) % 2**32)
+    rng = np.random.default_rng(_seed((kind, KINDS), (storage, STORAGES), (metric, METRICS)))
     x = _data(kind, rng)
     if metric == "cosine" and kind == "adversarial":
         x[0] = x[1]  # the zero-scaled first rows would have zero norm
@@ -45,11 +58,41 @@ def test_search_equals_brute_force(kind, storage, metric):
         q[0] = x[-1]  # aligned with the data direction: scores ascend with the row index
     for k in (1, 10, 100, 1000, N):
         got_s, got_i = idx.search(q, k)
-        want_s, want_i = brute_force(x, ids, q, k, metric)
+        want_s, want_i = brute_force_topk(x, ids, q, k, metric)
         np.testing.assert_array_equal(got_i, want_i, err_msg=f"k={k}")
         np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5 * (1 + np.abs(want_s).max()))
     one_s, one_i = idx.search(q[0], 10)  # a single 1-D query
     assert one_i.shape == (1, 10)
+
+
+BIG_N, BIG_D = 60_000, 24
+BIG_KS = (1, 10, 129, 1000, 20_000)  # 129: past the 16·K > 2048 chunk rule; 20,000 > BATCH_BLOCK rows
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("metric", METRICS)
+def test_many_chunks_and_the_batched_path_equal_brute_force(storage, metric):
+    """N large enough that a single query scans several chunks (merged through their K-th bounds) and a batch
+    of queries crosses several row blocks of the batched path, for every K above, against the float64 oracle;
+    exact ties placed in different chunks and blocks."""
+    for k in BIG_KS[:4]:
+        assert scan_chunks(BIG_N, k) >= 3, f"K={k}: one single-query scan must cover several chunks"
+    assert BIG_N > 3 * BATCH_BLOCK and 3 < min(BATCH_MIN_QUERIES.values())  # 3 queries: the single path
+    rng = np.random.default_rng(_seed((storage, STORAGES), (metric, METRICS)) + 1000)
+    x = rng.standard_normal((BIG_N, BIG_D)).astype(np.float32) * rng.uniform(0.5, 2.0, (BIG_N, 1)).astype(np.float32)
+    x[BIG_N - 500:] = x[:500]  # identical rows in the first and the last chunk / block: ties by smaller id
+    ids = rng.permutation(3 * BIG_N)[:BIG_N].astype(np.int64)
+    idx = Index(BIG_D, metric=metric, storage=storage)
+    idx.add(x, ids=ids)
+    nq = BATCH_MIN_QUERIES[storage]
+    q = rng.standard_normal((max(nq, 8), BIG_D)).astype(np.float32)
+    q[1] = x[3]  # a query aligned with tied rows
+    for k in BIG_KS:
+        want_s, want_i = brute_force_topk(x, ids, q, k, metric)
+        for name, qq, w_i, w_s in (("batched", q, want_i, want_s), ("single", q[:3], want_i[:3], want_s[:3])):
+            got_s, got_i = idx.search(qq, k)
+            np.testing.assert_array_equal(got_i, w_i, err_msg=f"{name} path, K={k}")
+            np.testing.assert_allclose(got_s, w_s, rtol=1e-5, atol=1e-5 * (1 + np.abs(w_s).max()))
 
 
 def test_batched_and_single_paths_agree():
@@ -139,7 +182,7 @@ def test_remove_update_compact():
     live = x[500:].copy()
     live[:100] = x2
     q = rng.standard_normal((4, 8)).astype(np.float32)
-    want = brute_force(live, ids[500:], q, 10, "ip")[1]
+    want = brute_force_topk(live, ids[500:], q, 10, "ip")[1]
     np.testing.assert_array_equal(idx.search(q, 10)[1], want)
     idx.compact()
     assert idx.corpus.size == 500

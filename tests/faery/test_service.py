@@ -20,9 +20,8 @@ import pytest
 
 from recmine.faery import wal as wal_mod
 from recmine.faery.client import Client, connect, stubs
+from recmine.faery.exact import brute_force_topk
 from recmine.faery.service import RetrievalCore, RetrievalServer
-
-from .oracle import brute_force
 
 D = 16
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +64,7 @@ def _check_exact(client: Client, live: dict[int, np.ndarray], metric: str, rng: 
     q = rng.standard_normal((7, D)).astype(np.float32)
     for k in (1, 10, 100):
         got_s, got_i = client.search(q, k)
-        want_s, want_i = brute_force(x, ids, q, k, metric)
+        want_s, want_i = brute_force_topk(x, ids, q, k, metric)
         np.testing.assert_array_equal(got_i, want_i, err_msg=f"{metric} k={k}")
         np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5 * (1 + np.abs(want_s).max()))
 
@@ -250,7 +249,7 @@ def test_concurrent_writers_and_readers_are_consistent(start_server):
                 xs[ids] = v
             wi += 1
         ids = np.flatnonzero(present)
-        want_s, want_i = brute_force(xs[ids].astype(np.float32), ids, q, k, "ip")
+        want_s, want_i = brute_force_topk(xs[ids].astype(np.float32), ids, q, k, "ip")
         if not np.array_equal(want_i, got):
             violations.append(f"result at version {ver} differs from brute force on that version")
     assert violations == [], violations[:10]
@@ -351,7 +350,7 @@ def test_sigkill_keeps_every_acknowledged_write(tmp_path):
             # a search over the recovered state is exact
             q = rng.standard_normal((3, D)).astype(np.float32)
             got_s, got_i = core.search(q, 10)
-            want_s, want_i = brute_force(core.get(ids), ids, q, 10, "ip")
+            want_s, want_i = brute_force_topk(core.get(ids), ids, q, 10, "ip")
             np.testing.assert_array_equal(got_i, want_i)
         finally:
             core.close(checkpoint=rnd == 1)
@@ -459,7 +458,7 @@ def test_bad_input_gets_exact_status_codes(start_server):
         assert match.lower() in str(info.value).lower(), str(info.value)
         assert client.health() == "SERVING"
         _, ids = client.search(q, 5)  # the server keeps answering correctly
-        np.testing.assert_array_equal(ids, brute_force(x, np.arange(50), q, 5, "ip")[1])
+        np.testing.assert_array_equal(ids, brute_force_topk(x, np.arange(50), q, 5, "ip")[1])
 
     nan = q.copy()
     nan[1, 3] = np.nan

@@ -112,64 +112,41 @@ def bench(
     dim: Annotated[int, typer.Option("--dim", help="Vector width.")] = 128,
     k: Annotated[str, typer.Option("-k", help="Comma list of K values.")] = "10,100,1000",
     queries: Annotated[int, typer.Option("--queries", help="Single queries timed per K.")] = 20,
+    threads: Annotated[str | None, typer.Option("--threads", help="Comma list of thread counts (default: 1 and "
+                                                                   "every CPU).")] = None,
+    storage: Annotated[str, typer.Option("--storage", help="Our scan tier: int8, fp16 or fp32.")] = "int8",
     as_json: JsonOpt = False,
 ) -> None:
-    """Quick in-process comparison: ours (int8) vs numpy brute force vs faiss.IndexFlatIP (if installed),
-    median single-query latency per K, and recall against the exact answer.
+    """Ours vs faiss.IndexFlatIP (if installed) vs numpy brute force, each engine alone in its own process at each
+    thread count: median single-query latency per K, batch throughput, every result checked against the float64
+    oracle, and the ratios at equal threads and best configuration against best.
 
     Example:\n
       recmine retrieve bench --n 100000 --dim 64 -k 10,100 --json
     """
-    from rich.progress import Progress
+    from recmine.faery.compare import compare
+    from recmine.faery.corpus import STORAGES
 
-    from recmine.faery import Index
-
+    try:
+        ks = [int(v) for v in k.split(",")]
+        thr = [int(v) for v in threads.split(",")] if threads else None
+    except ValueError:
+        _fail(f"-k and --threads take comma lists of integers, got {k!r} and {threads!r}")
+    if n < 1 or dim < 1 or queries < 1 or min(ks) < 1 or (thr and min(thr) < 1):
+        _fail("--n, --dim, --queries, -k and --threads must be positive")
+    if storage not in STORAGES:
+        _fail(f"--storage must be one of {STORAGES}, got {storage!r}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, dim), dtype=np.float32)
     qs = rng.standard_normal((queries, dim), dtype=np.float32)
-    try:
-        import faiss  # baseline only
-
-        flat = faiss.IndexFlatIP(dim)
-        flat.add(x)
-    except ImportError:
-        flat = None
-    idx = Index(dim, storage="int8")
-    idx.add(x)
-    rows = []
-    ks = [int(v) for v in k.split(",")]
-    with Progress(console=err_console, disable=as_json) as bar:
-        task = bar.add_task("benchmarking", total=len(ks))
-        for kk in ks:
-            idx.search(qs[:1], kk)
-            ours, npy, fai, recall = [], [], [], []
-            hits = []
-            for q in qs:  # each engine in its own loop: interleaving lets one's thread pool slow the other
-                t = time.perf_counter()
-                _, got = idx.search(q[None], kk)
-                ours.append(time.perf_counter() - t)
-                hits.append(got[0])
-            for q, got in zip(qs, hits, strict=True):
-                t = time.perf_counter()
-                s = x @ q
-                top = np.argpartition(-s, kk - 1)[:kk]
-                npy.append(time.perf_counter() - t)
-                recall.append(np.isin(got, top).mean())
-            if flat is not None:
-                for q in qs:
-                    t = time.perf_counter()
-                    flat.search(q[None], kk)
-                    fai.append(time.perf_counter() - t)
-            row = {"k": kk, "ours_ms": 1e3 * float(np.median(ours)), "numpy_ms": 1e3 * float(np.median(npy)),
-                   "recall": float(np.mean(recall))}
-            if fai:
-                row["faiss_ms"] = 1e3 * float(np.median(fai))
-                row["faiss/ours"] = row["faiss_ms"] / row["ours_ms"]
-            row["numpy/ours"] = row["numpy_ms"] / row["ours_ms"]
-            rows.append(row)
-            bar.advance(task)
-    emit({"n": n, "dim": dim, "bytes_per_row": idx.stats()["bytes_per_row"], "results": rows}, as_json=as_json,
-         title="faery bench")
+    qb = rng.standard_normal((64, dim), dtype=np.float32)
+    with err_console.status("benchmarking", spinner="dots") as status:
+        res = compare(x, qs, ks, batch=qb, threads=thr, storages=(storage,),
+                      progress=None if as_json else lambda msg: status.update(f"timing {msg}"))
+    emit({"n": n, "dim": dim, "storage": storage, "queries": queries, "all_exact": res["all_exact"],
+          "isolation": "each engine alone in a spawned process", "omp_wait_policy": res["omp_wait_policy"],
+          "latency_ms": res["latency"],
+          "ratios": res["ratios"], "engines": res["engines"]}, as_json=as_json, title="faery bench")
 
 
 @app.command("serve")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recmine.faery import durable
 from recmine.faery.index import Index, check_ids
 
 _M64 = (1 << 64) - 1
@@ -357,12 +358,12 @@ class ShardedIndex(_Base):
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Each shard in directory/shard_<i> plus a manifest."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        d = durable.make_dirs(directory)
         for s, p in enumerate(self._group.parts):
             self._group.call(p, "save", str(d / f"shard_{s}"))
-        (d / "sharded.json").write_text(json.dumps({"n_shards": self.n_shards, "dim": self.dim,
-                                                    "metric": self._metric, "storage": self._storage}))
+        text = json.dumps({"n_shards": self.n_shards, "dim": self.dim, "metric": self._metric,
+                           "storage": self._storage}).encode()
+        durable.atomic_write(d / "sharded.json", lambda fh: fh.write(text))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], backend: str = "local",

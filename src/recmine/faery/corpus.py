@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recmine.faery import durable
 from recmine.faery.kernels import quantize_int8
 
 STORAGES = ("int8", "fp16", "fp32")
@@ -163,26 +164,24 @@ class Corpus:
 
     # ---- persistence
     def save(self, directory: str | os.PathLike[str], meta: dict) -> None:
-        """Write arrays (trimmed to size) and a manifest with sizes and CRCs; every file by rename, manifest last."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        """Write arrays (trimmed to size) and a manifest with sizes and CRCs: every file fsynced and renamed into
+        place, the directory fsynced before the manifest names them and again after it."""
+        d = durable.make_dirs(directory)
         files = {}
         for name in ARRAYS:
             if name == "packed" and self.storage == "fp32":
                 continue
             arr = np.ascontiguousarray(getattr(self, name)[: self.size])
             path = d / f"{name}.npy"
-            tmp = d / f"{name}.npy.tmp"
-            with open(tmp, "wb") as fh:  # new file, then rename: an index memory-mapping the old one stays valid
-                np.save(fh, arr)
-            data = tmp.read_bytes()
+            # new file, then rename: an index memory-mapping the old one stays valid
+            durable.atomic_write(path, lambda fh, arr=arr: np.save(fh, arr), sync_dir=False)
+            data = path.read_bytes()
             files[name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
-            os.replace(tmp, path)
+        durable.fsync_dir(d)
         manifest = {**meta, "dim": self.dim, "storage": self.storage, "size": self.size, "files": files,
                     "format": 1}
-        tmp = d / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest))
-        os.replace(tmp, d / "manifest.json")
+        text = json.dumps(manifest).encode()
+        durable.atomic_write(d / "manifest.json", lambda fh: fh.write(text))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> tuple[Corpus, dict]:

@@ -16,8 +16,15 @@ from recmine.faery import kernels
 from recmine.faery.corpus import STORAGES, Corpus
 
 METRICS = ("ip", "cosine", "l2")
-BATCH_BLOCK = 16384
+BATCH_BLOCK = 16384  # rows per block of the batched path
+BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 32}  # batches at least this large take the batched path
 
+
+def scan_chunks(n: int, k: int, threads: int | None = None) -> int:
+    """Chunks a single-query scan splits n rows into: a few per thread, each much larger than k so that its
+    running K-th bound becomes selective early."""
+    t = numba.get_num_threads() if threads is None else threads
+    return max(1, min(64, t * 4, n // max(2048, 16 * k)))
 
 
 def check_queries(queries: Any, k: Any, dim: int) -> np.ndarray:
@@ -194,7 +201,7 @@ class Index:
             return scores, out_ids
         kk = min(k, live)
         passed = 0
-        if nq >= 8 and self.storage != "fp32" or nq >= 32:
+        if nq >= BATCH_MIN_QUERIES[self.storage]:
             res = self._search_batch(q, kk)
         else:
             res = [self._search_one(q[i], kk) for i in range(nq)]
@@ -226,8 +233,7 @@ class Index:
     def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         c = self.corpus
         n = c.size
-        # chunks much larger than k, so each chunk's running K-th bound becomes selective early
-        nchunks = max(1, min(64, numba.get_num_threads() * 4, n // max(2048, 16 * k)))
+        nchunks = scan_chunks(n, k)
         alpha = self._alpha()
         live = c.live[:n]
         bias = c.bias[:n]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from recmine.faery import kernels
+from recmine.faery import durable, kernels
 from recmine.faery.corpus import ARRAYS, Corpus
 from recmine.faery.index import Index, check_ids, check_queries
 from recmine.faery.wal import (
@@ -261,7 +261,7 @@ class RetrievalCore:
                  checkpoint_bytes: int = 64 << 20, fsync: bool = True, background: bool = True,
                  checkpoint_on_close: bool = True, poll_s: float = 0.2) -> None:
         self.root = Path(index_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.root)
         self.fold_rows = int(fold_rows)
         self.fold_tombstones = int(fold_tombstones)
         self.checkpoint_bytes = int(checkpoint_bytes)

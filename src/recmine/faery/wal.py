@@ -9,8 +9,8 @@ Group commit: `append` writes a record without syncing; `wait_durable(lsn)` retu
 finished. The first waiter becomes the leader and fsyncs everything written so far while later writers queue; they
 are all released by that one fsync (or lead the next one).
 
-Checkpoint (crash-safe ordering): save the index into `snap-<lsn>.tmp/`, fsync, rename to `snap-<lsn>/`, then
-atomically replace `CURRENT` (names the snapshot and the LSN it covers), and only then drop log records with
+Checkpoint (crash-safe ordering): save the index into `snap-<lsn>.tmp/`, fsync, rename to `snap-<lsn>/` and fsync
+the directory, then atomically replace `CURRENT` (names the snapshot and the LSN it covers), and only then drop log records with
 lsn <= that LSN and older snapshots. A crash at any point leaves either the old CURRENT with the full log or the
 new CURRENT with a log whose covered prefix replay skips."""
 
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recmine.faery import durable
 from recmine.faery.index import Index
 
 log = logging.getLogger(__name__)
@@ -125,22 +126,13 @@ def scan(path: str | os.PathLike[str]) -> tuple[list[tuple[int, WalRecord]], int
     return out, pos, reason
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so renames inside it are durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WriteAheadLog:
     """An append-only record log with group-committed fsyncs; open it with `WriteAheadLog.open`."""
 
     def __init__(self, path: str | os.PathLike[str], next_lsn: int, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = durable.open_append(self.path)  # a new log's directory entry is fsynced before any write
         self._size = os.fstat(self._fd).st_size
         self._cond = threading.Condition(threading.Lock())
         self._next = next_lsn
@@ -261,13 +253,7 @@ class WriteAheadLog:
             with open(self.path, "rb") as fh:
                 fh.seek(keep_from)
                 tail = fh.read()
-            tmp = Path(str(self.path) + ".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(tail)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            durable.atomic_write(self.path, lambda fh: fh.write(tail))
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             self._durable = self._written  # the new file was fsynced with every record written so far
@@ -323,22 +309,12 @@ def write_checkpoint(root: str | os.PathLike[str], index: Index, lsn: int) -> Pa
         return final
     tmp = root / (final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    index.save(tmp)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    index.save(tmp)  # every file fsynced, and the directory
     if final.exists():  # left by a crash between this rename and CURRENT: not referenced, replace it
         shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    cur_tmp = root / (CURRENT + ".tmp")
-    with open(cur_tmp, "w") as fh:
-        fh.write(json.dumps({"snapshot": final.name, "lsn": int(lsn), "format": 1}))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(cur_tmp, root / CURRENT)
-    fsync_dir(root)
+    durable.replace(tmp, final)  # the snapshot's name is on disk before CURRENT can point at it
+    pointer = json.dumps({"snapshot": final.name, "lsn": int(lsn), "format": 1}).encode()
+    durable.atomic_write(root / CURRENT, lambda fh: fh.write(pointer))
     return final
 
 

@@ -1,0 +1,81 @@
+"""Fair comparison: every engine (faery at 1 and 2 threads, faiss at 1 and 2, numpy) runs alone in a process of its
+own with the thread count it reports, every result is checked against the float64 oracle, both ratios are given,
+and the removal comparison's searches agree with the oracle over the remaining rows. Also through
+`recmine retrieve bench --json` and the demo's faery stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from recmine.faery.compare import compare
+
+faiss = pytest.importorskip("faiss")
+
+
+def test_every_engine_runs_alone_in_its_own_process_and_is_checked() -> None:
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((12_000, 16)).astype(np.float32)
+    q = rng.standard_normal((6, 16)).astype(np.float32)
+    res = compare(x, q, [1, 10, 300], batch=rng.standard_normal((24, 16)).astype(np.float32), batch_k=20,
+                  threads=(1, 2), removal=300)
+    runs = res["runs"]
+    assert [(r["engine"], r["threads_asked"]) for r in runs] == [
+        ("faery", 1), ("faery", 2), ("faiss", 1), ("faiss", 2), ("numpy", 2)]
+    pids = [r["pid"] for r in runs]
+    assert len(set(pids)) == len(runs) and os.getpid() not in pids  # one fresh process per engine run
+    assert all(r["threads"] == r["threads_asked"] for r in runs)  # numba / OpenMP / BLAS thread counts as asked
+    assert res["all_exact"] and res["omp_wait_policy"] == "PASSIVE"
+    for r in runs:
+        for s in r["single"].values():
+            assert s["recall"] >= 0.99 and s["p50_ms"] > 0 and s["p99_ms"] >= s["p50_ms"]
+            assert s["exact"] or r["engine"] != "faery"
+        assert r["batch_qps"] > 0 and r["batch_recall"] >= 0.99
+    faiss_2t = next(r for r in runs if r["engine"] == "faiss" and r["threads"] == 2)
+    assert {s["config"] for s in faiss_2t["single"].values()} <= {"IndexFlatIP", "IndexFlatIP, BLAS", "IndexShards x2"}
+    for row in res["ratios"]:
+        for key in ("x faiss 1t", "x faiss 2t", "x best/best"):
+            assert math.isfinite(row[key]) and row[key] > 0
+        assert row["faiss best"].endswith(("1t", "2t")) and row["faery exact"] is True
+    assert [r["K"] for r in res["latency"]] == [1, 10, 300]
+    assert set(res["latency"][0]) == {"K", "faery 1t ms", "faery 2t ms", "faiss 1t ms", "faiss 2t ms", "numpy 2t ms"}
+    hows = [(r["engine"], r["how"]) for r in res["removal_raw"]]
+    assert hows == [("faery", "remove (tombstones)"), ("faery", "remove + compact()"),
+                    ("faiss", "IDSelectorNot (tombstones)"), ("faiss", "remove_ids")]
+    for r in res["removal_raw"]:
+        assert r["recall"] >= 0.99 and r["op_ms"] >= 0 and (r["exact"] or r["engine"] == "faiss")
+
+
+def test_retrieve_bench_reports_threads_and_both_ratios() -> None:
+    from recmine.cli import app
+
+    out = CliRunner().invoke(app, ["retrieve", "bench", "--n", "6000", "--dim", "8", "-k", "5,50", "--queries", "4",
+                                   "--threads", "1,2", "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["all_exact"] is True and "spawned process" in res["isolation"]
+    assert {(e["engine"], e["threads"]) for e in res["engines"]} == {
+        ("faery int8", 1), ("faery int8", 2), ("faiss", 1), ("faiss", 2), ("numpy", 2)}
+    assert all(e["check"] == "exact" for e in res["engines"] if e["engine"].startswith("faery"))
+    for row in res["ratios"]:
+        assert row["x faiss 1t"] > 0 and row["x faiss 2t"] > 0 and row["x best/best"] > 0
+
+
+def test_demo_faery_stage_times_engines_in_their_own_processes() -> None:
+    from rich.console import Console
+
+    from recmine.demo import UI, DemoConfig, run_demo
+
+    cfg = DemoConfig(seed=0, quick=True, ekko_items=300, ekko_dim=8, catalogue_items=6000, catalogue_dim=16,
+                     k_values=(1, 100), n_queries=5)
+    res = run_demo(cfg, UI(Console(quiet=True)), None, sections=("faery",))["faery"]
+    assert res["retrieval_exact"] is True and "spawned process" in res["isolation"]
+    assert {(e["engine"], e["threads"]) for e in res["engines"]} >= {("faery int8", 1), ("faiss", 1)}
+    for row in res["latency_vs_k"]:
+        assert row["exact"] is True and row["ours_ms"] > 0 and row["numpy_ms"] > 0
+        assert row["speedup_vs_faiss"] > 0 and row["x_faiss_equal_threads"] > 0 and row["faiss_best"]

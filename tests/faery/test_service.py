@@ -500,7 +500,7 @@ def test_cli_serve_bounded_lifetime(tmp_path):
     root = tmp_path / "cli_idx"
     proc = subprocess.Popen([sys.executable, "-c", "from recmine.cli import main; main()", "retrieve", "serve",
                              "--index", str(root), "--port", "0", "--dim", "4", "--storage", "fp32",
-                             "--for-seconds", "4", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--for-seconds", "10", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=REPO, text=True)
     try:
         info = json.loads(proc.stdout.readline())
@@ -510,7 +510,7 @@ def test_cli_serve_bounded_lifetime(tmp_path):
             ids = c.add(np.eye(4, dtype=np.float32))
             _, got = c.search(np.array([[0, 0, 1, 0]], np.float32), 1)
             assert got[0, 0] == ids[2]
-        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+        assert proc.wait(timeout=40) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

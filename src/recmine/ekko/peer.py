@@ -159,7 +159,8 @@ class PeerServer:
         self._events: dict[int, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._push_queues: dict[int, asyncio.Queue] = {}
+        self._outboxes: dict[int, tuple[baselines.Outbox, asyncio.Event]] = {}
+        self.push_retries = 0
         self.pulls = 0
         self.rows_received = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -252,10 +253,15 @@ class PeerServer:
                 for dc in self.wan_neighbours():
                     self._tasks.append(asyncio.create_task(self._cross_loop(s, dc)))
         elif self.cfg.mode == "push":
+            # a restarted origin does not know which of its acknowledged Puts left before the crash: send its own
+            # rows again (last-writer-wins makes the repeats harmless)
+            own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id)) for d in map(self.store.dump, self.cfg.tables)]
             for p in self.cfg.peers:
-                q: asyncio.Queue = asyncio.Queue()
-                self._push_queues[p.node_id] = q
-                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, q)))
+                box = self._outboxes[p.node_id] = (baselines.Outbox(), asyncio.Event())
+                if self.cfg.dc == self.cfg.origin_dc:
+                    box[0].add(own)
+                    box[1].set()
+                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, *box)))
         elif self.cfg.mode == "checkpoint":
             if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
                 self._tasks.append(asyncio.create_task(baselines.checkpoint_loop(self)))
@@ -376,8 +382,9 @@ class PeerServer:
     def on_local_put(self, up: TableUpdate) -> None:
         """Central push: the trainer's PS forwards every update to every other PS."""
         if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
-            for q in self._push_queues.values():
-                q.put_nowait(up)
+            for outbox, ready in self._outboxes.values():
+                outbox.add([up])
+                ready.set()
 
     async def _snapshot_loop(self) -> None:
         while True:

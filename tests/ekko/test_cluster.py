@@ -243,3 +243,30 @@ def test_push_retries_until_acknowledged_across_partition_and_restart():
             c.restart(far)
             time.sleep(0.3)
         _wait_converged(c, np.array(sorted(tr2.want)), tr2.want, timeout=30, uncertain=tr2.uncertain)
+
+
+@pytest.mark.parametrize("scheduler", ["all", "slo"])
+def test_a_restarted_leader_gets_back_the_rows_it_had_relayed(scheduler):
+    """DC 1's leader relays rows A to its follower, crashes with no snapshot; the follower takes over and gets rows B
+    from DC 0; the leader restarts empty while DC 1 is cut off the WAN, so it hears from the follower first. The
+    follower must not withhold A from it as an echo (A came from that node, but from its earlier process): else the
+    leader's version vector rises over A and A is lost there for good."""
+    topo = {"dcs": 2, "replicas": 2, "shards": 1, "tables": {"emb": DIM}, "rtt_ms": 20, "scheduler": scheduler}
+    with LocalCluster(topo) as c:
+        rng = np.random.default_rng(7)
+        want: dict[int, np.ndarray] = {}
+        leader, follower = c.node(1, 0).node_id, c.node(1, 1).node_id
+        with c.client(0) as trainer:
+            for part in (np.arange(0, 300), np.arange(300, 400)):  # A, then B while DC 1's leader is down
+                vals = rng.normal(size=(part.size, DIM)).astype(np.float32)
+                trainer.put("emb", part, vals)
+                want.update(zip(part.tolist(), vals, strict=True))
+                _wait_converged(c, part, want, nodes=[0, 1, follower])
+                if part[0] == 0:
+                    _wait_converged(c, part, want)
+                    c.kill(leader)
+        c.partition(1, True)
+        c.restart(leader)
+        _wait_converged(c, np.arange(300, 400), want, nodes=[leader, follower])  # B, from the follower
+        c.partition(1, False)
+        _wait_converged(c, np.arange(400), want, timeout=15)

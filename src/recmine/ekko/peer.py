@@ -28,7 +28,7 @@ import numpy as np
 from recmine.ekko import baselines
 from recmine.ekko.scheduler import SloScheduler, Traffic
 from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
-from recmine.ekko.sync import Asker, Responder, Round, Sender, SendEverything, Superseded
+from recmine.ekko.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
 from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
 
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -146,6 +146,7 @@ class PeerServer:
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
         self.incarnation = int.from_bytes(os.urandom(7), "little")
+        self.peer_incarnations = Incarnations(self.store)  # a restarted peer is sent again what it delivered here
         self.traffic: Traffic | None = None
         if sender is None and cfg.scheduler != "all":
             if cfg.link_bytes_per_s <= 0:
@@ -313,7 +314,7 @@ class PeerServer:
                 continue
             asker = askers.get(node)
             if asker is None:
-                asker = askers[node] = Asker(self.store, shard, node)
+                asker = askers[node] = Asker(self.store, shard, node, self.peer_incarnations)
             t0 = time.monotonic()
             try:
                 await self._pull_once(asker, origins, source)
@@ -459,7 +460,7 @@ class _Servicer:
         call = Responder(store, peer.sender, request.shard, pb_to_vv(request.version_vector),
                          request.since_counter if request.has_since else None, request.requester,
                          request.incarnation, request.origins, request.applied_rounds, budget,
-                         request.since_incarnation, peer.incarnation)
+                         request.since_incarnation, peer.incarnation, peer.peer_incarnations)
         end = time.monotonic() + max(0, request.stream_ms) / 1000.0
         first = True
         while True:

@@ -273,6 +273,17 @@ class ParamStore:
                 fn(touched)
         return changed
 
+    def forget_source(self, node: int) -> int:
+        """Stop withholding from `node` the rows it delivered here (it restarted and may no longer hold them: the
+        no-echo rule would hide them from it forever while its version vector rises over them). Returns rows."""
+        n = 0
+        with self._lock:
+            for t in self.tables.values():
+                mine = np.flatnonzero(t.src[: t.size] == node)
+                t.src[mine] = self.node_id
+                n += int(mine.size)
+        return n
+
     def _remember(self, shard: int, table: str, key: int, seq: int) -> None:
         recent = self._recent[shard]
         ident = (table, key)

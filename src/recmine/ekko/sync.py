@@ -60,6 +60,24 @@ class SendEverything:
         return Round(cs.updates, True)
 
 
+class Incarnations:
+    """The process incarnation last seen of each peer. A new one means the peer restarted (maybe from an older
+    snapshot) and may have lost rows it delivered here: the store then stops withholding those from it."""
+
+    def __init__(self, store: ParamStore) -> None:
+        self.store = store
+        self.seen: dict[int, int] = {}
+
+    def saw(self, node: int, incarnation: int) -> None:
+        """Record `node`'s incarnation (0: unknown, ignored); on a change, its rows here may be echoed to it."""
+        if not incarnation:
+            return
+        prev = self.seen.get(node)
+        self.seen[node] = incarnation
+        if prev is not None and prev != incarnation:
+            self.store.forget_source(node)
+
+
 class Responder:
     """One Pull call at the responder: the asker's version as this call advances it, and the rounds it picks.
 
@@ -69,7 +87,9 @@ class Responder:
     def __init__(self, store: ParamStore, sender: Sender, shard: int, vv: VersionVector, since: int | None,
                  requester: int, incarnation: int = 0, origins: Iterable[int] | None = None,
                  applied: Sequence[int] = (), budget: int = 4 << 20, since_incarnation: int = 0,
-                 own_incarnation: int = 0) -> None:
+                 own_incarnation: int = 0, peers: Incarnations | None = None) -> None:
+        if peers is not None:
+            peers.saw(requester, incarnation)
         self.store, self.sender, self.shard = store, sender, shard
         self.vv = dict(vv)
         # a counter from an earlier process of this responder means nothing now (counters restart with it)
@@ -103,6 +123,7 @@ class Asker:
     store: ParamStore
     shard: int
     source: int
+    peers: Incarnations | None = None
     since: int | None = None
     since_incarnation: int = 0
     applied: list[int] = field(default_factory=list)
@@ -126,6 +147,8 @@ class Asker:
         if not last:
             return None
         parts, self._parts = self._parts, []
+        if self.peers is not None:
+            self.peers.saw(self.source, incarnation)
         n = self.store.apply(parts, {self.shard: vv or {}} if complete else None, source=self.source)
         if round_id:
             self.applied.append(round_id)

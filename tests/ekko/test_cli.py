@@ -54,6 +54,8 @@ def test_bench_json_keys():
     for key in ("dcs", "ekko_p50_s", "ekko_p99_s", "floor_s", "push_p50_s", "push_p99_s", "checkpoint_p50_s",
                 "wan_bytes_per_update"):
         assert key in out
+    for mode in ("ekko", "push", "checkpoint"):  # every update written is accounted for: visible or +inf
+        assert out[f"{mode}_visible"] == out[f"{mode}_updates"] > 0
     assert out["dcs"] == 2 and 0 < out["floor_s"] < out["checkpoint_p50_s"]
     assert out["ekko_p50_s"] < out["checkpoint_p50_s"]
 

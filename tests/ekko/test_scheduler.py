@@ -18,26 +18,23 @@ from recmine.ekko.scheduler import (
     slo_priority,
 )
 from recmine.ekko.store import ParamStore
+from recmine.ekko.sync import Asker, Responder
 
 DIM = 8
 ROW = ROW_OVERHEAD + 4 * DIM
 
 
-def _drain(store: ParamStore, sched: SloScheduler, requester: int, receiver: ParamStore, rounds: int,
-           wait: float = 0.0) -> list[list[int]]:
-    """Run the Pull protocol by hand (one shard): each round applies what the scheduler chose; the receiver's
-    version vector advances only on complete rounds, like peer.py."""
-    vv: dict[int, int] = {}
+def _drain(store: ParamStore, sched: SloScheduler, requester: int, asker: Asker, rounds: int) -> list[list[int]]:
+    """Run the Pull protocol by hand (one shard, one call per round) with sync.py's objects, as peer.py runs them:
+    each round is applied by the asker and acknowledged by its next call."""
     sent = []
     for _ in range(rounds):
-        cs = store.changes_since(0, vv)
-        ups, complete = sched(cs, requester, 1 << 30)
-        receiver.apply(ups, {0: cs.version_vector} if complete else None)
-        sent.append([k for u in ups for k in u.keys.tolist()])
-        if complete:
-            vv = receiver.version_vector(0)
-        if wait:
-            time.sleep(wait)
+        vv, since, since_inc, applied = asker.request()
+        call = Responder(store, sched, 0, vv, since, requester, 0, None, applied, 1 << 30, since_inc)
+        cs = call.changes()
+        rnd = call.pick(cs)
+        asker.batch(rnd.updates, True, rnd.complete, cs.version_vector, cs.counter, rnd.id)
+        sent.append([k for u in rnd.updates for k in u.keys.tolist()])
     return sent
 
 
@@ -62,9 +59,10 @@ def test_throttled_link_sends_hot_and_new_keys_first_and_loses_nothing():
         traffic.observe("emb", hot)
     traffic.observe("emb", keys)
     receiver = ParamStore({"emb": DIM}, num_shards=1, node_id=1)
+    asker = Asker(receiver, 0, 0)
     sched = SloScheduler("slo", bytes_per_s=1e9, round_s=1.0, traffic=traffic)
     sched._tokens = sched.capacity = 1e12
-    _drain(store, sched, 1, receiver, 1)  # everything known by the receiver
+    _drain(store, sched, 1, asker, 1)  # everything known by the receiver
     # every key changes by the same relative amount; budget: 10 rows per round
     for k in keys.tolist():
         v, _, _ = store.get("emb", np.array([k]))
@@ -72,15 +70,15 @@ def test_throttled_link_sends_hot_and_new_keys_first_and_loses_nothing():
     sched.capacity = 10 * ROW
     sched._tokens = 10 * ROW
     sched.bytes_per_s = 1e-9  # no refill: exactly 10 rows this round
-    first = _drain(store, sched, 1, receiver, 1)[0]
+    first = _drain(store, sched, 1, asker, 1)[0]
     assert sorted(first) == hot.tolist()  # the most-read keys went first
     new = np.arange(1000, 1005)  # brand-new keys beat everything known
     store.put("emb", new, np.ones((5, DIM), np.float32))
     sched._tokens = 5 * ROW
-    assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == new.tolist()
+    assert sorted(_drain(store, sched, 1, asker, 1)[0]) == new.tolist()
     # the link clears: everything arrives, each row exactly once, values equal the sender's
     sched.bytes_per_s, sched.capacity, sched._tokens = 1e12, 1e12, 1e12
-    rest = _drain(store, sched, 1, receiver, 2)
+    rest = _drain(store, sched, 1, asker, 2)
     assert sorted(rest[0]) == sorted(set(range(90)))
     assert rest[1] == []
     allk = np.concatenate([keys, new])
@@ -96,26 +94,29 @@ def test_fifo_ablation_sends_oldest_changes_first():
     sched = SloScheduler("fifo", bytes_per_s=1e-9, round_s=1.0)
     sched._tokens = sched.capacity = 5 * ROW
     receiver = ParamStore({"emb": DIM}, num_shards=1, node_id=1)
-    assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == [0, 1, 2, 3, 4]
+    asker = Asker(receiver, 0, 0)
+    assert sorted(_drain(store, sched, 1, asker, 1)[0]) == [0, 1, 2, 3, 4]
     store.put("emb", np.array([1]), np.full((1, DIM), 99, np.float32))  # sent, changed again: to the back
     store.put("emb", np.array([7]), np.full((1, DIM), 77, np.float32))  # still queued: merged, keeps its place
     sched._tokens = 5 * ROW
-    assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == [5, 6, 7, 8, 9]
+    assert sorted(_drain(store, sched, 1, asker, 1)[0]) == [5, 6, 7, 8, 9]
     assert receiver.get("emb", np.array([7]))[0][0, 0] == 77  # at its old place, with its newest value
     sched._tokens = sched.capacity = 10 * ROW
-    assert sorted(_drain(store, sched, 1, receiver, 1)[0]) == list(range(10, 20))  # key 1 waited least
+    assert sorted(_drain(store, sched, 1, asker, 1)[0]) == list(range(10, 20))  # key 1 waited least
 
 
 def test_restarted_asker_is_resent_everything():
     store = ParamStore({"emb": DIM}, num_shards=1, node_id=0)
     store.put("emb", np.arange(10), np.ones((10, DIM), np.float32))
     sched = SloScheduler("slo", bytes_per_s=1e12, round_s=0.01)
-    ups, complete = sched(store.changes_since(0, {}), 1, 1 << 30, 7)
-    assert complete and sum(len(u) for u in ups) == 10
-    ups, complete = sched(store.changes_since(0, {}), 1, 1 << 30, 7)
-    assert complete and ups == []  # same incarnation: it holds them
-    ups, _ = sched(store.changes_since(0, {}), 1, 1 << 30, 8)  # a new incarnation starts from nothing
-    assert sum(len(u) for u in ups) == 10
+    stream = sched.open(1, 7, 0, [])
+    rnd = sched.pick(store.changes_since(0, {}), 1, 7, 1 << 30, stream)
+    assert rnd.complete and sum(len(u) for u in rnd.updates) == 10
+    stream = sched.open(1, 7, 0, [rnd.id])  # the asker applied the round and says so
+    again = sched.pick(store.changes_since(0, {}), 1, 7, 1 << 30, stream)
+    assert again.complete and again.updates == []  # same incarnation: it holds them
+    stream = sched.open(1, 8, 0, [rnd.id])  # a new incarnation starts from nothing
+    assert sum(len(u) for u in sched.pick(store.changes_since(0, {}), 1, 8, 1 << 30, stream).updates) == 10
 
 
 def test_bad_policy_and_budget_are_refused():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -123,7 +122,8 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
-    checkpoint, with WAN bytes per update and the physical floor. --scenario slo / rollback run the PyTorch
+    checkpoint, with WAN bytes per update, the share of updates visible everywhere (the rest count as +inf in
+    p50/p99) and ekko's floor (one-way delay x hops + serialisation on the busiest NIC). --scenario slo / rollback run the PyTorch
     recommender on MovieLens-100K (or --data) through real PS processes.
 
     Example:\n
@@ -157,7 +157,7 @@ def bench(
         res = run_bench(spec, wanted, progress=lambda msg: bar.update(task, description=msg))
     runs = res.pop("runs")
     if as_json:
-        print(json.dumps(res))
+        emit(res, as_json=True, title="")  # an update never visible makes a percentile +inf: null in JSON
         return
     emit({**res, "runs": runs}, as_json=False, title=f"ekko update latency, {dcs} DCs")
 
@@ -183,7 +183,7 @@ def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, 
             err_console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps(res, default=float))
+        emit(res, as_json=True, title="")
         return
     if scenario == "slo":
         rows = [{"policy": r["variant"], "link_mbps": round(r["nic_mbps"], 2), "far-DC AUC": round(r["far_auc"], 4),

@@ -28,6 +28,7 @@ import numpy as np
 from recmine.ekko import baselines
 from recmine.ekko.scheduler import SloScheduler, Traffic
 from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
+from recmine.ekko.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
 from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
 
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -89,14 +90,6 @@ class PeerConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
-Sender = Callable[[ChangeSet, int, int, int], tuple[list[TableUpdate], bool]]
-
-
-def send_everything(cs: ChangeSet, requester: int, budget: int, incarnation: int = 0) -> tuple[list[TableUpdate], bool]:
-    """Default outgoing sync policy: every changed row, in store order; the answer is complete."""
-    return cs.updates, True
-
-
 class _WriteAheadLog:
     """Acknowledged Puts survive a crash: length + CRC32 framed records, fsync before the ack."""
 
@@ -153,6 +146,7 @@ class PeerServer:
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
         self.incarnation = int.from_bytes(os.urandom(7), "little")
+        self.peer_incarnations = Incarnations(self.store)  # a restarted peer is sent again what it delivered here
         self.traffic: Traffic | None = None
         if sender is None and cfg.scheduler != "all":
             if cfg.link_bytes_per_s <= 0:
@@ -160,13 +154,14 @@ class PeerServer:
             self.traffic = Traffic(cfg.traffic_half_life_s)
             sender = SloScheduler(cfg.scheduler, cfg.link_bytes_per_s, cfg.round_ms / 1000.0,
                                   is_wan=lambda node: self.by_node[node].dc != cfg.dc, traffic=self.traffic)
-        self.sender: Sender = sender or send_everything
+        self.sender: Sender = sender or SendEverything()
         self.dead_until: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._push_queues: dict[int, asyncio.Queue] = {}
+        self._outboxes: dict[int, tuple[baselines.Outbox, asyncio.Event]] = {}
+        self.push_retries = 0
         self.pulls = 0
         self.rows_received = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -259,10 +254,15 @@ class PeerServer:
                 for dc in self.wan_neighbours():
                     self._tasks.append(asyncio.create_task(self._cross_loop(s, dc)))
         elif self.cfg.mode == "push":
+            # a restarted origin does not know which of its acknowledged Puts left before the crash: send its own
+            # rows again (last-writer-wins makes the repeats harmless)
+            own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id)) for d in map(self.store.dump, self.cfg.tables)]
             for p in self.cfg.peers:
-                q: asyncio.Queue = asyncio.Queue()
-                self._push_queues[p.node_id] = q
-                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, q)))
+                box = self._outboxes[p.node_id] = (baselines.Outbox(), asyncio.Event())
+                if self.cfg.dc == self.cfg.origin_dc:
+                    box[0].add(own)
+                    box[1].set()
+                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, *box)))
         elif self.cfg.mode == "checkpoint":
             if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
                 self._tasks.append(asyncio.create_task(baselines.checkpoint_loop(self)))
@@ -306,25 +306,26 @@ class PeerServer:
         await self._pull_loop(shard, source, origins)
 
     async def _pull_loop(self, shard: int, source: Callable[[], int | None], origins: list[int] | None) -> None:
-        since: dict[int, int] = {}
+        askers: dict[int, Asker] = {}
         while True:
             node = source()
             if node is None:
                 await asyncio.sleep(0.05)
                 continue
+            asker = askers.get(node)
+            if asker is None:
+                asker = askers[node] = Asker(self.store, shard, node, self.peer_incarnations)
             t0 = time.monotonic()
             try:
-                complete, counter = await self._pull_once(shard, node, since.get(node), origins, source)
-                if complete:
-                    since[node] = counter
+                await self._pull_once(asker, origins, source)
             except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
+                asker.failed()
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED:
                     continue  # we ended it: leadership or the source moved
                 # presumed dead for a while that doubles with each consecutive failure (a peer that is merely
                 # starting up costs ~0.1 s, a crashed one is skipped for up to dead_backoff_s)
                 fails = self._failures[node] = self._failures.get(node, 0) + 1
                 self.dead_until[node] = time.monotonic() + min(self.cfg.dead_backoff_s, 0.05 * 2 ** fails)
-                since.pop(node, None)
                 await asyncio.sleep(0.05)
                 continue
             self._failures.pop(node, None)
@@ -332,17 +333,19 @@ class PeerServer:
             if gap > 0:
                 await asyncio.sleep(gap)
 
-    async def _pull_once(self, shard: int, node: int, since: int | None, origins: list[int] | None = None,
-                         source: Callable[[], int | None] | None = None) -> tuple[bool, int]:
-        """One subscription to `node` for `shard`: rounds of changes are applied as they arrive."""
+    async def _pull_once(self, asker: Asker, origins: list[int] | None = None,
+                         source: Callable[[], int | None] | None = None) -> None:
+        """One subscription to `asker.source` for its shard: rounds of changes are applied as they arrive, and the
+        rounds applied are acknowledged by the next subscription."""
         pb2 = self.pb2
+        node = asker.source
         stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
-        req = pb2.PullRequest(shard=shard, version_vector=vv_to_pb(pb2, self.store.version_vector(shard)),
-                              has_since=since is not None, since_counter=since or 0, wait_ms=self.cfg.wait_ms,
+        vv, since, since_inc, applied = asker.request()
+        req = pb2.PullRequest(shard=asker.shard, version_vector=vv_to_pb(pb2, vv), has_since=since is not None,
+                              since_counter=since or 0, since_incarnation=since_inc, wait_ms=self.cfg.wait_ms,
                               requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes,
-                              stream_ms=self.cfg.stream_ms, origins=origins or [], incarnation=self.incarnation)
-        updates: list[TableUpdate] = []
-        complete, counter = False, since or 0
+                              stream_ms=self.cfg.stream_ms, origins=origins or [], incarnation=self.incarnation,
+                              applied_rounds=applied)
         timeout = (self.cfg.stream_ms + self.cfg.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s
         call = stub.Pull(req, timeout=timeout)
 
@@ -356,25 +359,17 @@ class PeerServer:
         watcher = asyncio.create_task(watch())
         try:
             async for batch in call:
-                self._round(shard, node, batch, updates)
-                if batch.last and batch.complete:
-                    complete, counter = True, batch.counter
+                rows = [pb_to_rows(r, self.dims) for r in batch.rows]
+                self.rows_received += sum(len(u) for u in rows)
+                if asker.batch(rows, batch.last, batch.complete, pb_to_vv(batch.version_vector), batch.counter,
+                               batch.round, batch.incarnation) is not None:
+                    self.pulls += 1
         except asyncio.CancelledError:
             if not call.cancelled() or asyncio.current_task().cancelling():
                 raise
+            asker.failed()  # we ended it (the source moved): a round cut here is offered again next time
         finally:
             watcher.cancel()
-        return complete, counter
-
-    def _round(self, shard: int, node: int, batch, updates: list[TableUpdate]) -> None:
-        """Collect a subscription's batches; apply each round when its last batch arrives."""
-        updates.extend(pb_to_rows(r, self.dims) for r in batch.rows)
-        if batch.last:
-            self.pulls += 1
-            self.rows_received += sum(len(u) for u in updates)
-            self.store.apply(updates, {shard: pb_to_vv(batch.version_vector)} if batch.complete else None,
-                             source=node)
-            updates.clear()
 
     async def wait_change(self, shard: int, timeout: float) -> None:
         """Sleep until the shard changes or the timeout passes."""
@@ -388,8 +383,9 @@ class PeerServer:
     def on_local_put(self, up: TableUpdate) -> None:
         """Central push: the trainer's PS forwards every update to every other PS."""
         if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
-            for q in self._push_queues.values():
-                q.put_nowait(up)
+            for outbox, ready in self._outboxes.values():
+                outbox.add([up])
+                ready.set()
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -460,37 +456,36 @@ class _Servicer:
         if not 0 <= request.shard < store.num_shards:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"shard {request.shard} out of range [0, {store.num_shards})")
-        vv = pb_to_vv(request.version_vector)
-        since = request.since_counter if request.has_since else None
-        origins = list(request.origins) or None
         budget = request.max_message_bytes or peer.cfg.max_message_bytes
+        call = Responder(store, peer.sender, request.shard, pb_to_vv(request.version_vector),
+                         request.since_counter if request.has_since else None, request.requester,
+                         request.incarnation, request.origins, request.applied_rounds, budget,
+                         request.since_incarnation, peer.incarnation, peer.peer_incarnations)
         end = time.monotonic() + max(0, request.stream_ms) / 1000.0
         first = True
         while True:
-            cs = store.changes_since(request.shard, vv, since, request.requester, origins)
+            cs = call.changes()
             deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
             while len(cs) == 0 and time.monotonic() < max(deadline, end):
                 await peer.wait_change(request.shard, max(deadline, end) - time.monotonic())
-                cs = store.changes_since(request.shard, vv, since, request.requester, origins)
+                cs = call.changes()
             if len(cs) == 0 and not first:
                 return
-            updates, complete = peer.sender(cs, request.requester, budget, request.incarnation)
-            for msg in self._batches(updates, budget, cs, complete):
+            try:
+                rnd = call.pick(cs)
+            except Superseded:
+                return
+            for msg in self._batches(rnd, budget, cs):
                 yield msg
             first = False
-            if not complete:  # the link's budget is spent: the rest waits for the next round
-                await asyncio.sleep(getattr(peer.sender, "round_s", 0.0))
-            if complete:  # the asker now holds everything up to this round
-                since = cs.counter
-                for o, t in cs.version_vector.items():
-                    if t > vv.get(o, 0):
-                        vv[o] = t
+            if not rnd.complete:  # the link's budget is spent: the rest waits for the next round
+                await asyncio.sleep(peer.sender.round_s)
             if time.monotonic() >= end:
                 return
 
-    def _batches(self, updates: list[TableUpdate], budget: int, cs: ChangeSet, complete: bool):
+    def _batches(self, rnd: Round, budget: int, cs: ChangeSet):
         msgs, size = [], 0
-        for up in updates:
+        for up in rnd.updates:
             per = max(1, budget // (up.values.shape[1] * 4 + 20))
             for lo in range(0, len(up), per):
                 part = up.take(np.arange(lo, min(lo + per, len(up))))
@@ -499,8 +494,9 @@ class _Servicer:
                     msgs, size = [], 0
                 msgs.append(rows_to_pb(self.pb2, part))
                 size += part.nbytes()
-        yield self.pb2.PullBatch(rows=msgs, last=True, complete=complete, counter=cs.counter,
-                                 version_vector=vv_to_pb(self.pb2, cs.version_vector))
+        yield self.pb2.PullBatch(rows=msgs, last=True, complete=rnd.complete, counter=cs.counter,
+                                 version_vector=vv_to_pb(self.pb2, cs.version_vector), round=rnd.id,
+                                 incarnation=self.peer.incarnation)
 
     async def Health(self, request, context):  # noqa: N802
         return self.pb2.HealthReply(status="SERVING", node_id=self.peer.cfg.node_id, keys=len(self.peer.store),

@@ -133,7 +133,10 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                     ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
                     for d, srv in enumerate(servers):  # each DC serves the requests before the trainer learns
                         s = srv.serve(ev.user, ev.item, ev.label)
-                        ages[d].append(s.age_s)
+                        if d == 0:
+                            at_origin = np.isfinite(s.age_s)  # rows the trainer's DC holds
+                        # a row DC 0 holds but this DC lacks is an update not visible yet: age +inf, never left out
+                        ages[d].append(np.where(np.isnan(s.age_s) & at_origin, np.inf, s.age_s))
                     ckpt.serve(ev.user, ev.item, ev.label)
                     items_served.append(ev.item)
                     up = trainer.step(ev.user, ev.item, ev.label)

@@ -4,8 +4,10 @@ byte budget, so under a short link the updates that matter most for serving arri
 A PS answers a peer's Pull with "what changed since your version"; when the link's budget cannot carry all of it,
 the scheduler sends the highest-priority rows and marks the round incomplete. Nothing is dropped: the asker's
 version stays where it was, so the rows that wait are offered again next round, by then merged with any later
-change to the same key (the store holds one latest version per key). The scheduler remembers per asker what it has
-already sent (and at which version), so a later round never resends a row the asker holds.
+change to the same key (the store holds one latest version per key). The scheduler remembers per asker what it
+holds (and at which version), so a later round never resends a row the asker holds. What the asker holds comes from
+the asker: a round counts only once the asker's next Pull acknowledges it; a round cut on its way (a cancel, a
+partition, a crash) is forgotten and its rows are offered again (see sync.py).
 
 Priority (the default `slo_priority`): (a) freshness: a key the asker has never received goes first; (b)
 significance: the size of the change against what the asker holds, relative to the key's running mean norm; (c)
@@ -15,14 +17,16 @@ Waiting raises a row's priority (aging) so no key starves. `fifo_priority` (a me
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from recmine.ekko.store import ChangeSet, TableUpdate
+from recmine.ekko.sync import Round, Superseded
 
 ROW_OVERHEAD = 20  # key + ts + origin bytes per row on the wire (values add 4 * dim)
 
@@ -110,43 +114,79 @@ class Traffic:
 
 
 class _Mirror:
-    """What one asker holds of one table, as far as this sender knows: version and value sent per key."""
+    """What one asker holds of one table, as far as this sender knows, per key: the version and value of the newest
+    acknowledged send (`ts`, `values`) and of the newest send still on the current stream (`sent_*`, a round that
+    arrives in order or is forgotten when the next Pull shows it was not applied)."""
+
+    FIELDS = ("ts", "values", "norm", "waiting_since", "queued_ts", "shard", "sent_ts", "sent_values", "sent_round")
 
     def __init__(self, dim: int) -> None:
         self.slots: dict[int, int] = {}
-        self.ts = np.zeros(0, np.int64)
+        self.ts = np.zeros(0, np.int64)  # acknowledged: -1 = never
         self.values = np.zeros((0, dim), np.float32)
         self.norm = np.zeros(0, np.float64)  # running mean of the key's norm
         self.waiting_since = np.zeros(0, np.float64)  # 0 = not waiting
         self.queued_ts = np.zeros(0, np.int64)  # version stamp of the first change still waiting
+        self.shard = np.zeros(0, np.int64)
+        self.sent_ts = np.zeros(0, np.int64)  # on the current stream, not yet acknowledged: -1 = none
+        self.sent_values = np.zeros((0, dim), np.float32)
+        self.sent_round = np.zeros(0, np.int64)  # 0 = none
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         return np.array([self.slots.get(k, -1) for k in keys.tolist()], np.int64)
 
-    def add(self, keys: np.ndarray) -> np.ndarray:
+    def add(self, keys: np.ndarray, shard: int) -> np.ndarray:
         for k in keys.tolist():
             if k not in self.slots:
                 self.slots[k] = len(self.slots)
         n = len(self.slots)
         if self.ts.size < n:
             cap = max(n, 2 * self.ts.size)
-            for name, shape in (("ts", (cap,)), ("values", (cap, self.values.shape[1])), ("norm", (cap,)),
-                                ("waiting_since", (cap,)), ("queued_ts", (cap,))):
+            for name in self.FIELDS:
                 old = getattr(self, name)
-                new = np.zeros(shape, old.dtype)
-                if name == "ts":
+                new = np.zeros((cap, *old.shape[1:]), old.dtype)
+                if name in ("ts", "sent_ts"):
                     new[:] = -1
                 new[: old.shape[0]] = old
                 setattr(self, name, new)
-        return self.rows(keys)
+        rows = self.rows(keys)
+        self.shard[rows] = shard
+        return rows
+
+    def view_ts(self, rows: np.ndarray) -> np.ndarray:
+        """Version the asker holds once this stream's rounds arrive (-1: none)."""
+        return np.where(self.sent_round[rows] != 0, self.sent_ts[rows], self.ts[rows])
+
+    def view_values(self, rows: np.ndarray) -> np.ndarray:
+        return np.where((self.sent_round[rows] != 0)[:, None], self.sent_values[rows], self.values[rows])
+
+    def settle(self, shard: int, applied: np.ndarray) -> tuple[int, int]:
+        """A new Pull for `shard`: sends in acknowledged rounds become held, the others are forgotten (offered
+        again). Returns (rows acknowledged, rows forgotten)."""
+        n = len(self.slots)
+        rows = np.flatnonzero((self.sent_round[:n] != 0) & (self.shard[:n] == shard))
+        if rows.size == 0:
+            return 0, 0
+        ok = rows[np.isin(self.sent_round[rows], applied)]
+        newer = ok[self.sent_ts[ok] > self.ts[ok]]
+        self.ts[newer] = self.sent_ts[newer]
+        self.values[newer] = self.sent_values[newer]
+        self.sent_round[rows] = 0
+        self.sent_ts[rows] = -1
+        return int(ok.size), int(rows.size - ok.size)
 
 
 class SloScheduler:
     """A PS's Sender for WAN askers: token bucket at `bytes_per_s`, rows ordered by `policy`, incomplete rounds
-    when the budget runs out (the Pull loop waits `round_s` before the next). Intra-DC askers get everything."""
+    when the budget runs out (the Pull loop waits `round_s` before the next). Intra-DC askers get everything.
+
+    Per asker (node, process incarnation) it keeps a mirror of what the asker holds, so no round resends a row the
+    asker holds and significance is measured against the asker's value. A round enters the mirror only when the
+    asker's next Pull acknowledges it (see sync.py)."""
 
     def __init__(self, policy: Policy | str = "slo", bytes_per_s: float = 1e6, round_s: float = 0.05,
-                 is_wan: Callable[[int], bool] = lambda node: True, traffic: Traffic | None = None) -> None:
+                 is_wan: Callable[[int], bool] = lambda node: True, traffic: Traffic | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(policy, str):
             if policy not in POLICIES:
                 raise ValueError(f"unknown scheduling policy {policy!r}; choose from {sorted(POLICIES)}")
@@ -159,26 +199,56 @@ class SloScheduler:
         self.capacity = self.bytes_per_s * self.round_s * 2
         self.is_wan = is_wan
         self.traffic = traffic or Traffic()
+        self.clock = clock  # seconds; injectable so tests replay rounds deterministically
         self._tokens = self.capacity
-        self._last = time.monotonic()
+        self._last = clock()
         self._mirrors: dict[tuple[int, int, str], _Mirror] = {}
+        self._incarnation: dict[int, int] = {}  # requester -> the process incarnation its mirrors belong to
+        self._streams: dict[tuple[int, int, int], int] = {}  # (requester, incarnation, shard) -> open stream token
+        self._next_round = int.from_bytes(os.urandom(6), "little") + 1  # ids never reused by a later process
         self._lock = threading.Lock()
         self.sent_bytes = 0
         self.sent_rows = 0
         self.deferred_rounds = 0
+        self.acknowledged_rows = 0
+        self.forgotten_rows = 0  # sent in rounds the asker never applied, offered again
 
     def _refill(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.bytes_per_s)
         self._last = now
         return now
 
-    def __call__(self, cs: ChangeSet, requester: int, budget: int, incarnation: int = 0
-                 ) -> tuple[list[TableUpdate], bool]:
-        """Choose this round's rows for `requester`; complete=True when it then holds the whole change set."""
+    def open(self, requester: int, incarnation: int, shard: int, applied: Sequence[int]) -> int:
+        """A Pull from `requester` for `shard` starts: rounds it acknowledges become held, the rest of this shard's
+        unacknowledged rounds are forgotten, and any older stream of it for this shard is superseded."""
         if not self.is_wan(requester):
-            return cs.updates, True
+            return 0
         with self._lock:
+            if self._incarnation.get(requester, incarnation) != incarnation:  # a restarted asker holds only its own
+                for k in [k for k in self._mirrors if k[0] == requester]:
+                    del self._mirrors[k]
+                for k in [k for k in self._streams if k[0] == requester]:
+                    del self._streams[k]
+            self._incarnation[requester] = incarnation
+            acked = np.asarray(sorted(set(applied)), np.int64)
+            for (req, inc, _), m in self._mirrors.items():
+                if req == requester and inc == incarnation:
+                    ok, lost = m.settle(shard, acked)
+                    self.acknowledged_rows += ok
+                    self.forgotten_rows += lost
+            key = (requester, incarnation, shard)
+            self._streams[key] = token = self._streams.get(key, 0) + 1
+            return token
+
+    def pick(self, cs: ChangeSet, requester: int, incarnation: int, budget: int, stream: int) -> Round:
+        """This round's rows for `requester`; complete when it then holds (or has on its way) the whole change set.
+        Raises Superseded when a newer Pull of this asker for this shard has opened."""
+        if not self.is_wan(requester):
+            return Round(cs.updates, True)
+        with self._lock:
+            if self._streams.get((requester, incarnation, cs.shard)) != stream:
+                raise Superseded(f"a newer Pull of node {requester} for shard {cs.shard} is open")
             now = self._refill()
             cands: list[tuple[TableUpdate, np.ndarray, _Mirror]] = []
             inputs: list[PolicyInputs] = []
@@ -189,26 +259,25 @@ class SloScheduler:
                 rows = m.rows(up.keys)
                 known = rows >= 0
                 held_ts = np.full(rows.size, -1, np.int64)
-                held_ts[known] = m.ts[rows[known]]
-                todo = np.flatnonzero(held_ts != up.ts)  # already sent at this version: the asker holds it
+                held_ts[known] = m.view_ts(rows[known])
+                todo = np.flatnonzero(held_ts != up.ts)  # held, or on its way at this version: skip
                 if todo.size == 0:
                     continue
                 sub = up.take(todo)
-                rows = m.add(sub.keys)
-                is_new = m.ts[rows] < 0
+                rows = m.add(sub.keys, cs.shard)
+                is_new = m.view_ts(rows) < 0
                 waiting = m.waiting_since[rows]
                 fresh_wait = waiting == 0
                 m.waiting_since[rows[fresh_wait]] = now
                 m.queued_ts[rows[fresh_wait]] = sub.ts[fresh_wait]
-                held = m.values[rows]
-                delta = np.linalg.norm(sub.values - held, axis=1)
+                delta = np.linalg.norm(sub.values - m.view_values(rows), axis=1)
                 scale = np.where(m.norm[rows] > 0, m.norm[rows], np.linalg.norm(sub.values, axis=1) + 1e-12)
                 rel = np.where(is_new, np.inf, delta / scale)
                 inputs.append(PolicyInputs(is_new, rel, self.traffic.share(up.table, sub.keys),
                                            now - m.waiting_since[rows], sub.ts, m.queued_ts[rows]))
                 cands.append((sub, rows, m))
             if not cands:
-                return [], True
+                return Round([], True)
             x = PolicyInputs(*(np.concatenate([getattr(i, f) for i in inputs]) for f in
                                ("is_new", "rel_change", "traffic", "wait_s", "ts", "queued_ts")))
             prio = np.asarray(self.policy(x), np.float64)
@@ -222,6 +291,8 @@ class SloScheduler:
             self._tokens -= float(cost[chosen].sum())
             take = np.zeros(prio.size, bool)
             take[chosen] = True
+            rid = self._next_round if chosen.size else 0
+            self._next_round += 1 if chosen.size else 0
             out: list[TableUpdate] = []
             lo = 0
             for sub, rows, m in cands:
@@ -232,11 +303,12 @@ class SloScheduler:
                 part = sub.take(sel)
                 r = rows[sel]
                 norms = np.linalg.norm(part.values, axis=1)
-                m.norm[r] = np.where(m.ts[r] < 0, norms, 0.9 * m.norm[r] + 0.1 * norms)
-                m.ts[r] = part.ts
-                m.values[r] = part.values
+                m.norm[r] = np.where(m.view_ts(r) < 0, norms, 0.9 * m.norm[r] + 0.1 * norms)
+                m.sent_ts[r] = part.ts
+                m.sent_values[r] = part.values
+                m.sent_round[r] = rid
                 m.waiting_since[r] = 0.0
                 out.append(part)
                 self.sent_rows += len(part)
             self.sent_bytes += int(cost[chosen].sum())
-            return out, complete
+            return Round(out, complete, rid)

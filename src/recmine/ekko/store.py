@@ -45,6 +45,26 @@ class TableUpdate:
         return TableUpdate(self.table, self.keys[idx], self.values[idx], self.ts[idx], self.origin[idx])
 
 
+def newest_per_key(up: TableUpdate) -> TableUpdate:
+    """The rows of `up` with duplicates collapsed to each key's newest version (ts, then origin), sorted by key."""
+    order = np.lexsort((up.origin, up.ts, up.keys))
+    last = np.ones(order.shape[0], bool)
+    k_sorted = up.keys[order]
+    last[:-1] = k_sorted[1:] != k_sorted[:-1]
+    return up.take(order[last])
+
+
+def collapse(updates: Iterable[TableUpdate]) -> list[TableUpdate]:
+    """Many updates -> one per table holding each key's newest version (last-writer-wins, as `apply` merges)."""
+    by_table: dict[str, list[TableUpdate]] = {}
+    for up in updates:
+        if len(up):
+            by_table.setdefault(up.table, []).append(up)
+    return [newest_per_key(TableUpdate(t, np.concatenate([u.keys for u in ups]), np.concatenate([u.values for u in ups]),
+                                       np.concatenate([u.ts for u in ups]), np.concatenate([u.origin for u in ups])))
+            for t, ups in by_table.items()]
+
+
 @dataclass
 class ChangeSet:
     """Answer to changes_since: the rows, the responder's version vector for the shard (valid only when the
@@ -206,13 +226,8 @@ class ParamStore:
                     continue
                 if up.values.shape != (len(up), t.dim):
                     raise ValueError(f"table {up.table!r}: values must have shape ({len(up)}, {t.dim})")
-                # collapse duplicates within the batch: newest version per key
-                order = np.lexsort((up.origin, up.ts, up.keys))
-                last = np.ones(order.shape[0], bool)
-                k_sorted = up.keys[order]
-                last[:-1] = k_sorted[1:] != k_sorted[:-1]
-                sel = order[last]
-                keys, ts, origin, values = up.keys[sel], up.ts[sel], up.origin[sel], up.values[sel]
+                newest = newest_per_key(up)  # duplicates within the batch collapse first
+                keys, ts, origin, values = newest.keys, newest.ts, newest.origin, newest.values
                 rows = t.rows_of(keys)
                 new = rows < 0
                 win = new.copy()
@@ -257,6 +272,17 @@ class ParamStore:
             for fn in self.listeners:
                 fn(touched)
         return changed
+
+    def forget_source(self, node: int) -> int:
+        """Stop withholding from `node` the rows it delivered here (it restarted and may no longer hold them: the
+        no-echo rule would hide them from it forever while its version vector rises over them). Returns rows."""
+        n = 0
+        with self._lock:
+            for t in self.tables.values():
+                mine = np.flatnonzero(t.src[: t.size] == node)
+                t.src[mine] = self.node_id
+                n += int(mine.size)
+        return n
 
     def _remember(self, shard: int, table: str, key: int, seq: int) -> None:
         recent = self._recent[shard]

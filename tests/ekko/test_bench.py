@@ -1,0 +1,72 @@
+"""Benchmark arithmetic and the push outbox, without processes: an update never visible counts as +inf, the floor
+is what its label says, and the outbox never loses a row."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recmine.ekko.baselines import Outbox
+from recmine.ekko.bench import ENTRY_OVERHEAD, BenchSpec, percentile, physical_floor
+from recmine.ekko.store import ParamStore, TableUpdate
+
+
+def test_percentile_counts_never_visible_updates_as_inf():
+    seen = np.array([0.1, 0.2, 0.3, 0.4])
+    assert percentile(seen, 50) == pytest.approx(np.percentile(seen, 50))  # numpy's rule when all arrived
+    lost_half = np.array([0.1, 0.2, np.inf, np.inf])
+    assert percentile(lost_half, 50) == math.inf  # the two lost updates are not left out
+    assert percentile(lost_half, 0) == pytest.approx(0.1)
+    one_lost = np.r_[np.linspace(0.01, 0.99, 99), np.inf]
+    assert percentile(one_lost, 50) == pytest.approx(0.505)  # the lost one shifts the median (0.500 without it)
+    assert percentile(one_lost, 99) == math.inf  # 1 of 100 never visible: p99 is infinite
+    assert math.isnan(percentile(np.array([]), 50))
+    with pytest.raises(ValueError, match="NaN"):
+        percentile(np.array([0.1, np.nan]), 50)
+
+
+def test_floor_is_one_way_delay_times_hops_plus_serialisation_on_the_busiest_nic():
+    row = 64 * 4 + ENTRY_OVERHEAD
+    batch = 2000 * 0.02 * row  # bytes of one batch
+    mesh = BenchSpec(dcs=4, replicas=2, shards=2, rtt_ms=50, nic_mbps=100)
+    # each DC-0 replica leads one of the 2 shards: it sends half a batch to each of the 3 other DCs
+    assert physical_floor(mesh) == pytest.approx(0.025 + batch / 2 * 3 * 8 / 100e6)
+    odd = BenchSpec(dcs=4, replicas=2, shards=3, rtt_ms=50, nic_mbps=100)  # replica 0 leads shards 0 and 2
+    assert physical_floor(odd) == pytest.approx(0.025 + batch * 2 / 3 * 3 * 8 / 100e6)
+    tree = BenchSpec(dcs=8, replicas=1, shards=2, rtt_ms=50, nic_mbps=100, topology="tree")
+    # DC 7 is 3 hops down the binary tree; a relay feeds at most its 2 children
+    assert physical_floor(tree) == pytest.approx(3 * 0.025 + batch * 2 * 8 / 100e6)
+
+
+def _rows(keys, ts, value: float, dim: int = 4) -> TableUpdate:
+    keys = np.asarray(keys, np.int64)
+    return TableUpdate("emb", keys, np.full((keys.size, dim), value, np.float32), np.asarray(ts, np.int64),
+                       np.zeros(keys.size, np.int32))
+
+
+def test_outbox_batches_by_size_merges_failed_batches_and_never_loses_a_row():
+    rng = np.random.default_rng(0)
+    box = Outbox(collapse_at=8)
+    truth = ParamStore({"emb": 4}, 1)
+    got = ParamStore({"emb": 4}, 1)
+    for ts in range(1, 200):
+        keys = np.unique(rng.integers(0, 50, 7))
+        up = _rows(keys, np.full(keys.size, ts), float(ts))
+        truth.apply([up])
+        box.add([up])
+        if rng.random() < 0.3:  # a send: at most ~3 rows' bytes; it fails half of the time and comes back
+            batch = box.take(3 * (16 + ENTRY_OVERHEAD))
+            assert sum(len(u) for u in batch) <= 3
+            for u in batch:
+                assert np.unique(u.keys).size == len(u)  # each key once per batch
+            if rng.random() < 0.5:
+                box.add(batch)
+            else:
+                got.apply(batch)
+        assert len(box) <= 8 + 1  # a long queue collapses to one update per table
+    while len(box):
+        got.apply(box.take(1 << 20))
+    for a, b in zip(truth.state_digest()["emb"], got.state_digest()["emb"], strict=True):
+        assert np.array_equal(a, b)

@@ -70,3 +70,20 @@ def test_outbox_batches_by_size_merges_failed_batches_and_never_loses_a_row():
         got.apply(box.take(1 << 20))
     for a, b in zip(truth.state_digest()["emb"], got.state_digest()["emb"], strict=True):
         assert np.array_equal(a, b)
+
+
+def test_visibility_counts_a_newer_version_and_keeps_tables_apart() -> None:
+    from recmine.ekko.bench import visibility
+
+    log = {"table": np.array(["item", "item", "user"], dtype=object), "keys": np.array([5, 5, 7]),
+           "ts": np.array([100, 300, 100]), "applied_ns": np.array([2_000_000_100, 1_000_000_400, 500])}
+    put_table = np.array(["item", "item", "item", "user", "user"], dtype=object)
+    put_keys = np.array([5, 5, 5, 5, 7])
+    put_ts = np.array([100, 200, 400, 100, 100])
+    vis = visibility(put_table, put_keys, put_ts, log)
+    # ts 100: applied itself at 2.0 s but the newer version 300 arrived earlier (1.0 s) and carries it
+    assert vis[0] == pytest.approx((1_000_000_400 - 100) / 1e9)
+    assert vis[1] == pytest.approx((1_000_000_400 - 200) / 1e9)
+    assert vis[2] == np.inf  # no version >= 400 of item 5 arrived
+    assert vis[3] == np.inf  # user 5 never arrived: item 5 does not count for it
+    assert vis[4] == pytest.approx(400 / 1e9)

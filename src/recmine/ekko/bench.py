@@ -65,33 +65,57 @@ def _drive(c: LocalCluster, spec: BenchSpec, stop_after: float) -> tuple[list[tu
     return puts, written
 
 
-def _visibility(c: LocalCluster, puts: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """Per put key: seconds until the newest-or-equal version was applied at the slowest PS (inf if never)."""
-    keys = np.concatenate([k for k, _ in puts])
-    stamps = np.concatenate([np.full(k.size, s, np.int64) for k, s in puts])
-    worst = np.zeros(keys.size, np.float64)
-    for n in c.nodes:
-        with c.client(n.node_id, timeout=30.0) as cl:
-            st = cl.stats()
-        lk, lts, lat = st["keys"], st["ts"], st["applied_ns"]
+def visibility(put_table: np.ndarray, put_keys: np.ndarray, put_ts: np.ndarray,
+               log: dict[str, Any]) -> np.ndarray:
+    """Per put row (table, key, version stamp): seconds until this server applied that version or a newer one of
+    the same key (a newer version carries the put's change along), +inf if never.
+
+    Parameters
+    ----------
+    put_table, put_keys, put_ts
+        One entry per put row: table name, key, version stamp (ns, the trainer's wall clock).
+    log
+        The server's apply log as `PSClient.stats()` returns it (table, keys, ts, applied_ns per row).
+
+    Returns
+    -------
+    float64 seconds per put row; +inf for a row never visible here.
+    """
+    vis = np.full(put_keys.size, np.inf)
+    for table in np.unique(np.asarray(put_table, dtype=object)).tolist():
+        sel = np.flatnonzero(put_table == table)
+        rows = np.flatnonzero(log["table"] == table)
+        if rows.size == 0:
+            continue
+        lk, lts, lat = log["keys"][rows], log["ts"][rows], log["applied_ns"][rows]
         order = np.lexsort((lts, lk))
         lk, lts, lat = lk[order], lts[order], lat[order]
-        # suffix minimum of apply time within each key's run (versions sorted by ts)
-        sufmin = lat.copy()
+        sufmin = lat.copy()  # earliest apply among this key's versions >= each one (versions sorted by ts)
         for i in range(sufmin.size - 2, -1, -1):
             if lk[i] == lk[i + 1] and sufmin[i + 1] < sufmin[i]:
                 sufmin[i] = sufmin[i + 1]
+        keys, stamps = put_keys[sel], put_ts[sel]
         starts = np.searchsorted(lk, keys, "left")
         ends = np.searchsorted(lk, keys, "right")
-        vis = np.full(keys.size, np.inf)
-        for i in range(keys.size):
+        for i in range(sel.size):
             lo, hi = starts[i], ends[i]
             if lo == hi:
                 continue
             j = lo + np.searchsorted(lts[lo:hi], stamps[i], "left")
             if j < hi:
-                vis[i] = (sufmin[j] - stamps[i]) / 1e9
-        worst = np.maximum(worst, vis)
+                vis[sel[i]] = (sufmin[j] - stamps[i]) / 1e9
+    return vis
+
+
+def _visibility(c: LocalCluster, puts: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Per put key: seconds until the newest-or-equal version was applied at the slowest PS (inf if never)."""
+    keys = np.concatenate([k for k, _ in puts])
+    stamps = np.concatenate([np.full(k.size, s, np.int64) for k, s in puts])
+    tables = np.full(keys.size, "emb", dtype=object)
+    worst = np.zeros(keys.size, np.float64)
+    for n in c.nodes:
+        with c.client(n.node_id, timeout=30.0) as cl:
+            worst = np.maximum(worst, visibility(tables, keys, stamps, cl.stats()))
     return worst
 
 

@@ -54,9 +54,11 @@ class PSClient:
         return np.array(self._stub.ShardVersions(self.pb2.ShardVersionsRequest(), timeout=self.timeout).counters)
 
     def stats(self, clear: bool = False) -> dict[str, np.ndarray | int]:
-        """The apply log (keys, ts, origin, applied_ns) and pull counters."""
+        """The apply log (table, keys, ts, origin, applied_ns per row) and pull counters."""
         rep = self._stub.Stats(self.pb2.StatsRequest(clear=clear), timeout=max(self.timeout, 30.0))
-        return {"keys": np.array(rep.keys, np.int64), "ts": np.array(rep.ts, np.int64),
+        names = np.array(list(rep.table_names) or [""], dtype=object)
+        return {"table": names[np.array(rep.table, np.int64)] if len(rep.table) else np.zeros(0, object),
+                "keys": np.array(rep.keys, np.int64), "ts": np.array(rep.ts, np.int64),
                 "origin": np.array(rep.origin, np.int32), "applied_ns": np.array(rep.applied_ns, np.int64),
                 "pulls": rep.pulls, "rows_received": rep.rows_received}
 

@@ -504,17 +504,21 @@ class _Servicer:
 
     async def Stats(self, request, context):  # noqa: N802
         log = self.peer.store.apply_log
+        tables = [x[0] for x in log]
         if log:
-            keys = np.concatenate([x[0] for x in log])
-            ts = np.concatenate([x[1] for x in log])
-            origin = np.concatenate([x[2] for x in log])
-            at = np.concatenate([x[3] for x in log])
+            keys = np.concatenate([x[1] for x in log])
+            ts = np.concatenate([x[2] for x in log])
+            origin = np.concatenate([x[3] for x in log])
+            at = np.concatenate([x[4] for x in log])
         else:
             keys = ts = at = np.zeros(0, np.int64)
             origin = np.zeros(0, np.int32)
         if request.clear:
             self.peer.store.apply_log = []
+        names = sorted(set(tables))
+        table = np.repeat([names.index(t) for t in tables], [x[1].size for x in log]) if log else []
         return self.pb2.StatsReply(keys=keys.tolist(), ts=ts.tolist(), origin=origin.tolist(),
+                                   table_names=names, table=list(map(int, table)),
                                    applied_ns=at.tolist(), pulls=self.peer.pulls,
                                    rows_received=self.peer.rows_received)
 

@@ -142,7 +142,8 @@ class ParamStore:
         self._floor_seq = np.zeros(num_shards, np.int64)  # counter value of the newest evicted entry
         self._last_ts = 0
         self.listeners: list = []  # callables(shard_ids: set[int]) run after every change (e.g. wake long-polls)
-        self.apply_log: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, ts, origin, t)
+        # (table, keys, ts, origin, applied wall clock ns) per applied batch, when log_applies is on
+        self.apply_log: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.log_applies = False
 
     # ---- helpers
@@ -255,7 +256,7 @@ class ParamStore:
                 t.src[wr] = src_id
                 changed += int(win.sum())
                 if self.log_applies:
-                    self.apply_log.append((keys[win].copy(), ts[win].copy(), origin[win].copy(),
+                    self.apply_log.append((up.table, keys[win].copy(), ts[win].copy(), origin[win].copy(),
                                            np.full(int(win.sum()), now, np.int64)))
                 for s, k in zip(shards[win].tolist(), keys[win].tolist(), strict=True):
                     if s not in touched:

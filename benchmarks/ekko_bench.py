@@ -24,7 +24,7 @@ import time
 
 from rich.console import Console
 
-from recmine.ekko.bench import BenchSpec, run_bench
+from recmine.ekko.lab.bench import BenchSpec, run_bench
 from recmine.output import emit, rows_table
 
 console = Console(width=200)
@@ -80,7 +80,7 @@ def scenario(args: argparse.Namespace) -> None:
     """Repeat the slo or rollback scenario; print each run and the medians."""
     import statistics
 
-    from recmine.ekko.scenarios import ScenarioSpec, run_rollback, run_slo
+    from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback, run_slo
 
     rows = []
     for rep in range(args.repeats):

@@ -108,8 +108,8 @@ def test_click_stream_is_learnable_and_freshness_matters(seed: int) -> None:
     """The demo's trainer settings on a quick stream, each batch scored before training on it (progressive
     validation): AUC rises, ends well above a popularity ranking (positives so far per item), and a model frozen
     after the first tenth falls behind as tastes drift."""
-    from recmine.ekko.model import OnlineTrainer, score_rows
-    from recmine.ekko.serving import auc
+    from recmine.ekko.rec.model import OnlineTrainer, score_rows
+    from recmine.ekko.rec.serving import auc
 
     s = click_stream(n_users=300, n_items=400, n_events=12_000, seed=seed, n_factors=8)
     tr = OnlineTrainer(dim=16, seed=seed, lr=0.2, replay=0)

@@ -96,8 +96,8 @@ assert not any(m in sys.modules for m in ("torch", "grpc", "matplotlib")), "an o
 
 
 @pytest.mark.parametrize(("code", "extra"), [
-    ("import recmine.ekko.model", "ekko"),
-    ("import recmine.ekko.store", "ekko"),
+    ("import recmine.ekko.rec.model", "ekko"),
+    ("import recmine.ekko.ps.store", "ekko"),
     ("from recmine.faery import connect", "service"),
     ("import recmine.report", "report"),
 ])

@@ -361,13 +361,13 @@ class EkkoLive(Protocol):
 
 
 class _Trainer:
-    """ekko's PyTorch two-tower recommender (ekko/model.py) trained online on the stream, at lr 0.2 and with no
+    """ekko's PyTorch two-tower recommender (ekko/rec/model.py) trained online on the stream, at lr 0.2 and with no
     replay of past events: under taste drift replaying the past holds the model back (the demo's stream, offline,
     progressive AUC over the last quarter, seeds 0 / 1: about 0.79 / 0.76 so; 0.72 / 0.70 with the default
     2,000-event replay; 0.69 / 0.68 with the trainer's defaults)."""
 
     def __init__(self, dim: int, seed: int) -> None:
-        from recmine.ekko.model import OnlineTrainer
+        from recmine.ekko.rec.model import OnlineTrainer
 
         self.model = OnlineTrainer(dim=dim, seed=seed, lr=0.2, replay=0)
 
@@ -378,7 +378,7 @@ class _Trainer:
     def restart_from(self, read: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
         """The operator's fix: reload every row the trainer knows from a PS (the model being served; a key the PS
         does not hold goes back to the zero prior it serves for it); returns the rows loaded."""
-        from recmine.ekko.model import DENSE_KEY
+        from recmine.ekko.rec.model import DENSE_KEY
 
         m = self.model
         rows = {}
@@ -488,7 +488,7 @@ class _Snapshot:
 
 def _logits(get: Callable[[str, np.ndarray], np.ndarray], u: np.ndarray, i: np.ndarray, dim: int) -> np.ndarray:
     """Scores of (user, item) pairs from rows as `get` serves them (score_rows; the dense head from its row)."""
-    from recmine.ekko.model import DENSE_KEY, score_rows
+    from recmine.ekko.rec.model import DENSE_KEY, score_rows
 
     head = get("dense", np.array([DENSE_KEY]))[0].reshape(dim, dim)
     return score_rows(get("user", u), get("item", i), head)
@@ -498,10 +498,10 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
     """Run the ekko stage on a real 4-DC LocalCluster behind the WAN emulator; returns its results and a live
     handle (its shutdown registered on `stack`)."""
     try:
-        from recmine.ekko.cluster import LocalCluster
+        from recmine.ekko.lab.cluster import LocalCluster
     except Exception as e:  # noqa: BLE001
         return _unavailable("ekko", e), None
-    from recmine.ekko.model import tables
+    from recmine.ekko.rec.model import tables
 
     topo = {"dcs": cfg.n_dcs, "replicas": 1, "shards": 2, "tables": tables(cfg.ekko_dim), "rtt_ms": 50.0,
             "nic_mbps": 100.0, "mode": "ekko", "topology": "mesh", "log_applies": True}
@@ -556,9 +556,9 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
     witness on the batch served next; an alarm rolls the changed keys back in every DC and quarantines the
     trainer: its updates are held, judged in shadow each window, discarded while harmful and released after two
     healthy windows. Alarms while no harmful row is served are counted as false."""
-    from recmine.ekko.guard import GuardConfig, ModelStateManager, Quarantine
-    from recmine.ekko.model import tables
-    from recmine.ekko.serving import auc, logloss
+    from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
+    from recmine.ekko.rec.model import tables
+    from recmine.ekko.rec.serving import auc, logloss
 
     tr, stream, dim = live.trainer, live.stream, cfg.ekko_dim
     window = 3
@@ -734,7 +734,7 @@ def _update_latency(cluster: Any, readers: list[Any], t0: float, settle_s: float
     """Per DC: how long each row the trainer put at DC 0 took to become visible there (a newer version of the key
     carries it along), from the servers' apply logs. A row never visible counts as +inf in p50/p99 and is reported
     in visible/rows; we wait up to `settle_s` for the last rows before reading the logs."""
-    from recmine.ekko.bench import percentile, visibility
+    from recmine.ekko.lab.bench import percentile, visibility
 
     origin = cluster.node(0).node_id
     deadline = time.monotonic() + settle_s

@@ -38,7 +38,7 @@ def cluster_up(
     Example:\n
       recmine ekko cluster up --topology topo.json && recmine ekko cluster status
     """
-    from recmine.ekko.cluster import LocalCluster
+    from recmine.ekko.lab.cluster import LocalCluster
 
     if (state / "state.json").exists():
         err_console.print(f"[red]error:[/red] a cluster is already up in {state} (run `recmine ekko cluster down`)")
@@ -61,8 +61,8 @@ def cluster_status(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = F
     """
     import grpc
 
-    from recmine.ekko.client import PSClient
-    from recmine.ekko.cluster import read_state
+    from recmine.ekko.lab.cluster import read_state
+    from recmine.ekko.ps.client import PSClient
 
     try:
         st = read_state(state)
@@ -87,7 +87,7 @@ def cluster_down(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = Fal
     Example:\n
       recmine ekko cluster down
     """
-    from recmine.ekko.cluster import stop_detached
+    from recmine.ekko.lab.cluster import stop_detached
 
     try:
         n = stop_detached(state)
@@ -133,7 +133,7 @@ def bench(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from recmine.ekko.bench import BenchSpec, run_bench
+    from recmine.ekko.lab.bench import BenchSpec, run_bench
 
     if dcs < 1:
         err_console.print("[red]error:[/red] --dcs must be >= 1")
@@ -166,7 +166,7 @@ def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, 
               rtt_ms: float, as_json: bool) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from recmine.ekko.scenarios import ScenarioSpec, run_rollback, run_slo
+    from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback, run_slo
 
     if not 0 < link_fraction <= 1 or replay_s <= 0 or events < 0:
         err_console.print("[red]error:[/red] need 0 < --link-fraction <= 1, --replay-s > 0, --events >= 0")
@@ -220,8 +220,8 @@ def run(
     from rich.live import Live
     from rich.table import Table
 
-    from recmine.ekko.cluster import load_topology
-    from recmine.ekko.scenarios import ScenarioSpec, run_live
+    from recmine.ekko.lab.cluster import load_topology
+    from recmine.ekko.lab.scenarios import ScenarioSpec, run_live
 
     try:
         topo = load_topology(topology) if topology else None

@@ -13,16 +13,30 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import Protocol
 
 import grpc
 import numpy as np
 
-from recmine.ekko.store import TableUpdate, collapse
-from recmine.ekko.wire import rows_to_pb
+from recmine.ekko.ps.config import PeerConfig
+from recmine.ekko.ps.store import ParamStore, TableUpdate, collapse
+from recmine.ekko.ps.wire import rows_to_pb
 
-if TYPE_CHECKING:
-    from recmine.ekko.peer import PeerServer
+
+class Host(Protocol):
+    """What the baseline loops need from the PS process that runs them (peer.PeerServer provides it); a protocol so
+    this module does not import the server that imports it."""
+
+    cfg: PeerConfig
+    store: ParamStore
+    pb2: ModuleType
+    pb2_grpc: ModuleType
+    push_retries: int
+
+    def channel(self, node: int) -> grpc.aio.Channel:
+        """The (cached) channel to peer `node`."""
+        ...
 
 
 class Outbox:
@@ -58,7 +72,7 @@ class Outbox:
         return collapse(out)
 
 
-async def push_loop(peer: PeerServer, node: int, outbox: Outbox, ready: asyncio.Event, window: int = 32) -> None:
+async def push_loop(peer: Host, node: int, outbox: Outbox, ready: asyncio.Event, window: int = 32) -> None:
     """Central push to one destination PS: `window` Applies in flight at once (a stream, not stop-and-wait), and a
     batch whose Apply fails goes back to the outbox and is retried, with backoff, until it is acknowledged."""
     stub = peer.pb2_grpc.ParameterServerStub(peer.channel(node))
@@ -85,7 +99,7 @@ async def push_loop(peer: PeerServer, node: int, outbox: Outbox, ready: asyncio.
     await asyncio.gather(*(sender() for _ in range(window)))
 
 
-async def checkpoint_loop(peer: PeerServer) -> None:
+async def checkpoint_loop(peer: Host) -> None:
     """Checkpoint baseline: every checkpoint_s ship a full snapshot of every table to every other PS."""
     while True:
         await asyncio.sleep(peer.cfg.checkpoint_s)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recmine.ekko.model import DENSE_KEY, score_rows
+from recmine.ekko.rec.model import DENSE_KEY, score_rows
 
 RowReader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]  # -> (values, found, ts ns)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recmine.ekko.store import ParamStore
+from recmine.ekko.ps.store import ParamStore
 
 TABLES = {"user": 3, "item": 2}
 

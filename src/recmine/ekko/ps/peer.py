@@ -5,13 +5,12 @@ from the topology: replica (shard + i) mod R, the first one alive). Leaders long
 (all of them in a mesh, the neighbours in a spanning tree) and the other replicas of their own DC; followers long-poll
 their DC's leader. So each changed byte crosses each WAN link about once, and nothing central decides anything.
 A Pull answers "what changed since my version vector" and, when nothing has, waits up to wait_ms for a change.
-Modes "push" and "checkpoint" are the baselines (see baselines.py). Run: python -m recmine.ekko.peer CONFIG.json"""
+Modes "push" and "checkpoint" are the baselines (see baselines.py). Run: python -m recmine.ekko.ps.peer CONFIG.json"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import struct
@@ -19,75 +18,19 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from recmine.ekko import baselines
-from recmine.ekko.scheduler import SloScheduler, Traffic
-from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate
-from recmine.ekko.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
-from recmine.ekko.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
+from recmine.ekko.ps import baselines
+from recmine.ekko.ps.config import PeerConfig
+from recmine.ekko.ps.scheduler import SloScheduler, Traffic
+from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate
+from recmine.ekko.ps.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
+from recmine.ekko.ps.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
 
 MAX_MESSAGE = 64 * 1024 * 1024
-
-
-@dataclass
-class PeerInfo:
-    """Another PS as this one sees it: ids and the address to dial (a WAN proxy port across DCs)."""
-
-    node_id: int
-    dc: int
-    replica: int
-    address: str
-
-
-@dataclass
-class PeerConfig:
-    """Everything one PS process needs; written as JSON by the cluster launcher."""
-
-    node_id: int
-    dc: int
-    replica: int
-    port: int
-    tables: dict[str, int]
-    num_shards: int
-    num_dcs: int
-    replicas_per_dc: int
-    peers: list[PeerInfo] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    mode: str = "ekko"  # ekko | push | checkpoint
-    topology: str = "mesh"  # mesh | tree
-    pull_interval_ms: float = 0.0  # least time between two pulls of one loop
-    wait_ms: int = 1000  # long-poll hold time
-    stream_ms: int = 10000  # subscription length: changes stream as they happen for this long
-    rpc_deadline_s: float = 5.0
-    dead_backoff_s: float = 1.5
-    origin_dc: int = 0  # where the trainer writes (push / checkpoint baselines send from there)
-    checkpoint_s: float = 10.0
-    snapshot_path: str | None = None
-    snapshot_every_s: float = 0.0
-    wal_path: str | None = None
-    log_applies: bool = False
-    max_message_bytes: int = 4 * 1024 * 1024
-    go_file: str | None = None  # start disseminating once this file exists (the launcher's "all peers are up")
-    scheduler: str = "all"  # outgoing WAN sync: all (send every change at once) | slo | fifo (see scheduler.py)
-    link_bytes_per_s: float = 0.0  # the scheduler's WAN byte budget (slo / fifo)
-    round_ms: float = 50.0  # the scheduler's round length
-    traffic_half_life_s: float = 30.0  # how fast the scheduler forgets which keys inference reads
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> PeerConfig:
-        """Read a config file written by to_json()."""
-        data = json.loads(Path(path).read_text())
-        data["peers"] = [PeerInfo(**p) for p in data.get("peers", [])]
-        return cls(**data)
-
-    def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as JSON."""
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
 class _WriteAheadLog:
@@ -551,10 +494,10 @@ async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: python -m recmine.ekko.peer CONFIG.json [READY_FILE]."""
+    """Entry point: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m recmine.ekko.peer CONFIG.json [READY_FILE]", file=sys.stderr)
+        print("usage: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]", file=sys.stderr)
         raise SystemExit(2)
     cfg = PeerConfig.from_json(args[0])
     asyncio.run(serve(cfg, args[1] if len(args) > 1 else None))

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from recmine.ekko.cluster import LocalCluster, load_topology
-from recmine.ekko.wire import stubs
+from recmine.ekko.lab.cluster import LocalCluster, load_topology
+from recmine.ekko.ps.wire import stubs
 
 DIM = 8
 

@@ -4,7 +4,7 @@ Each PS has a NIC of fixed egress bandwidth shared by all its outgoing connectio
 a chunk leaves when the NIC has finished everything queued before it), each DC pair a one-way delay, and a
 partition switch cuts a DC off (connections to or from it are dropped and refused until healed). Bytes are counted
 per DC link. One proxy port per ordered (source PS, destination PS) pair; the bytes a destination sends back on
-that connection are shaped by the destination's NIC. Run: python -m recmine.ekko.wan SPEC.json"""
+that connection are shaped by the destination's NIC. Run: python -m recmine.ekko.lab.wan SPEC.json"""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ async def _main(spec_path: str, ready_file: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: python -m recmine.ekko.wan SPEC.json [READY_FILE]."""
+    """Entry point: python -m recmine.ekko.lab.wan SPEC.json [READY_FILE]."""
     args = sys.argv[1:] if argv is None else argv
     asyncio.run(_main(args[0], args[1] if len(args) > 1 else None))
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from recmine.ekko.baselines import Outbox
-from recmine.ekko.bench import ENTRY_OVERHEAD, BenchSpec, percentile, physical_floor
-from recmine.ekko.store import ParamStore, TableUpdate
+from recmine.ekko.lab.bench import ENTRY_OVERHEAD, BenchSpec, percentile, physical_floor
+from recmine.ekko.ps.baselines import Outbox
+from recmine.ekko.ps.store import ParamStore, TableUpdate
 
 
 def test_percentile_counts_never_visible_updates_as_inf():
@@ -73,7 +73,7 @@ def test_outbox_batches_by_size_merges_failed_batches_and_never_loses_a_row():
 
 
 def test_visibility_counts_a_newer_version_and_keeps_tables_apart() -> None:
-    from recmine.ekko.bench import visibility
+    from recmine.ekko.lab.bench import visibility
 
     log = {"table": np.array(["item", "item", "user"], dtype=object), "keys": np.array([5, 5, 7]),
            "ts": np.array([100, 300, 100]), "applied_ns": np.array([2_000_000_100, 1_000_000_400, 500])}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from recmine.datasets import click_stream
-from recmine.ekko.cluster import LocalCluster
-from recmine.ekko.guard import GuardConfig, ModelStateManager, Quarantine
-from recmine.ekko.store import ParamStore
+from recmine.ekko.lab.cluster import LocalCluster
+from recmine.ekko.ps.store import ParamStore
+from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
 
 DIM = 8
 BATCH = 400

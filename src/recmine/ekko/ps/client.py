@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from recmine.ekko.store import TableUpdate
-from recmine.ekko.wire import rows_to_pb, stubs
+from recmine.ekko.ps.store import TableUpdate
+from recmine.ekko.ps.wire import rows_to_pb, stubs
 
 MAX_MESSAGE = 64 * 1024 * 1024
 

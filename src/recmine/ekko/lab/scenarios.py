@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from recmine.ekko.cluster import LocalCluster
-from recmine.ekko.data import Interactions, default_movielens_path, load_movielens, synthetic
-from recmine.ekko.guard import GuardConfig, ModelStateManager
-from recmine.ekko.model import OnlineTrainer, Update, score_rows, tables
-from recmine.ekko.scheduler import ROW_OVERHEAD
-from recmine.ekko.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
-from recmine.ekko.store import ParamStore, TableUpdate
+from recmine.ekko.lab.cluster import LocalCluster
+from recmine.ekko.ps.scheduler import ROW_OVERHEAD
+from recmine.ekko.ps.store import ParamStore, TableUpdate
+from recmine.ekko.rec.data import Interactions, default_movielens_path, load_movielens, synthetic
+from recmine.ekko.rec.guard import GuardConfig, ModelStateManager
+from recmine.ekko.rec.model import OnlineTrainer, Update, score_rows, tables
+from recmine.ekko.rec.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
 
 Progress = Callable[[str], None]
 
@@ -293,7 +293,7 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
     trainer, n_warm = _warm(spec, data)
     topo = dict(topology or {"dcs": spec.dcs, "replicas": 1, "shards": 2, "rtt_ms": spec.rtt_ms, "nic_mbps": 100.0})
     topo["tables"] = tables(spec.dim)
-    from recmine.ekko.cluster import load_topology
+    from recmine.ekko.lab.cluster import load_topology
 
     topo = load_topology(topo)
     state = trainer.full_state()

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recmine.ekko.store import ChangeSet, TableUpdate
-from recmine.ekko.sync import Round, Superseded
+from recmine.ekko.ps.store import ChangeSet, TableUpdate
+from recmine.ekko.ps.sync import Round, Superseded
 
 ROW_OVERHEAD = 20  # key + ts + origin bytes per row on the wire (values add 4 * dim)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from recmine.ekko.cluster import LocalCluster
+from recmine.ekko.lab.cluster import LocalCluster
 
 ENTRY_OVERHEAD = 8 + 8 + 4  # key, ts, origin beside the float32 vector
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from recmine.ekko.cluster import LocalCluster
-from recmine.ekko.scheduler import (
+from recmine.ekko.lab.cluster import LocalCluster
+from recmine.ekko.ps.scheduler import (
     ROW_OVERHEAD,
     PolicyInputs,
     SloScheduler,
@@ -17,8 +17,8 @@ from recmine.ekko.scheduler import (
     fifo_priority,
     slo_priority,
 )
-from recmine.ekko.store import ParamStore
-from recmine.ekko.sync import Asker, Responder
+from recmine.ekko.ps.store import ParamStore
+from recmine.ekko.ps.sync import Asker, Responder
 
 DIM = 8
 ROW = ROW_OVERHEAD + 4 * DIM

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from recmine.cli import app
-from recmine.ekko.data import load_movielens, synthetic
-from recmine.ekko.model import OnlineTrainer, score_rows, tables
-from recmine.ekko.serving import InferenceServer, auc, logloss
+from recmine.ekko.rec.data import load_movielens, synthetic
+from recmine.ekko.rec.model import OnlineTrainer, score_rows, tables
+from recmine.ekko.rec.serving import InferenceServer, auc, logloss
 
 ML = Path("../shared/data/movielens/ml-100k.inter")
 

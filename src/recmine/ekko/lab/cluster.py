@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recmine.ekko.client import PSClient
-from recmine.ekko.peer import PeerConfig, PeerInfo
-from recmine.ekko.wan import Route, control
+from recmine.ekko.lab.wan import Route, control
+from recmine.ekko.ps.client import PSClient
+from recmine.ekko.ps.config import PeerConfig, PeerInfo
 
 DEFAULTS: dict[str, Any] = {
     "dcs": 2, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50.0, "nic_mbps": 100.0,
@@ -165,7 +165,7 @@ class LocalCluster:
             cfg.to_json(path)
             self.nodes.append(Node(i, dc, rep, ps_ports[i], path))
         try:
-            self.wan_proc = self._spawn(["-m", "recmine.ekko.wan", str(self.run_dir / "wan.json"),
+            self.wan_proc = self._spawn(["-m", "recmine.ekko.lab.wan", str(self.run_dir / "wan.json"),
                                          str(self.run_dir / "wan.ready")], env, "wan")
             for node in self.nodes:
                 node.proc = self._spawn_node(node, env)
@@ -190,7 +190,7 @@ class LocalCluster:
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
         env = env or dict(os.environ)
-        return self._spawn(["-m", "recmine.ekko.peer", str(node.config_path), str(ready)], env, f"ps{node.node_id}")
+        return self._spawn(["-m", "recmine.ekko.ps.peer", str(node.config_path), str(ready)], env, f"ps{node.node_id}")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recmine.ekko.scheduler import ROW_OVERHEAD, SloScheduler
-from recmine.ekko.store import ParamStore, TableUpdate
-from recmine.ekko.sync import Asker, Incarnations, Responder, SendEverything, Superseded
+from recmine.ekko.ps.scheduler import ROW_OVERHEAD, SloScheduler
+from recmine.ekko.ps.store import ParamStore, TableUpdate
+from recmine.ekko.ps.sync import Asker, Incarnations, Responder, SendEverything, Superseded
 
 TABLES = {"emb": 4, "bias": 1}
 SHARDS = 2

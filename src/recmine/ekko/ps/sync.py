@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from recmine.ekko.store import ChangeSet, ParamStore, TableUpdate, VersionVector
+from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate, VersionVector
 
 
 @dataclass

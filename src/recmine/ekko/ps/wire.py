@@ -7,13 +7,13 @@ from types import ModuleType
 
 import numpy as np
 
-from recmine.ekko.store import TableUpdate, VersionVector
+from recmine.ekko.ps.store import TableUpdate, VersionVector
 from recmine.protos import load_proto
 
 
 def stubs() -> tuple[ModuleType, ModuleType]:
     """(ekko_pb2, ekko_pb2_grpc), generated from ekko.proto on first use."""
-    return load_proto(Path(__file__).with_name("ekko.proto"), "recmine.ekko")
+    return load_proto(Path(__file__).with_name("ekko.proto"), "recmine.ekko.ps")
 
 
 def rows_to_pb(pb2: ModuleType, up: TableUpdate):

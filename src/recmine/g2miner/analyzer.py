@@ -59,6 +59,9 @@ class SearchPlan:
             bound = f", v{i} < " + ", ".join(f"v{j}" for j in lv.upper) if lv.upper else ""
             lab = f", label {lv.label}" if lv.label != WILDCARD else ""
             lines.append(f"  v{i} = pattern vertex {lv.vertex}: {ops}{bound}{lab}")
+        if self.label_alternatives is not None:
+            alts = " | ".join(" ".join(f"v{i}:{lab}" for i, lab in alt) for alt in self.label_alternatives)
+            lines.append(f"  keep a match when its labels fit one placement: {alts}")
         return "\n".join(lines)
 
 

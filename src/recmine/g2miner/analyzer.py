@@ -40,11 +40,13 @@ class SearchPlan:
     # With wildcard labels, a subgraph may match under several symmetric placements; symmetry breaking then uses
     # the unlabeled group and each found match is kept when one placement fits: alternatives of (level, label).
     label_alternatives: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # per alternative, the pattern vertex each level plays in that placement (a listed match is written so)
+    label_placements: tuple[tuple[int, ...], ...] | None = None
 
     def key(self) -> str:
         """Stable text identifying the plan (used to cache generated kernels)."""
         lv = ";".join(f"{lv_.vertex}:{lv_.connected}:{lv_.disconnected}:{lv_.upper}:{lv_.label}" for lv_ in self.levels)
-        return f"{self.kind}|{int(self.induced)}|{lv}|{self.label_alternatives}"
+        return f"{self.kind}|{int(self.induced)}|{lv}|{self.label_alternatives}|{self.label_placements}"
 
     def describe(self) -> str:
         """Human-readable plan: one line per level."""
@@ -57,6 +59,9 @@ class SearchPlan:
             bound = f", v{i} < " + ", ".join(f"v{j}" for j in lv.upper) if lv.upper else ""
             lab = f", label {lv.label}" if lv.label != WILDCARD else ""
             lines.append(f"  v{i} = pattern vertex {lv.vertex}: {ops}{bound}{lab}")
+        if self.label_alternatives is not None:
+            alts = " | ".join(" ".join(f"v{i}:{lab}" for i, lab in alt) for alt in self.label_alternatives)
+            lines.append(f"  keep a match when its labels fit one placement: {alts}")
         return "\n".join(lines)
 
 
@@ -122,16 +127,21 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
     pos = {v: i for i, v in enumerate(order)}
     adj = p.adjacency()
     group = automorphisms(p)
-    alternatives = None
+    alternatives = placements = None
     level_label = dict(enumerate(p.labels)) if p.labels is not None else {}
     if p.labels is not None and WILDCARD in p.labels:
         plain = automorphisms(Pattern(p.num_vertices, p.edges))
         if len(plain) > len(group):
             # each subgraph is found once under the unlabeled symmetry; keep it if some placement fits the labels
             group = plain
-            alts = {tuple(sorted((pos[v], p.labels[s[v]]) for v in range(p.num_vertices)
-                                 if p.labels[s[v]] != WILDCARD)) for s in plain}
+            # placement s: level pos[v] plays pattern vertex s[v], so it must carry that vertex's label
+            alts: dict[tuple[tuple[int, int], ...], tuple[int, ...]] = {}
+            for s in plain:
+                need = tuple(sorted((pos[v], p.labels[s[v]]) for v in range(p.num_vertices)
+                                    if p.labels[s[v]] != WILDCARD))
+                alts.setdefault(need, tuple(s[v] for v in order))
             alternatives = tuple(sorted(alts))
+            placements = tuple(alts[a] for a in alternatives)
             level_label = {v: (p.labels[v] if len({p.labels[s[v]] for s in plain}) == 1 else WILDCARD)
                            for v in range(p.num_vertices)}
     constraints = symmetry_constraints(p, order, group)
@@ -147,4 +157,5 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
                 raise AssertionError("symmetry constraint points the wrong way")
         levels.append(Level(v, conn, disc, tuple(sorted(upper)), level_label.get(v, WILDCARD)))
     kind = "clique" if p.is_clique() and p.labels is None else "generic"
-    return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives)
+    return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives,
+                      placements)

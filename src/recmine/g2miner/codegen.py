@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -34,18 +34,21 @@ class CompiledPlan:
     source: str
     module: ModuleType
     compile_seconds: float = 0.0
-    compiled: bool = False
+    compiled: bool = False  # both kernels compiled
+    _done: set = field(default_factory=set, repr=False)
 
-    def ensure_compiled(self, sample_args_count: tuple, sample_args_list: tuple) -> float:
-        """Compile (or load from numba's cache) both kernels for the argument types; returns seconds spent."""
-        if self.compiled:
-            return 0.0
+    def ensure_compiled(self, sample_args_count: tuple | None, sample_args_list: tuple | None) -> float:
+        """Compile (or load from numba's cache) the kernels whose argument types are given (None: not needed
+        now, so a count never pays for the list kernel); returns the seconds spent here."""
         t = time.perf_counter()
-        self.module.count_kernel.compile(sample_args_count)
-        self.module.list_kernel.compile(sample_args_list)
-        self.compile_seconds = time.perf_counter() - t
-        self.compiled = True
-        return self.compile_seconds
+        for kernel, sig in ((self.module.count_kernel, sample_args_count), (self.module.list_kernel, sample_args_list)):
+            if sig is not None and kernel not in self._done:
+                kernel.compile(sig)
+                self._done.add(kernel)
+        spent = time.perf_counter() - t
+        self.compile_seconds += spent
+        self.compiled = len(self._done) == 2
+        return spent
 
 
 def _needs_adjacency(plan: SearchPlan) -> set[int]:
@@ -224,18 +227,33 @@ def _emit_clique(w: _Writer, plan: SearchPlan, ind: int, i: int, mode: str) -> N
 
 
 def _emit_match(w: _Writer, ind: int, plan: SearchPlan, mode: str) -> None:
-    if plan.label_alternatives is not None:
+    """A full candidate match: keep it if the labels fit one placement (wildcard patterns), then count it or
+    write it, each column holding the graph vertex of that pattern vertex under the placement that fits."""
+    placements: tuple[tuple[int, ...], ...] = (tuple(lv.vertex for lv in plan.levels),)
+    if plan.label_alternatives is not None and plan.label_placements is not None:
         alts = [" and ".join(f"labels[v{i}] == {lab}" for i, lab in alt) or "True" for alt in plan.label_alternatives]
-        w(ind, "if " + " or ".join(f"({a})" for a in alts) + ":")
-        ind += 1
+        placements = plan.label_placements
+        if mode == "count":
+            w(ind, "if " + " or ".join(f"({a})" for a in alts) + ":")
+            ind += 1
+        else:
+            w(ind, "fit = -1")
+            for a, cond in enumerate(alts):
+                w(ind, f"{'if' if a == 0 else 'elif'} {cond}:")
+                w(ind + 1, f"fit = {a}")
+            w(ind, "if fit >= 0:")
+            ind += 1
     if mode == "count":
         w(ind, "local += 1")
         return
     w(ind, "if seen >= skip_now:")
     w(ind + 1, "if nout == cap:")
     w(ind + 2, "return t, seen, nout")
-    for i, lv in enumerate(plan.levels):
-        w(ind + 1, f"out[nout, {lv.vertex}] = v{i}")
+    for a, cols in enumerate(placements):
+        if len(placements) > 1:
+            w(ind + 1, f"{'if' if a == 0 else 'elif'} fit == {a}:")
+        for i, col in enumerate(cols):
+            w(ind + 1 + (len(placements) > 1), f"out[nout, {col}] = v{i}")
     w(ind + 1, "nout += 1")
     w(ind, "seen += 1")
 
@@ -269,7 +287,7 @@ def generate_source(plan: SearchPlan) -> str:
     w(2, "for t in range(c, ntasks, nchunks):")
     _emit_task_head(w, 3)
     if k == 2:
-        w(3, "local += 1")
+        _emit_match(w, 3, plan, "count")  # the label check of wildcard patterns happens here, as for any k
     elif plan.kind == "clique":
         _emit_clique(w, plan, 3, 2, "count")
     else:

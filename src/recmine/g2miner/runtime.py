@@ -86,7 +86,7 @@ def compile_for(pattern: Pattern | str, induced: bool = True) -> CompiledPlan:
     return compiled
 
 
-def _run_count(g: CSRGraph, compiled: CompiledPlan, tasks: np.ndarray, threads: int | None) -> int:
+def _count_batch(g: CSRGraph, compiled: CompiledPlan, tasks: np.ndarray, threads: int | None) -> int:
     if tasks.shape[0] == 0:
         return 0
     if threads is not None:
@@ -101,6 +101,24 @@ def _run_count(g: CSRGraph, compiled: CompiledPlan, tasks: np.ndarray, threads: 
     return int(total)
 
 
+def _run_count(g: CSRGraph, compiled: CompiledPlan, tasks: np.ndarray, threads: int | None,
+               progress: Callable[[float], None] | None = None) -> int:
+    """The one counting path of every front (count, count_detailed, count_tasks, Ray workers): the plan's count
+    kernel over the task list, which applies every level's checks, label alternatives included, for any k.
+    With `progress`, about 50 work-balanced batches, progress(fraction_done) after each."""
+    if progress is None:
+        return _count_batch(g, compiled, tasks, threads)
+    deg = g.degrees
+    work = np.cumsum(deg[g.edge_sources()[tasks]] * deg[g.indices[tasks]] + 1, dtype=np.float64)
+    cuts = np.searchsorted(work, np.linspace(0, work[-1], 51)[1:-1]) if tasks.size else []
+    total = 0
+    bounds = [0, *[int(c) for c in cuts], int(tasks.shape[0])]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        total += _count_batch(g, compiled, tasks[lo:hi], threads)
+        progress(hi / tasks.shape[0] if tasks.shape[0] else 1.0)  # an empty task list is done at once
+    return total
+
+
 def count_detailed(graph: CSRGraph, pattern: Pattern | str, induced: bool = True,
                    threads: int | None = None,
                    progress: Callable[[float], None] | None = None) -> CountResult:
@@ -111,22 +129,9 @@ def count_detailed(graph: CSRGraph, pattern: Pattern | str, induced: bool = True
     g, _ = _prepared(graph)
     plan = _plan_for(pattern, induced, g)
     compiled = compile_plan(plan)
-    csec = compiled.ensure_compiled(*_sample_args(g))
+    csec = compiled.ensure_compiled(_sample_args(g)[0], None)
     t = time.perf_counter()
-    tasks = _tasks(g, plan)
-    if len(plan.levels) == 2:
-        total = int(tasks.shape[0])
-    elif progress is None:
-        total = _run_count(g, compiled, tasks, threads)
-    else:
-        deg = g.degrees
-        work = np.cumsum(deg[g.edge_sources()[tasks]] * deg[g.indices[tasks]] + 1, dtype=np.float64)
-        cuts = np.searchsorted(work, np.linspace(0, work[-1], 51)[1:-1]) if tasks.size else []
-        total = 0
-        bounds = [0, *[int(c) for c in cuts], int(tasks.shape[0])]
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            total += _run_count(g, compiled, tasks[lo:hi], threads)
-            progress(hi / max(tasks.shape[0], 1))
+    total = _run_count(g, compiled, _tasks(g, plan), threads, progress)
     return CountResult(total, time.perf_counter() - t, csec, plan, compiled.source)
 
 
@@ -169,12 +174,9 @@ def count_tasks(graph: CSRGraph, pattern: Pattern | str, induced: bool, tasks: n
     sel = np.asarray(tasks, dtype=np.int64)
     if sel.size and (sel.min() < 0 or sel.max() >= all_tasks.shape[0]):
         raise ValueError(f"task ids must lie in [0, {all_tasks.shape[0]})")
-    sub = all_tasks[sel]
-    if len(plan.levels) == 2:
-        return int(sub.shape[0])
     compiled = compile_plan(plan)
-    compiled.ensure_compiled(*_sample_args(g))
-    return _run_count(g, compiled, sub, threads)
+    compiled.ensure_compiled(_sample_args(g)[0], None)
+    return _run_count(g, compiled, all_tasks[sel], threads)
 
 
 def list_matches(graph: CSRGraph, pattern: Pattern | str, induced: bool = True,
@@ -186,7 +188,7 @@ def list_matches(graph: CSRGraph, pattern: Pattern | str, induced: bool = True,
     g, new_to_old = _prepared(graph)
     plan = _plan_for(pattern, induced, g)
     compiled = compile_plan(plan)
-    compiled.ensure_compiled(*_sample_args(g))
+    compiled.ensure_compiled(None, _sample_args(g)[1])
     tasks = _tasks(g, plan)
     k = plan.pattern.num_vertices
     out = np.empty((chunk_size, k), dtype=np.int32)

@@ -108,17 +108,6 @@ class UI:
             self.console.print(rows_table(rows, title=title))
 
 
-def _timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
-    """Run fn `repeats` times; return its last result and the median wall time in seconds."""
-    times = []
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
-
-
 def _unavailable(system: str, err: BaseException) -> dict[str, Any]:
     return {"skipped": f"recmine.{system} is not available in this checkout ({type(err).__name__}: {err})"}
 
@@ -834,14 +823,20 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
             pats = sec.get("patterns", [])
             row["status"] = "ok" if sec.get("all_counts_match") else "COUNT MISMATCH"
             row["headline"] = "; ".join(
-                f"{r['pattern']} {r['count']:,} in {r['ours_s'] * 1e3:.3g} ms "
-                f"({r['x_networkx']:.0f}x networkx)" for r in pats if r.get("x_networkx"))
+                f"{r['pattern']} {r['count']:,} in {r['ours_s'] * 1e3:.3g} ms at {r['ours_threads']} thread"
+                + ("s" if r["ours_threads"] > 1 else "")
+                + "".join(f", {peer} {r[f'x_{peer}_1thr']:.3g}x at 1 thread / {r[f'x_{peer}']:.3g}x best vs best"
+                          for peer in ("igraph", "networkx") if r.get(f"x_{peer}"))
+                for r in pats)
         elif name == "faery":
             lat = sec.get("latency_vs_k", [])
             row["status"] = "ok" if sec.get("retrieval_exact") and all(r.get("exact") for r in lat) else "NOT EXACT"
             best = [r for r in lat if r.get("faiss_ms")]
             row["headline"] = (f"exact top-{sec.get('retrieval_k')} over {sec.get('live_items', 0):,} live items; "
-                               + ", ".join(f"K={r['k']}: {r['speedup_vs_faiss']:.2g}x Faiss" for r in best))
+                               + "; Faiss time / ours at equal threads, best vs best: "
+                               + ", ".join(f"K={r['k']} " + (f"{r['x_faiss_equal_threads']:.2g}x"
+                                                                         if r.get("x_faiss_equal_threads") else "n/a")
+                                           + f", {r['speedup_vs_faiss']:.2g}x" for r in best))
         elif name == "ekko":
             row["status"] = _ekko_status(sec)
             row["headline"] = sec.get("headline", "")

@@ -833,7 +833,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["status"] = "ok" if sec.get("retrieval_exact") and all(r.get("exact") for r in lat) else "NOT EXACT"
             best = [r for r in lat if r.get("faiss_ms")]
             row["headline"] = (f"exact top-{sec.get('retrieval_k')} over {sec.get('live_items', 0):,} live items; "
-                               + "; Faiss time / ours at equal threads, best vs best: "
+                               + "Faiss time / ours at equal threads, best vs best: "
                                + ", ".join(f"K={r['k']} " + (f"{r['x_faiss_equal_threads']:.2g}x"
                                                                          if r.get("x_faiss_equal_threads") else "n/a")
                                            + f", {r['speedup_vs_faiss']:.2g}x" for r in best))

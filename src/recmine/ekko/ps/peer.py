@@ -1,11 +1,10 @@
-"""A parameter-server process: gRPC service over a ParamStore plus peer-to-peer update dissemination.
+"""A parameter-server process: the gRPC/asyncio driver of the protocol core (core.py) over a ParamStore.
 
-Dissemination (mode "ekko"): for each shard, one replica per data centre is the leader (a deterministic rotation
-from the topology: replica (shard + i) mod R, the first one alive). Leaders long-poll the leaders of the other DCs
-(all of them in a mesh, the neighbours in a spanning tree) and the other replicas of their own DC; followers long-poll
-their DC's leader. So each changed byte crosses each WAN link about once, and nothing central decides anything.
-A Pull answers "what changed since my version vector" and, when nothing has, waits up to wait_ms for a change.
-Modes "push" and "checkpoint" are the baselines (see baselines.py). Run: python -m recmine.ekko.ps.peer CONFIG.json"""
+The core decides everything about dissemination (mode "ekko"): who leads each shard in each DC, which subscriptions
+to keep open and to whom, what each round carries, failover. This module only carries its actions out over gRPC
+(open or cancel a Pull; answer a Pull step by step), feeds it the events (messages, ends of calls, time), and serves
+Put / Get / Apply with a write-ahead log. Modes "push" and "checkpoint" are the baselines (baselines.py), driven the
+same way. Run: python -m recmine.ekko.ps.peer CONFIG.json"""
 
 from __future__ import annotations
 
@@ -17,18 +16,27 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from recmine.ekko.ps import baselines
+from recmine.ekko.ps.baselines import Pusher, checkpoint_messages
 from recmine.ekko.ps.config import PeerConfig
+from recmine.ekko.ps.core import Cancel, Core, End, Member, Membership, Send, Subscribe, Timing, Wait
 from recmine.ekko.ps.scheduler import SloScheduler, Traffic
-from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate
-from recmine.ekko.ps.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
-from recmine.ekko.ps.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
+from recmine.ekko.ps.store import ParamStore, TableUpdate
+from recmine.ekko.ps.sync import Sender
+from recmine.ekko.ps.wire import (
+    decode_values,
+    pb_to_request,
+    pb_to_rows,
+    pb_to_vv,
+    request_to_pb,
+    rows_to_pb,
+    stubs,
+    vv_to_pb,
+)
 
 MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -68,7 +76,7 @@ class _WriteAheadLog:
 
 
 class PeerServer:
-    """One PS: the store, its gRPC servicer, and the dissemination tasks."""
+    """One PS: the store, its gRPC servicer, and the driver of its protocol core (or of a baseline)."""
 
     def __init__(self, cfg: PeerConfig, sender: Sender | None = None) -> None:
         self.cfg = cfg
@@ -88,8 +96,6 @@ class PeerServer:
         self.put_lock = asyncio.Lock()  # stamp -> log -> apply in order, so version vectors stay truthful
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
-        self.incarnation = int.from_bytes(os.urandom(7), "little")
-        self.peer_incarnations = Incarnations(self.store)  # a restarted peer is sent again what it delivered here
         self.traffic: Traffic | None = None
         if sender is None and cfg.scheduler != "all":
             if cfg.link_bytes_per_s <= 0:
@@ -97,53 +103,32 @@ class PeerServer:
             self.traffic = Traffic(cfg.traffic_half_life_s)
             sender = SloScheduler(cfg.scheduler, cfg.link_bytes_per_s, cfg.round_ms / 1000.0,
                                   is_wan=lambda node: self.by_node[node].dc != cfg.dc, traffic=self.traffic)
-        self.sender: Sender = sender or SendEverything()
-        self.dead_until: dict[int, float] = {}
-        self._failures: dict[int, int] = {}
+        members = [Member(cfg.node_id, cfg.dc, cfg.replica), *(Member(p.node_id, p.dc, p.replica) for p in cfg.peers)]
+        timing = Timing(cfg.wait_ms, cfg.stream_ms, cfg.pull_interval_ms / 1000.0, cfg.dead_backoff_s,
+                        cfg.max_message_bytes)
+        self.core = Core(cfg.node_id, Membership(members, cfg.num_dcs, cfg.topology), self.store, sender, timing,
+                         incarnation=int.from_bytes(os.urandom(7), "little"))
+        origin = cfg.dc == cfg.origin_dc
+        self.pusher = (Pusher([p.node_id for p in cfg.peers], max_bytes=cfg.max_message_bytes)
+                       if cfg.mode == "push" and origin else None)
+        self._push_ready: dict[int, asyncio.Event] = {}
         self._events: dict[int, asyncio.Event] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._outboxes: dict[int, tuple[baselines.Outbox, asyncio.Event]] = {}
-        self.push_retries = 0
-        self.pulls = 0
-        self.rows_received = 0
+        self._calls: dict[int, grpc.aio.UnaryStreamCall] = {}
+        self._kick = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: grpc.aio.Server | None = None
         self.bound_port = 0
 
-    # ---- topology
-    def dc_replicas(self, dc: int) -> list[int]:
-        """Node ids of a DC's replicas by replica index (this node included when dc is ours)."""
-        ids = {p.replica: p.node_id for p in self.cfg.peers if p.dc == dc}
-        if dc == self.cfg.dc:
-            ids[self.cfg.replica] = self.cfg.node_id
-        return [ids[r] for r in sorted(ids)]
-
-    def alive(self, node: int) -> bool:
-        """This node's view: a peer is presumed alive unless it failed recently."""
-        return node == self.cfg.node_id or self.dead_until.get(node, 0.0) <= time.monotonic()
-
-    def leader_of(self, dc: int, shard: int) -> int:
-        """The shard's leader in a DC: replica (shard + i) mod R for the first i whose replica is alive."""
-        reps = self.dc_replicas(dc)
-        r = len(reps)
-        for i in range(r):
-            node = reps[(shard + i) % r]
-            if self.alive(node):
-                return node
-        return reps[shard % r]
-
-    def wan_neighbours(self) -> list[int]:
-        """DCs this DC's leaders pull from: all others (mesh) or tree neighbours (binary tree on DC ids)."""
-        me, n = self.cfg.dc, self.cfg.num_dcs
-        if self.cfg.topology == "mesh":
-            return [d for d in range(n) if d != me]
-        nb = [(me - 1) // 2] if me > 0 else []
-        nb += [c for c in (2 * me + 1, 2 * me + 2) if c < n]
-        return nb
+    @property
+    def incarnation(self) -> int:
+        """This process's incarnation (random per start)."""
+        return self.core.incarnation
 
     # ---- gRPC plumbing
     def channel(self, node: int) -> grpc.aio.Channel:
+        """The (cached) channel to peer `node`."""
         addr = self.by_node[node].address
         ch = self._channels.get(addr)
         if ch is None:
@@ -190,25 +175,22 @@ class PeerServer:
         while self.cfg.go_file and not os.path.exists(self.cfg.go_file):
             await asyncio.sleep(0.02)
         if self.cfg.mode == "ekko":
-            for s in range(self.cfg.num_shards):
-                for node in self.dc_replicas(self.cfg.dc):
-                    if node != self.cfg.node_id:
-                        self._tasks.append(asyncio.create_task(self._intra_loop(s, node)))
-                for dc in self.wan_neighbours():
-                    self._tasks.append(asyncio.create_task(self._cross_loop(s, dc)))
+            self._tasks.append(asyncio.create_task(self._drive_core()))
         elif self.cfg.mode == "push":
-            # a restarted origin does not know which of its acknowledged Puts left before the crash: send its own
-            # rows again (last-writer-wins makes the repeats harmless)
-            own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id)) for d in map(self.store.dump, self.cfg.tables)]
-            for p in self.cfg.peers:
-                box = self._outboxes[p.node_id] = (baselines.Outbox(), asyncio.Event())
-                if self.cfg.dc == self.cfg.origin_dc:
-                    box[0].add(own)
-                    box[1].set()
-                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, *box)))
+            if self.pusher is not None:
+                # a restarted origin does not know which of its acknowledged Puts left before the crash: send its
+                # own rows again (last-writer-wins makes the repeats harmless)
+                own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id))
+                       for d in map(self.store.dump, self.cfg.tables)]
+                self.pusher.put(own)
+                for p in self.cfg.peers:
+                    ready = self._push_ready[p.node_id] = asyncio.Event()
+                    ready.set()
+                    self._tasks += [asyncio.create_task(self._push_worker(p.node_id, ready))
+                                    for _ in range(self.pusher.window)]
         elif self.cfg.mode == "checkpoint":
             if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
-                self._tasks.append(asyncio.create_task(baselines.checkpoint_loop(self)))
+                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         else:
             raise ValueError(f"unknown mode {self.cfg.mode!r}")
         if self.cfg.snapshot_path and self.cfg.snapshot_every_s > 0:
@@ -228,91 +210,50 @@ class PeerServer:
         if self.server is not None:
             await self.server.stop(0.5)
 
-    # ---- dissemination
-    async def _intra_loop(self, shard: int, node: int) -> None:
-        """Within the DC: the leader pulls from every other replica; a follower pulls from its leader."""
-        await self._pull_loop(shard, lambda: node if self._intra_active(shard, node) else None, None)
-
-    def _intra_active(self, shard: int, node: int) -> bool:
-        leader = self.leader_of(self.cfg.dc, shard)
-        return self.alive(node) and (leader == self.cfg.node_id or leader == node)
-
-    async def _cross_loop(self, shard: int, dc: int) -> None:
-        """Across the WAN: while this node leads the shard in its DC, pull from that DC's leader."""
-        def source() -> int | None:
-            if self.leader_of(self.cfg.dc, shard) != self.cfg.node_id:
-                return None
-            return self.leader_of(dc, shard)
-        # mesh: from each DC only the rows born there (every DC hears every other directly: once per link);
-        # tree: everything, relayed hop by hop
-        origins = self.dc_replicas(dc) if self.cfg.topology == "mesh" else None
-        await self._pull_loop(shard, source, origins)
-
-    async def _pull_loop(self, shard: int, source: Callable[[], int | None], origins: list[int] | None) -> None:
-        askers: dict[int, Asker] = {}
+    # ---- the core's driver
+    async def _drive_core(self) -> None:
+        """Feed the core the time and carry out its actions; sleep until an event or the core's next wake time."""
+        self._execute(self.core.start(time.monotonic()))
         while True:
-            node = source()
-            if node is None:
-                await asyncio.sleep(0.05)
-                continue
-            asker = askers.get(node)
-            if asker is None:
-                asker = askers[node] = Asker(self.store, shard, node, self.peer_incarnations)
-            t0 = time.monotonic()
-            try:
-                await self._pull_once(asker, origins, source)
-            except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
-                asker.failed()
-                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED:
-                    continue  # we ended it: leadership or the source moved
-                # presumed dead for a while that doubles with each consecutive failure (a peer that is merely
-                # starting up costs ~0.1 s, a crashed one is skipped for up to dead_backoff_s)
-                fails = self._failures[node] = self._failures.get(node, 0) + 1
-                self.dead_until[node] = time.monotonic() + min(self.cfg.dead_backoff_s, 0.05 * 2 ** fails)
-                await asyncio.sleep(0.05)
-                continue
-            self._failures.pop(node, None)
-            gap = self.cfg.pull_interval_ms / 1000.0 - (time.monotonic() - t0)
-            if gap > 0:
-                await asyncio.sleep(gap)
+            now = time.monotonic()
+            wake = self.core.wake_at(now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), None if wake is None else max(0.0, wake - now))
+            self._kick.clear()
+            self._execute(self.core.tick(time.monotonic()))
 
-    async def _pull_once(self, asker: Asker, origins: list[int] | None = None,
-                         source: Callable[[], int | None] | None = None) -> None:
-        """One subscription to `asker.source` for its shard: rounds of changes are applied as they arrive, and the
-        rounds applied are acknowledged by the next subscription."""
-        pb2 = self.pb2
-        node = asker.source
-        stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
-        vv, since, since_inc, applied = asker.request()
-        req = pb2.PullRequest(shard=asker.shard, version_vector=vv_to_pb(pb2, vv), has_since=since is not None,
-                              since_counter=since or 0, since_incarnation=since_inc, wait_ms=self.cfg.wait_ms,
-                              requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes,
-                              stream_ms=self.cfg.stream_ms, origins=origins or [], incarnation=self.incarnation,
-                              applied_rounds=applied)
-        timeout = (self.cfg.stream_ms + self.cfg.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s
-        call = stub.Pull(req, timeout=timeout)
-
-        async def watch() -> None:  # end the subscription as soon as this node should pull elsewhere
-            while True:
-                await asyncio.sleep(0.1)
-                if source is not None and source() != node:
+    def _execute(self, actions: list[Subscribe | Cancel]) -> None:
+        for act in actions:
+            if isinstance(act, Subscribe):
+                self._tasks.append(asyncio.create_task(self._subscription(act)))
+            else:
+                call = self._calls.get(act.call)
+                if call is not None:
                     call.cancel()
-                    return
+        self._tasks = [t for t in self._tasks if not t.done()]
 
-        watcher = asyncio.create_task(watch())
+    async def _subscription(self, sub: Subscribe) -> None:
+        """One subscription (a Pull call): every message goes to the core, which applies rounds as they end."""
+        stub = self.pb2_grpc.ParameterServerStub(self.channel(sub.node))
+        req = sub.request
+        call = stub.Pull(request_to_pb(self.pb2, req),
+                         timeout=(req.stream_ms + req.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s)
+        self._calls[sub.call] = call
+        failed = False
         try:
             async for batch in call:
                 rows = [pb_to_rows(r, self.dims) for r in batch.rows]
-                self.rows_received += sum(len(u) for u in rows)
-                if asker.batch(rows, batch.last, batch.complete, pb_to_vv(batch.version_vector), batch.counter,
-                               batch.round, batch.incarnation) is not None:
-                    self.pulls += 1
+                self.core.batch(sub.call, rows, batch.last, batch.complete, pb_to_vv(batch.version_vector),
+                                batch.counter, batch.round, batch.incarnation)
         except asyncio.CancelledError:
             if not call.cancelled() or asyncio.current_task().cancelling():
-                raise
-            asker.failed()  # we ended it (the source moved): a round cut here is offered again next time
+                raise  # shutting down
+        except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
+            failed = not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED)
         finally:
-            watcher.cancel()
+            self._calls.pop(sub.call, None)
+        self._execute(self.core.ended(sub.call, time.monotonic(), failed))
+        self._kick.set()
 
     async def wait_change(self, shard: int, timeout: float) -> None:
         """Sleep until the shard changes or the timeout passes."""
@@ -325,10 +266,45 @@ class PeerServer:
     # ---- baselines
     def on_local_put(self, up: TableUpdate) -> None:
         """Central push: the trainer's PS forwards every update to every other PS."""
-        if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
-            for outbox, ready in self._outboxes.values():
-                outbox.add([up])
+        if self.pusher is not None:
+            self.pusher.put([up])
+            for ready in self._push_ready.values():
                 ready.set()
+
+    async def _push_worker(self, dest: int, ready: asyncio.Event) -> None:
+        """One of the `window` Applies in flight to `dest`; a failed batch goes back to the pusher's outbox."""
+        stub = self.pb2_grpc.ParameterServerStub(self.channel(dest))
+        pusher = self.pusher
+        while True:
+            now = time.monotonic()
+            batch = pusher.take(dest, now)
+            if batch is None:
+                ready.clear()
+                wait = pusher.retry_at[dest] - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), wait if wait > 0 else None)
+                continue
+            req = self.pb2.ApplyRequest(rows=[rows_to_pb(self.pb2, u) for u in batch])
+            try:
+                await stub.Apply(req, timeout=self.cfg.rpc_deadline_s * 4)
+                pusher.acked(dest)
+            except grpc.aio.AioRpcError:
+                pusher.failed(dest, batch, time.monotonic())  # never dropped: merged with newer rows, sent again
+            ready.set()
+
+    async def _checkpoint_loop(self) -> None:
+        """Every checkpoint_s ship a full snapshot of every table to every other PS."""
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_s)
+            msgs = [rows_to_pb(self.pb2, u) for u in checkpoint_messages(self.store, self.cfg.max_message_bytes)]
+
+            async def ship(node: int, msgs: list) -> None:
+                stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
+                for m in msgs:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await stub.Apply(self.pb2.ApplyRequest(rows=[m]), timeout=self.cfg.checkpoint_s * 3)
+
+            await asyncio.gather(*(ship(p.node_id, msgs) for p in self.cfg.peers))
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -395,51 +371,31 @@ class _Servicer:
 
     async def Pull(self, request, context):  # noqa: N802
         peer = self.peer
-        store = peer.store
-        if not 0 <= request.shard < store.num_shards:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"shard {request.shard} out of range [0, {store.num_shards})")
-        budget = request.max_message_bytes or peer.cfg.max_message_bytes
-        call = Responder(store, peer.sender, request.shard, pb_to_vv(request.version_vector),
-                         request.since_counter if request.has_since else None, request.requester,
-                         request.incarnation, request.origins, request.applied_rounds, budget,
-                         request.since_incarnation, peer.incarnation, peer.peer_incarnations)
-        end = time.monotonic() + max(0, request.stream_ms) / 1000.0
-        first = True
+        try:
+            call = peer.core.serve(pb_to_request(request), time.monotonic())
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         while True:
-            cs = call.changes()
-            deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
-            while len(cs) == 0 and time.monotonic() < max(deadline, end):
-                await peer.wait_change(request.shard, max(deadline, end) - time.monotonic())
-                cs = call.changes()
-            if len(cs) == 0 and not first:
+            step = call.next(time.monotonic())
+            if isinstance(step, End):
                 return
-            try:
-                rnd = call.pick(cs)
-            except Superseded:
-                return
-            for msg in self._batches(rnd, budget, cs):
+            if isinstance(step, Wait):
+                await peer.wait_change(request.shard, step.until - time.monotonic())
+                continue
+            for msg in self._messages(step):
                 yield msg
-            first = False
-            if not rnd.complete:  # the link's budget is spent: the rest waits for the next round
-                await asyncio.sleep(peer.sender.round_s)
-            if time.monotonic() >= end:
-                return
+            if step.pause_s:  # the link's budget is spent: the rest waits for the next round
+                await asyncio.sleep(step.pause_s)
 
-    def _batches(self, rnd: Round, budget: int, cs: ChangeSet):
-        msgs, size = [], 0
-        for up in rnd.updates:
-            per = max(1, budget // (up.values.shape[1] * 4 + 20))
-            for lo in range(0, len(up), per):
-                part = up.take(np.arange(lo, min(lo + per, len(up))))
-                if size + part.nbytes() > budget and msgs:
-                    yield self.pb2.PullBatch(rows=msgs)
-                    msgs, size = [], 0
-                msgs.append(rows_to_pb(self.pb2, part))
-                size += part.nbytes()
-        yield self.pb2.PullBatch(rows=msgs, last=True, complete=rnd.complete, counter=cs.counter,
-                                 version_vector=vv_to_pb(self.pb2, cs.version_vector), round=rnd.id,
-                                 incarnation=self.peer.incarnation)
+    def _messages(self, step: Send):
+        pb2 = self.pb2
+        *body, tail = step.messages
+        for part in body:
+            yield pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in part])
+        cs = step.changes
+        yield pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in tail], last=True, complete=step.round.complete,
+                            counter=cs.counter, version_vector=vv_to_pb(pb2, cs.version_vector), round=step.round.id,
+                            incarnation=self.peer.incarnation)
 
     async def Health(self, request, context):  # noqa: N802
         return self.pb2.HealthReply(status="SERVING", node_id=self.peer.cfg.node_id, keys=len(self.peer.store),
@@ -462,8 +418,8 @@ class _Servicer:
         table = np.repeat([names.index(t) for t in tables], [x[1].size for x in log]) if log else []
         return self.pb2.StatsReply(keys=keys.tolist(), ts=ts.tolist(), origin=origin.tolist(),
                                    table_names=names, table=list(map(int, table)),
-                                   applied_ns=at.tolist(), pulls=self.peer.pulls,
-                                   rows_received=self.peer.rows_received)
+                                   applied_ns=at.tolist(), pulls=self.peer.core.pulls,
+                                   rows_received=self.peer.core.rows_received)
 
 
 async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:

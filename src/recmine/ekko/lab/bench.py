@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from recmine.ekko.lab.cluster import LocalCluster
+from recmine.ekko.ps.store import shard_of
 
 ENTRY_OVERHEAD = 8 + 8 + 4  # key, ts, origin beside the float32 vector
 
@@ -34,34 +35,52 @@ class BenchSpec:
     checkpoint_s: float = 10.0
     topology: str = "mesh"
     seed: int = 0
+    writes: str = "one"  # one: the trainer writes to DC 0's first server; sharded: each key to its shard's leader
 
 
-def _zipf_keys(rng: np.random.Generator, n: int, a: float, num_keys: int) -> np.ndarray:
-    ranks = np.arange(1, num_keys + 1, dtype=np.float64)
-    p = ranks ** (-a)
-    p /= p.sum()
-    return rng.choice(num_keys, size=n, p=p)
+def update_stream(spec: BenchSpec, duration_s: float | None = None) -> list[np.ndarray]:
+    """The trainer's batches of keys (one every batch_every_s, Zipf over num_keys, duplicates collapsed): the same
+    stream for the real cluster and the simulator."""
+    rng = np.random.default_rng(spec.seed)
+    cdf = np.cumsum(np.arange(1, spec.num_keys + 1, dtype=np.float64) ** (-spec.zipf))
+    cdf /= cdf[-1]
+    per = max(1, int(round(spec.rate * spec.batch_every_s)))
+    n = max(1, int(round((duration_s or spec.duration_s) / spec.batch_every_s)))
+    return [np.unique(np.minimum(np.searchsorted(cdf, rng.random(per)), spec.num_keys - 1)) for _ in range(n)]
+
+
+def write_targets(spec: BenchSpec, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Where the trainer sends a batch: [(replica index in DC 0, keys)]. `writes="sharded"` sends each key to its
+    shard's leader (replica shard mod replicas), as a sharded PS client does; "one" sends all to replica 0."""
+    if spec.writes == "one":
+        return [(0, keys)]
+    if spec.writes != "sharded":
+        raise ValueError(f"writes must be one or sharded, got {spec.writes!r}")
+    rep = shard_of(keys, spec.shards) % spec.replicas
+    return [(int(r), keys[rep == r]) for r in np.unique(rep).tolist()]
 
 
 def _drive(c: LocalCluster, spec: BenchSpec, stop_after: float) -> tuple[list[tuple[np.ndarray, int]], int]:
-    """Trainer: Zipf batches at `rate` keys/s into DC 0 replica 0; returns [(keys, stamp)] and keys written."""
-    rng = np.random.default_rng(spec.seed)
-    per_batch = max(1, int(round(spec.rate * spec.batch_every_s)))
+    """Trainer: the update stream into DC 0 on schedule (it never sleeps when behind); returns [(keys, stamp)] and
+    keys written."""
+    vals_rng = np.random.default_rng(spec.seed + 1)
     puts: list[tuple[np.ndarray, int]] = []
     written = 0
-    with c.client(c.node(0, 0).node_id, timeout=10.0) as cl:
+    clients = {r: c.client(c.node(0, r).node_id, timeout=10.0) for r in range(spec.replicas)}
+    try:
         t_next = time.monotonic()
-        end = t_next + stop_after
-        while time.monotonic() < end:
-            keys = np.unique(_zipf_keys(rng, per_batch, spec.zipf, spec.num_keys))
-            vals = rng.normal(size=(keys.size, spec.dim)).astype(np.float32)
-            stamp = cl.put("emb", keys, vals)
-            puts.append((keys, stamp))
-            written += keys.size
+        for batch in update_stream(spec, stop_after):
+            for r, keys in write_targets(spec, batch):
+                vals = vals_rng.normal(size=(keys.size, spec.dim)).astype(np.float32)
+                puts.append((keys, clients[r].put("emb", keys, vals)))
+                written += keys.size
             t_next += spec.batch_every_s
             delay = t_next - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+    finally:
+        for cl in clients.values():
+            cl.close()
     return puts, written
 
 

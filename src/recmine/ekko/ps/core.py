@@ -341,6 +341,13 @@ class PullCall:
         self.first = True
         self._hold_until: float | None = None
 
+    def wants(self, origins: set[int], source: int) -> bool:
+        """Whether a change (rows born at `origins`, delivered by `source`) may give this waiting call something to
+        send: not when it came from the asker (an echo) or when the call takes only other origins."""
+        if source == self.req.requester:
+            return False
+        return self.req.origins is None or not origins.isdisjoint(self.req.origins)
+
     def next(self, now: float) -> Step:
         """What to do now."""
         if not self.first and now >= self.end and self._hold_until is None:

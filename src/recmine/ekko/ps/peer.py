@@ -23,7 +23,18 @@ import numpy as np
 
 from recmine.ekko.ps.baselines import Pusher, checkpoint_messages
 from recmine.ekko.ps.config import PeerConfig
-from recmine.ekko.ps.core import Cancel, Core, End, Member, Membership, Send, Subscribe, Timing, Wait
+from recmine.ekko.ps.core import (
+    Cancel,
+    Core,
+    End,
+    Member,
+    Membership,
+    PullCall,
+    Send,
+    Subscribe,
+    Timing,
+    Wait,
+)
 from recmine.ekko.ps.scheduler import SloScheduler, Traffic
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.ps.sync import Sender
@@ -112,7 +123,7 @@ class PeerServer:
         self.pusher = (Pusher([p.node_id for p in cfg.peers], max_bytes=cfg.max_message_bytes)
                        if cfg.mode == "push" and origin else None)
         self._push_ready: dict[int, asyncio.Event] = {}
-        self._events: dict[int, asyncio.Event] = {}
+        self._waiters: dict[int, list[tuple[PullCall, asyncio.Future]]] = {}  # shard -> waiting Pull calls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
         self._calls: dict[int, grpc.aio.UnaryStreamCall] = {}
@@ -137,23 +148,32 @@ class PeerServer:
             self._channels[addr] = ch
         return ch
 
-    def _notify(self, shards: set[int]) -> None:
-        for s in shards:
-            ev = self._events.pop(s, None)
-            if ev is not None:
-                ev.set()
+    def _notify(self, changed: dict[int, set[int]], source: int) -> None:
+        for s, origins in changed.items():
+            waiters = self._waiters.get(s)
+            if not waiters:
+                continue
+            keep = []
+            for call, fut in waiters:
+                if fut.done():
+                    continue
+                if call.wants(origins, source):
+                    fut.set_result(None)
+                else:
+                    keep.append((call, fut))
+            self._waiters[s] = keep
 
-    def _on_change(self, shards: set[int]) -> None:
+    def _on_change(self, changed: dict[int, set[int]], source: int) -> None:
         loop = self.loop
         if loop is None:
             return
         try:
             if asyncio.get_running_loop() is loop:
-                self._notify(shards)
+                self._notify(changed, source)
                 return
         except RuntimeError:
             pass
-        loop.call_soon_threadsafe(self._notify, shards)
+        loop.call_soon_threadsafe(self._notify, changed, source)
 
     async def start(self) -> int:
         """Start serving and disseminating; returns the bound port."""
@@ -248,20 +268,25 @@ class PeerServer:
         except asyncio.CancelledError:
             if not call.cancelled() or asyncio.current_task().cancelling():
                 raise  # shutting down
-        except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - deadline, unreachable, bad rows: the call failed
             failed = not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED)
         finally:
             self._calls.pop(sub.call, None)
         self._execute(self.core.ended(sub.call, time.monotonic(), failed))
         self._kick.set()
 
-    async def wait_change(self, shard: int, timeout: float) -> None:
-        """Sleep until the shard changes or the timeout passes."""
-        ev = self._events.get(shard)
-        if ev is None:
-            ev = self._events[shard] = asyncio.Event()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+    async def wait_change(self, call: PullCall, timeout: float) -> None:
+        """Sleep until the call's shard changes in a way it wants (see PullCall.wants) or the timeout passes."""
+        fut = self.loop.create_future()
+        waiters = self._waiters.setdefault(call.req.shard, [])
+        waiters.append((call, fut))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+        finally:
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.get(call.req.shard, []).remove((call, fut))
 
     # ---- baselines
     def on_local_put(self, up: TableUpdate) -> None:
@@ -380,7 +405,7 @@ class _Servicer:
             if isinstance(step, End):
                 return
             if isinstance(step, Wait):
-                await peer.wait_change(request.shard, step.until - time.monotonic())
+                await peer.wait_change(call, step.until - time.monotonic())
                 continue
             for msg in self._messages(step):
                 yield msg

@@ -45,6 +45,12 @@ class TableUpdate:
         return TableUpdate(self.table, self.keys[idx], self.values[idx], self.ts[idx], self.origin[idx])
 
 
+def shard_of(keys: np.ndarray, num_shards: int) -> np.ndarray:
+    """Shard of each key (a multiplicative hash, so consecutive ids spread evenly)."""
+    k = np.asarray(keys, dtype=np.int64).astype(np.uint64)
+    return ((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.int64) % num_shards
+
+
 def newest_per_key(up: TableUpdate) -> TableUpdate:
     """The rows of `up` with duplicates collapsed to each key's newest version (ts, then origin), sorted by key."""
     order = np.lexsort((up.origin, up.ts, up.keys))
@@ -141,7 +147,9 @@ class ParamStore:
         self._floor: list[VersionVector] = [{} for _ in range(num_shards)]  # versions evicted from the cache
         self._floor_seq = np.zeros(num_shards, np.int64)  # counter value of the newest evicted entry
         self._last_ts = 0
-        self.listeners: list = []  # callables(shard_ids: set[int]) run after every change (e.g. wake long-polls)
+        # callables(changed: {shard: origins of the changed rows}, source: the node they came from) run after every
+        # change (e.g. to wake the long polls it concerns)
+        self.listeners: list = []
         # (table, keys, ts, origin, applied wall clock ns) per applied batch, when log_applies is on
         self.apply_log: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.log_applies = False
@@ -158,9 +166,8 @@ class ParamStore:
             raise KeyError(f"unknown table {table!r}; tables are {sorted(self.tables)}") from None
 
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
-        """Shard of each key (a multiplicative hash, so consecutive ids spread evenly)."""
-        k = np.asarray(keys, dtype=np.int64).astype(np.uint64)
-        return ((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.int64) % self.num_shards
+        """Shard of each key (see the module function `shard_of`)."""
+        return shard_of(keys, self.num_shards)
 
     def next_ts(self) -> int:
         """A fresh local timestamp (ns), strictly increasing on this node."""
@@ -218,7 +225,7 @@ class ParamStore:
         from (default: this node). Returns rows changed."""
         src_id = self.node_id if source is None else int(source)
         changed = 0
-        touched: set[int] = set()
+        touched: dict[int, set[int]] = {}  # shard -> origins of the rows that changed there
         now = time.time_ns()
         with self._lock:
             for up in updates:
@@ -258,10 +265,11 @@ class ParamStore:
                 if self.log_applies:
                     self.apply_log.append((up.table, keys[win].copy(), ts[win].copy(), origin[win].copy(),
                                            np.full(int(win.sum()), now, np.int64)))
-                for s, k in zip(shards[win].tolist(), keys[win].tolist(), strict=True):
+                for s, k, o in zip(shards[win].tolist(), keys[win].tolist(), origin[win].tolist(), strict=True):
                     if s not in touched:
-                        touched.add(s)
+                        touched[s] = set()
                         self._counter[s] += 1
+                    touched[s].add(o)
                     self._remember(s, up.table, k, int(self._counter[s]))
             if version_vectors:
                 for s, vv in version_vectors.items():
@@ -271,7 +279,7 @@ class ParamStore:
                             mine[o] = tsv
         if touched:
             for fn in self.listeners:
-                fn(touched)
+                fn(touched, src_id)
         return changed
 
     def forget_source(self, node: int) -> int:

@@ -265,3 +265,18 @@ def _holds(store: ParamStore, truth: dict[int, tuple[int, int, np.ndarray]]) -> 
     vals, found, ts = store.get("emb", keys)
     want = np.stack([truth[k][2] for k in keys.tolist()])
     return bool(found.all() and np.array_equal(ts, [truth[k][0] for k in keys.tolist()]) and np.array_equal(vals, want))
+
+
+def test_a_waiting_call_wakes_only_for_changes_it_may_send():
+    core = _core(0, 3, 2, 1)
+    mesh_call = core.serve(_request(requester=2, origins=[0, 1]), 0.0)  # DC 1's leader: rows born in DC 0 only
+    intra_call = core.serve(_request(requester=1, origins=None), 0.0)  # the other replica of DC 0
+    assert mesh_call.wants({0}, source=1) and not mesh_call.wants({4}, source=4)  # another DC's rows: not for it
+    assert not mesh_call.wants({0}, source=2)  # rows it delivered itself: echoes
+    assert intra_call.wants({4}, source=4) and not intra_call.wants({0, 4}, source=1)
+
+
+def _request(requester: int, origins: list[int] | None):
+    from recmine.ekko.ps.core import Request
+
+    return Request(0, {}, None, 0, [], requester, 1, origins, 1000, 1000, 1 << 20)

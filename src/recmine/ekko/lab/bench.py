@@ -3,10 +3,13 @@ and checkpoint, on the same processes, store and emulated WAN."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,16 +39,23 @@ class BenchSpec:
     topology: str = "mesh"
     seed: int = 0
     writes: str = "one"  # one: the trainer writes to DC 0's first server; sharded: each key to its shard's leader
+    warmup_s: float = 0.5  # the stream runs this long before the measured part (the emulation's start-up transient)
+
+    @property
+    def warm_batches(self) -> int:
+        """Batches of the stream written before the measured ones."""
+        return int(round(self.warmup_s / self.batch_every_s))
 
 
 def update_stream(spec: BenchSpec, duration_s: float | None = None) -> list[np.ndarray]:
     """The trainer's batches of keys (one every batch_every_s, Zipf over num_keys, duplicates collapsed): the same
-    stream for the real cluster and the simulator."""
+    stream for the real cluster and the simulator. The first `spec.warm_batches` are the warm-up, the rest
+    (`duration_s`, default spec.duration_s) are measured."""
     rng = np.random.default_rng(spec.seed)
     cdf = np.cumsum(np.arange(1, spec.num_keys + 1, dtype=np.float64) ** (-spec.zipf))
     cdf /= cdf[-1]
     per = max(1, int(round(spec.rate * spec.batch_every_s)))
-    n = max(1, int(round((duration_s or spec.duration_s) / spec.batch_every_s)))
+    n = spec.warm_batches + max(1, int(round((duration_s or spec.duration_s) / spec.batch_every_s)))
     return [np.unique(np.minimum(np.searchsorted(cdf, rng.random(per)), spec.num_keys - 1)) for _ in range(n)]
 
 
@@ -62,18 +72,22 @@ def write_targets(spec: BenchSpec, keys: np.ndarray) -> list[tuple[int, np.ndarr
 
 def _drive(c: LocalCluster, spec: BenchSpec, stop_after: float) -> tuple[list[tuple[np.ndarray, int]], int]:
     """Trainer: the update stream into DC 0 on schedule (it never sleeps when behind); returns [(keys, stamp)] and
-    keys written."""
+    keys written, of the measured part (WAN byte counters restart when it begins)."""
     vals_rng = np.random.default_rng(spec.seed + 1)
     puts: list[tuple[np.ndarray, int]] = []
     written = 0
     clients = {r: c.client(c.node(0, r).node_id, timeout=10.0) for r in range(spec.replicas)}
     try:
         t_next = time.monotonic()
-        for batch in update_stream(spec, stop_after):
+        for i, batch in enumerate(update_stream(spec, stop_after)):
+            if i == spec.warm_batches:
+                c.wan_bytes(reset=True)
             for r, keys in write_targets(spec, batch):
                 vals = vals_rng.normal(size=(keys.size, spec.dim)).astype(np.float32)
-                puts.append((keys, clients[r].put("emb", keys, vals)))
-                written += keys.size
+                stamp = clients[r].put("emb", keys, vals)
+                if i >= spec.warm_batches:
+                    puts.append((keys, stamp))
+                    written += keys.size
             t_next += spec.batch_every_s
             delay = t_next - time.monotonic()
             if delay > 0:
@@ -138,6 +152,24 @@ def _visibility(c: LocalCluster, puts: list[tuple[np.ndarray, int]]) -> np.ndarr
     return worst
 
 
+def _warm_up(c: LocalCluster, spec: BenchSpec, timeout: float = 30.0) -> None:
+    """Write one row outside the stream's keys at every writer and wait until every server holds it: connections
+    and subscriptions are then open, so the measured stream sees the steady state, not the cluster's start."""
+    key = np.array([spec.num_keys + 1], np.int64)
+    stamps = {}
+    for r in sorted({r for r, _ in write_targets(spec, np.arange(spec.num_keys))}):
+        with c.client(c.node(0, r).node_id, timeout=10.0) as cl:
+            stamps[r] = cl.put("emb", key + r, np.zeros((1, spec.dim), np.float32))
+    deadline = time.monotonic() + timeout
+    for n in c.nodes:
+        with c.client(n.node_id, timeout=10.0) as cl:
+            for r, stamp in stamps.items():
+                while cl.get("emb", key + r)[2][0] < stamp:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"warm-up row never reached node {n.node_id}")
+                    time.sleep(0.01)
+
+
 def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one dissemination mode and measure update latency and WAN bytes."""
     topo = {"dcs": spec.dcs, "replicas": spec.replicas, "shards": spec.shards, "tables": {"emb": spec.dim},
@@ -146,20 +178,61 @@ def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None 
     with LocalCluster(topo) as c:
         if progress:
             progress(f"{mode}: cluster of {len(c.nodes)} PS up")
+        if mode != "checkpoint":
+            _warm_up(c, spec)
         c.wan_bytes(reset=True)
         duration = spec.duration_s if mode != "checkpoint" else max(spec.duration_s, spec.checkpoint_s * 1.2)
         box: dict[str, Any] = {}
+        pids = [n.proc.pid for n in c.nodes if n.proc] + ([c.wan_proc.pid] if c.wan_proc else [])
+        load = _CpuLoad(pids)
         t = threading.Thread(target=lambda: box.update(zip(("puts", "written"), _drive(c, spec, duration),
                                                             strict=True)))
         t.start()
         t.join()
+        cores, other = load.done()
         settle = 2.0 + (spec.checkpoint_s * 1.5 if mode == "checkpoint" else 0.0)
         time.sleep(settle)
         lat = _visibility(c, box["puts"])
         wan = sum(c.wan_bytes().values())
     return {"mode": mode, "updates": int(lat.size), "visible": int(np.isfinite(lat).sum()),
             "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "wan_bytes": int(wan), "wan_bytes_per_update": wan / max(1, box["written"])}
+            "wan_bytes": int(wan), "wan_bytes_per_update": wan / max(1, box["written"]),
+            "cluster_cores": cores, "other_load_cores": other}
+
+
+def proc_cpu(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, all threads) a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    """CPU seconds all processors have spent busy (not idle, not waiting for I/O) since boot."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuLoad:
+    """Cores the cluster (its processes and this one) used over a stretch of time, and cores everything else on
+    the machine used meanwhile (other work competing with the emulation)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0, self.machine0 = time.monotonic(), _machine_cpu()
+        self.own0 = self._own()
+
+    def _own(self) -> float:
+        total = proc_cpu()
+        for p in self.pids:
+            with contextlib.suppress(OSError):
+                total += proc_cpu(p)
+        return total
+
+    def done(self) -> tuple[float, float]:
+        """(cores the cluster used, cores the rest of the machine used)."""
+        dt = max(1e-9, time.monotonic() - self.t0)
+        own = (self._own() - self.own0) / dt
+        return own, max(0.0, (_machine_cpu() - self.machine0) / dt - own)
 
 
 def percentile(latencies: np.ndarray, q: float) -> float:

@@ -36,6 +36,7 @@ from recmine.ekko.lab.bench import (
     BenchSpec,
     percentile,
     physical_floor,
+    proc_cpu,
     update_stream,
     write_targets,
 )
@@ -90,7 +91,7 @@ class SimSpec(BenchSpec):
     loss: float = 0.0  # per-packet loss on WAN links (a lost packet costs its message one RTO)
     lan_gbps: float = 10.0  # LAN egress per server (within a DC)
     lan_delay_ms: float = 0.05
-    host_cores: int = 0  # 0: each server has its own core; n: all share n cores (a local emulation)
+    host_cores: float = 0.0  # 0: each server has its own core; h > 0: all share h cores (a local emulation)
     proxy: bool = False  # charge the WAN emulator's CPU (with host_cores, as in a local emulation)
     drain_s: float = 3.0  # simulated time after the stream for stragglers
     max_message_bytes: int = 4 * 1024 * 1024
@@ -170,6 +171,7 @@ class _Node:
     nic_lan: Nic
     cpu_free: float = 0.0
     cpu_busy: float = 0.0
+    busy_warm: tuple[float, float] = (0.0, 0.0)  # (NIC, CPU) busy seconds when the measured stream began
     waiting: dict[int, list] = field(default_factory=dict)
     tick_at: float = math.inf
     pusher: Pusher | None = None
@@ -210,16 +212,23 @@ class Simulation:
         self.cancelled: set[tuple[int, int]] = set()
         self.partial: dict[tuple[int, int], list[TableUpdate]] = {}
         self.wan_bytes = 0
-        self.host: list[float] = [0.0] * spec.host_cores if spec.host_cores > 0 else []
+        self.host: list[float] = [0.0] * math.ceil(spec.host_cores) if spec.host_cores > 0 else []
         self.proxy_free = 0.0
         self.messages = 0
         idle = self.cpu.idle * (n + (1 if spec.proxy else 0))
-        self.stretch = spec.host_cores / max(0.2, spec.host_cores - idle) if spec.host_cores > 0 else 1.0
+        # a fractional or partly idle-busy host: every job takes longer by the share of capacity missing
+        self.stretch = len(self.host) / max(0.2, spec.host_cores - idle) if spec.host_cores > 0 else 1.0
         duration = spec.duration_s if mode != "checkpoint" else max(spec.duration_s, spec.checkpoint_s * 1.2)
         self.batches = update_stream(spec, duration)
-        self.put_keys = np.concatenate(self.batches)
+        self.warm = spec.warm_batches
+        self.put_keys = np.concatenate(self.batches[self.warm:])
         self.vis = Visibility(self.put_keys, n)
-        self.stream_end = 1.0 + len(self.batches) * spec.batch_every_s
+        # the stream starts once subscriptions are open everywhere (the real benchmark waits for that too), and its
+        # first `warm` batches are not measured (as in the real benchmark)
+        self.t0 = 1.0 + max(0.2, 6 * float(self.one_way.max()))
+        self.t_measured = self.t0 + self.warm * spec.batch_every_s
+        self.stream_end = self.t0 + len(self.batches) * spec.batch_every_s
+        self.wan_bytes_warm = 0
 
     # ---- the machinery: time, CPU, network
     def _at(self, t: float, fn: Callable, *args: Any) -> None:
@@ -390,15 +399,16 @@ class Simulation:
         keys = self.batches[batch_no]
         for r, part in write_targets(self.spec, keys):
             node = self.nodes[r]  # DC 0's replica r
-            rows = row0 + np.flatnonzero(np.isin(keys, part))
+            rows = row0 + np.flatnonzero(np.isin(keys, part)) if row0 >= 0 else None  # None: a warm-up batch
             done = self._cpu(node, self.cpu.put_msg + self.cpu.put_row * part.size)
             self._at(done, self._put_applied, node, part, rows)
 
-    def _put_applied(self, node: _Node, keys: np.ndarray, rows: np.ndarray) -> None:
+    def _put_applied(self, node: _Node, keys: np.ndarray, rows: np.ndarray | None) -> None:
         stamp = int(self.env.now * 1e9)
         vals = np.zeros((keys.size, 1), np.float32)
         stamp = node.store.put("emb", keys, vals, ts=stamp)
-        self.vis.stamp(rows, np.full(rows.size, stamp, np.int64))
+        if rows is not None:
+            self.vis.stamp(rows, np.full(rows.size, stamp, np.int64))
         self.vis.seen(node.id, keys, np.full(keys.size, stamp, np.int64), self.env.now)
         if node.pusher is not None:
             up = TableUpdate("emb", keys, vals, np.full(keys.size, stamp, np.int64),
@@ -462,6 +472,12 @@ class Simulation:
         self._seen(node, msgs[i])
         self._send(node, origin, MSG_OVERHEAD, self.env.now, self._ship, origin, node, msgs, i + 1)
 
+    def _measure_from(self) -> None:
+        """The measured stream begins: WAN bytes, NIC and CPU time count from here."""
+        self.wan_bytes_warm = self.wan_bytes
+        for node in self.nodes:
+            node.busy_warm = (node.nic_wan.busy, node.cpu_busy)
+
     # ---- a run
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Simulate the stream and the drain; the same keys as bench.run_mode plus the origin's NIC and CPU use."""
@@ -478,8 +494,9 @@ class Simulation:
             self._at(self.env.now + spec.checkpoint_s, self._checkpoint)
         row0 = 0
         for i, b in enumerate(self.batches):
-            self._at(1.0 + i * spec.batch_every_s, self._put, i, row0)
-            row0 += b.size
+            self._at(self.t0 + i * spec.batch_every_s, self._put, i, row0 if i >= self.warm else -1)
+            row0 += b.size if i >= self.warm else 0
+        self._at(self.t_measured, self._measure_from)
         end = self.stream_end + spec.drain_s + (spec.checkpoint_s * 1.5 if self.mode == "checkpoint" else 0.0)
         t = self.env.now
         while t < end:  # stop early once every put row is visible everywhere
@@ -491,12 +508,13 @@ class Simulation:
                 break
         lat = self.vis.latencies()
         origin_ids = sorted({r for b in self.batches for r, _ in write_targets(spec, b)})
-        span = max(1e-9, self.stream_end - 1.0)
+        span = max(1e-9, self.stream_end - self.t_measured)
+        wan = self.wan_bytes - self.wan_bytes_warm
         return {"mode": self.mode, "updates": int(lat.size), "visible": int(np.isfinite(lat).sum()),
-                "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "wan_bytes": int(self.wan_bytes),
-                "wan_bytes_per_update": self.wan_bytes / max(1, lat.size),
-                "origin_nic_util": max(self.nodes[r].nic_wan.busy for r in origin_ids) / span,
-                "origin_cpu_util": max(self.nodes[r].cpu_busy for r in origin_ids) / span,
+                "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "wan_bytes": int(wan),
+                "wan_bytes_per_update": wan / max(1, lat.size),
+                "origin_nic_util": max(self.nodes[r].nic_wan.busy - self.nodes[r].busy_warm[0] for r in origin_ids) / span,
+                "origin_cpu_util": max(self.nodes[r].cpu_busy - self.nodes[r].busy_warm[1] for r in origin_ids) / span,
                 "servers": len(self.nodes), "messages": self.messages, "sim_s": float(self.env.now - 1.0),
                 "wall_s": time.perf_counter() - t_wall}
 
@@ -524,16 +542,20 @@ def simulate(spec: SimSpec, modes: tuple[str, ...] = ("ekko", "push", "checkpoin
 
 
 # ---- measuring the real server's CPU costs
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cache_file(dim: int) -> Path:
+    """Where measured costs are kept: per dim, machine, Python and version of the server's code (a change to the
+    server measures again)."""
+    import hashlib
+
+    import recmine.ekko.ps as ps
+
+    code = hashlib.sha256()
+    for f in sorted(Path(ps.__file__).parent.glob("*.py")) + [Path(__file__).with_name("wan.py")]:
+        code.update(f.read_bytes())
+    tag = f"{platform.node()}-{platform.python_version()}-{code.hexdigest()[:12]}"
     base = os.environ.get("RECMINE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME",
                                                                           os.path.expanduser("~/.cache")), "recmine")
-    return Path(base) / f"ekko-cpu-dim{dim}.json"
+    return Path(base) / f"ekko-cpu-dim{dim}-{tag}.json"
 
 
 def measure_cpu(dim: int = 64, puts: int = 150, refresh: bool = False) -> CpuCost:
@@ -556,14 +578,14 @@ def measure_cpu(dim: int = 64, puts: int = 150, refresh: bool = False) -> CpuCos
             pids = [n.proc.pid for n in c.nodes]
             wan_pid = c.wan_proc.pid
             time.sleep(0.5)
-            c0 = [_proc_cpu(p) for p in pids] + [_proc_cpu(wan_pid)]
+            c0 = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
             time.sleep(1.0)
-            c1 = [_proc_cpu(p) for p in pids] + [_proc_cpu(wan_pid)]
+            c1 = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
             idle = [(b - a) / 1.0 for a, b in zip(c0, c1, strict=True)]
             with c.client(0) as trainer:
                 far = c.client(1) if dcs > 1 else None
                 for k in sizes:
-                    before = [_proc_cpu(p) for p in pids] + [_proc_cpu(wan_pid)]
+                    before = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
                     pulls0 = far.stats()["pulls"] if far else 0
                     if far:
                         c.wan_bytes(reset=True)
@@ -579,7 +601,7 @@ def measure_cpu(dim: int = 64, puts: int = 150, refresh: bool = False) -> CpuCos
                         while not far.get("emb", last)[1].all() and time.monotonic() < deadline:
                             time.sleep(0.01)
                     dt = time.perf_counter() - t0
-                    after = [_proc_cpu(p) for p in pids] + [_proc_cpu(wan_pid)]
+                    after = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
                     used = [max(0.0, b - a - i * dt) for a, b, i in zip(before, after, idle, strict=True)]
                     if far:
                         rounds[k] = max(1, far.stats()["pulls"] - pulls0)

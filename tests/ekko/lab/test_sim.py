@@ -13,7 +13,7 @@ import pytest
 from recmine.ekko.lab.bench import BenchSpec, run_mode, update_stream, visibility
 from recmine.ekko.lab.sim import CpuCost, SimSpec, Simulation, Visibility, measure_cpu, simulate
 
-FREE = CpuCost(0, 0, 0, 0, 0, 0, 0, 0, 0)  # no CPU cost: latency is the network's alone
+FREE = CpuCost(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no CPU cost: latency is the network's alone
 
 
 def test_streaming_visibility_matches_the_benchmarks_oracle():

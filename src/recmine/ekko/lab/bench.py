@@ -201,9 +201,13 @@ def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None 
 
 
 def proc_cpu(pid: int | str = "self") -> float:
-    """CPU seconds (user + system, all threads) a process has used, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process's live threads have run, to the nanosecond (the scheduler's /proc/<pid>/task/*/schedstat;
+    /proc/<pid>/stat counts in 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def _machine_cpu() -> float:

@@ -70,6 +70,8 @@ class CpuCost:
     put_row: float = 1.0e-6
     send_msg: float = 250e-6  # one message of a Pull round: find the changes, pick, encode, send
     send_row: float = 1.0e-6
+    shared_msg: float = 80e-6  # the same round sent again to another call that asked the same (SharedChanges)
+    shared_row: float = 0.0
     recv_msg: float = 200e-6  # one message received: decode, apply
     recv_row: float = 1.5e-6
     proxy_msg: float = 60e-6  # the WAN emulator, per message it relays and per byte
@@ -335,11 +337,16 @@ class Simulation:
             assert isinstance(step, Send)
             done = now
             last = len(step.messages) - 1
+            cs = step.changes
+            again = step.round.updates is cs.updates and cs.sources is not None and "sim" in cs.memo
+            per_msg, per_row = ((self.cpu.shared_msg, self.cpu.shared_row) if again
+                                else (self.cpu.send_msg, self.cpu.send_row))
+            cs.memo["sim"] = True
             for i, msg in enumerate(step.messages):
                 rows, nbytes = self._rows_bytes(msg)
                 if i == last:
-                    nbytes += 12 * len(step.changes.version_vector)
-                done = self._cpu(resp, self.cpu.send_msg + self.cpu.send_row * rows)
+                    nbytes += 12 * len(cs.version_vector)
+                done = self._cpu(resp, per_msg + per_row * rows)
                 self._send(resp, dst, nbytes, done, self._batch_arrives, dst, call, msg, i == last, step, resp)
             self._at(done + step.pause_s, self._serve_step, resp, asker, call, pc)
 
@@ -558,75 +565,79 @@ def _cache_file(dim: int) -> Path:
     return Path(base) / f"ekko-cpu-dim{dim}-{tag}.json"
 
 
-def measure_cpu(dim: int = 64, puts: int = 150, refresh: bool = False) -> CpuCost:
-    """Measure what a real PS process spends per Put, per Pull message sent and received (per message and per
-    row), and what the WAN emulator spends per message and byte, from the processes' own CPU accounting
-    (/proc/<pid>/stat) while a 2-DC cluster carries rounds of 1 and of 256 rows; cached per dim (refresh=True
-    measures again)."""
+def _phase(c: Any, dim: int, k: int, puts: int, rng: np.random.Generator,
+           idle: list[float]) -> tuple[list[float], int, int]:
+    """Write `puts` Puts of `k` fresh keys to node 0, wait until the last server has them; returns CPU seconds each
+    process (servers, then the WAN emulator) spent beyond its `idle` rate, rounds applied at node 1, WAN bytes."""
+    pids = [n.proc.pid for n in c.nodes] + [c.wan_proc.pid]
+    far = [c.client(n.node_id) for n in c.nodes[1:]]
+    try:
+        pulls0 = far[0].stats()["pulls"] if far else 0
+        if far:
+            c.wan_bytes(reset=True)
+        before = [proc_cpu(p) for p in pids]
+        t0 = time.monotonic()
+        base = int(rng.integers(1 << 40))
+        with c.client(0) as trainer:
+            for i in range(puts):
+                trainer.put("emb", np.arange(base + i * k, base + (i + 1) * k),
+                            rng.normal(size=(k, dim)).astype(np.float32))
+                time.sleep(0.005)
+        last = np.arange(base + (puts - 1) * k, base + puts * k)
+        deadline = time.monotonic() + 30
+        for cl in far:
+            while not cl.get("emb", last)[1].all() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        used = [proc_cpu(p) - b - i * (time.monotonic() - t0) for p, b, i in zip(pids, before, idle, strict=True)]
+        rounds = max(1, far[0].stats()["pulls"] - pulls0) if far else puts
+        return used, rounds, sum(c.wan_bytes().values()) if far else 0
+    finally:
+        for cl in far:
+            cl.close()
+
+
+def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCost:
+    """Measure what real PS processes spend, from their own CPU accounting (/proc/<pid>/stat): per Put, per Pull
+    round sent (found and encoded, or a shared round sent again) and received, per message and per row, and what
+    the WAN emulator spends per message and byte. Clusters of 1, 2 and 3 DCs (one server each) carry rounds of 1
+    and of 256 rows. Cached per dim, machine and version of the server's code (refresh=True measures again)."""
     cache = _cache_file(dim)
     if cache.exists() and not refresh:
         return CpuCost(**json.loads(cache.read_text()))
     from recmine.ekko.lab.cluster import LocalCluster
 
-    sizes = (1, 256)
     rng = np.random.default_rng(0)
-    put_cost, origin_cost, recv_cost, proxy_cost, rounds, wan_bytes = {}, {}, {}, {}, {}, {}
-    for mode_dcs in ((1, "put"), (2, "pull")):
-        dcs = mode_dcs[0]
+    sizes = (1, 256)
+    got: dict[tuple[int, int], tuple[list[float], int, int]] = {}
+    idle = []
+    for dcs in (1, 2, 3):
         topo = {"dcs": dcs, "replicas": 1, "shards": 1, "tables": {"emb": dim}, "rtt_ms": 2.0, "nic_mbps": 10000.0}
         with LocalCluster(topo) as c:
-            pids = [n.proc.pid for n in c.nodes]
-            wan_pid = c.wan_proc.pid
+            time.sleep(0.3)
+            pids = [n.proc.pid for n in c.nodes] + [c.wan_proc.pid]
+            before = [proc_cpu(p) for p in pids]
             time.sleep(0.5)
-            c0 = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
-            time.sleep(1.0)
-            c1 = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
-            idle = [(b - a) / 1.0 for a, b in zip(c0, c1, strict=True)]
-            with c.client(0) as trainer:
-                far = c.client(1) if dcs > 1 else None
-                for k in sizes:
-                    before = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
-                    pulls0 = far.stats()["pulls"] if far else 0
-                    if far:
-                        c.wan_bytes(reset=True)
-                    t0 = time.perf_counter()
-                    base = int(rng.integers(1 << 40))
-                    for i in range(puts):
-                        keys = np.arange(base + i * k, base + (i + 1) * k)
-                        trainer.put("emb", keys, rng.normal(size=(k, dim)).astype(np.float32))
-                        time.sleep(0.004)
-                    if far:
-                        last = np.arange(base + (puts - 1) * k, base + puts * k)
-                        deadline = time.monotonic() + 20
-                        while not far.get("emb", last)[1].all() and time.monotonic() < deadline:
-                            time.sleep(0.01)
-                    dt = time.perf_counter() - t0
-                    after = [proc_cpu(p) for p in pids] + [proc_cpu(wan_pid)]
-                    used = [max(0.0, b - a - i * dt) for a, b, i in zip(before, after, idle, strict=True)]
-                    if far:
-                        rounds[k] = max(1, far.stats()["pulls"] - pulls0)
-                        wan_bytes[k] = sum(c.wan_bytes().values())
-                        origin_cost[k], recv_cost[k], proxy_cost[k] = used[0], used[1], used[2]
-                    else:
-                        put_cost[k] = used[0]
-                if far:
-                    far.close()
-            idle_share = float(np.median(idle[:-1]))
+            rates = [(proc_cpu(p) - b) / 0.5 for p, b in zip(pids, before, strict=True)]
+            idle += rates[:-1]
+            for k in sizes:
+                got[(dcs, k)] = _phase(c, dim, k, puts, rng, rates)
 
-    def fit(per_item: dict[int, float], rows: dict[int, float]) -> tuple[float, float]:
-        (k1, k2) = sizes
-        b = max(0.0, (per_item[k2] - per_item[k1]) / (rows[k2] - rows[k1]))
-        return max(1e-6, per_item[k1] - b * rows[k1]), b
+    def fit(per: dict[int, float], rows: dict[int, float]) -> tuple[float, float]:
+        """(per message, per row) through the two sizes."""
+        k1, k2 = sizes
+        b = max(0.0, (per[k2] - per[k1]) / max(1e-9, rows[k2] - rows[k1]))
+        return max(1e-6, per[k1] - b * rows[k1]), b
 
-    put_msg, put_row = fit({k: put_cost[k] / puts for k in sizes}, {k: k for k in sizes})
-    rows_per_round = {k: k * puts / rounds[k] for k in sizes}
-    send_total = {k: max(0.0, origin_cost[k] - put_cost[k]) / rounds[k] for k in sizes}
-    send_msg, send_row = fit(send_total, rows_per_round)
-    recv_msg, recv_row = fit({k: recv_cost[k] / rounds[k] for k in sizes}, rows_per_round)
-    bytes_per_round = {k: wan_bytes[k] / rounds[k] for k in sizes}
-    proxy_msg, proxy_byte = fit({k: proxy_cost[k] / rounds[k] for k in sizes}, bytes_per_round)
-    cost = CpuCost(put_msg, put_row, send_msg, send_row, recv_msg, recv_row, proxy_msg, proxy_byte, idle_share, dim,
-                   f"measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs)")
+    rows = {k: k * puts / got[(2, k)][1] for k in sizes}  # rows per round (a round may carry several Puts)
+    put = {k: got[(1, k)][0][0] / puts for k in sizes}
+    full = {k: (got[(2, k)][0][0] - put[k] * puts) / got[(2, k)][1] for k in sizes}
+    shared = {k: (got[(3, k)][0][0] - put[k] * puts) / got[(3, k)][1] - full[k] for k in sizes}
+    recv = {k: got[(2, k)][0][1] / got[(2, k)][1] for k in sizes}
+    proxy = {k: got[(2, k)][0][-1] / got[(2, k)][1] for k in sizes}
+    wan = {k: got[(2, k)][2] / got[(2, k)][1] for k in sizes}
+    cost = CpuCost(*fit(put, dict(zip(sizes, sizes, strict=True))), *fit(full, rows), *fit(shared, rows),
+                   *fit(recv, rows), *fit(proxy, wan), idle=float(np.median(idle)), dim=dim,
+                   source=f"measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs)")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(cost.to_json()))
     return cost

@@ -27,7 +27,16 @@ import numpy as np
 
 from recmine.ekko.ps.scheduler import ROW_OVERHEAD
 from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate, VersionVector
-from recmine.ekko.ps.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
+from recmine.ekko.ps.sync import (
+    Asker,
+    Incarnations,
+    Responder,
+    Round,
+    Sender,
+    SendEverything,
+    SharedChanges,
+    Superseded,
+)
 
 RETRY_S = 0.05  # pause before a link whose call failed tries again
 
@@ -164,6 +173,7 @@ class Core:
         self.timing = timing or Timing()
         self.incarnation = incarnation
         self.peers = Incarnations(store)  # a restarted peer is sent again what it delivered here
+        self.shared = SharedChanges()  # one answer (and one encoding) for the calls that ask the same
         self.dead_until: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.pulls = 0  # rounds applied
@@ -336,7 +346,7 @@ class PullCall:
         self.budget = budget
         self.responder = Responder(core.store, core.sender, req.shard, req.version_vector, req.since, req.requester,
                                    req.incarnation, req.origins, req.applied, budget, req.since_incarnation,
-                                   core.incarnation, core.peers)
+                                   core.incarnation, core.peers, core.shared)
         self.end = now + max(0, req.stream_ms) / 1000.0
         self.first = True
         self._hold_until: float | None = None

@@ -181,7 +181,7 @@ class PeerServer:
         self.store.listeners.append(self._on_change)
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                                                ("grpc.max_send_message_length", MAX_MESSAGE)])
-        self.pb2_grpc.add_ParameterServerServicer_to_server(_Servicer(self), self.server)
+        self.server.add_generic_rpc_handlers((_handlers(_Servicer(self), self.pb2),))
         self.bound_port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
         if self.bound_port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
@@ -412,15 +412,23 @@ class _Servicer:
             if step.pause_s:  # the link's budget is spent: the rest waits for the next round
                 await asyncio.sleep(step.pause_s)
 
-    def _messages(self, step: Send):
+    def _messages(self, step: Send) -> list:
+        """The round's PullBatch messages; a round that is a whole shared change set is encoded once for every call
+        it goes to (kept with the set, as bytes the Pull serializer passes through)."""
+        cs = step.changes
+        whole = step.round.updates is cs.updates and cs.sources is not None
+        key = ("pb", sum(sum(u.nbytes() for u in m) for m in step.messages), len(step.messages))
+        if whole and key in cs.memo:
+            return cs.memo[key]
         pb2 = self.pb2
         *body, tail = step.messages
-        for part in body:
-            yield pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in part])
-        cs = step.changes
-        yield pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in tail], last=True, complete=step.round.complete,
-                            counter=cs.counter, version_vector=vv_to_pb(pb2, cs.version_vector), round=step.round.id,
-                            incarnation=self.peer.incarnation)
+        msgs = [pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in part]) for part in body]
+        msgs.append(pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in tail], last=True, complete=step.round.complete,
+                                  counter=cs.counter, version_vector=vv_to_pb(pb2, cs.version_vector),
+                                  round=step.round.id, incarnation=self.peer.incarnation))
+        if whole:
+            msgs = cs.memo[key] = [m.SerializeToString() for m in msgs]
+        return msgs
 
     async def Health(self, request, context):  # noqa: N802
         return self.pb2.HealthReply(status="SERVING", node_id=self.peer.cfg.node_id, keys=len(self.peer.store),
@@ -445,6 +453,21 @@ class _Servicer:
                                    table_names=names, table=list(map(int, table)),
                                    applied_ns=at.tolist(), pulls=self.peer.core.pulls,
                                    rows_received=self.peer.core.rows_received)
+
+
+def _handlers(servicer: _Servicer, pb2) -> grpc.GenericRpcHandler:
+    """The ParameterServer methods from the .proto's descriptor; responses already encoded (bytes) pass through."""
+    service = pb2.DESCRIPTOR.services_by_name["ParameterServer"]
+
+    def serialize(msg) -> bytes:
+        return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+    handlers = {}
+    for m in service.methods:
+        kind = grpc.unary_stream_rpc_method_handler if m.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[m.name] = kind(getattr(servicer, m.name), request_deserializer=getattr(pb2, m.input_type.name).FromString,
+                                response_serializer=serialize)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:

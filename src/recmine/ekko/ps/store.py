@@ -82,6 +82,8 @@ class ChangeSet:
     counter: int
     examined: int
     scanned: bool
+    sources: set[int] | None = None  # nodes that delivered the rows here (when asked for)
+    memo: dict = field(default_factory=dict)  # a driver's work on this very set (e.g. its encoding), for reuse
 
     def __len__(self) -> int:
         return sum(len(u) for u in self.updates)
@@ -147,6 +149,7 @@ class ParamStore:
         self._floor: list[VersionVector] = [{} for _ in range(num_shards)]  # versions evicted from the cache
         self._floor_seq = np.zeros(num_shards, np.int64)  # counter value of the newest evicted entry
         self._last_ts = 0
+        self.src_epoch = 0  # bumped when rows change hands (forget_source): no-echo answers computed before differ
         # callables(changed: {shard: origins of the changed rows}, source: the node they came from) run after every
         # change (e.g. to wake the long polls it concerns)
         self.listeners: list = []
@@ -287,6 +290,7 @@ class ParamStore:
         no-echo rule would hide them from it forever while its version vector rises over them). Returns rows."""
         n = 0
         with self._lock:
+            self.src_epoch += 1
             for t in self.tables.values():
                 mine = np.flatnonzero(t.src[: t.size] == node)
                 t.src[mine] = self.node_id
@@ -334,6 +338,10 @@ class ParamStore:
         origin[ok] = t.origin[rows[ok]]
         return ts, origin
 
+    def counter(self, shard: int) -> int:
+        """Change counter of one shard."""
+        return int(self._counter[shard])
+
     def counters(self) -> np.ndarray:
         """Change counter of every shard."""
         with self._lock:
@@ -345,14 +353,16 @@ class ParamStore:
             return dict(self._vv[shard])
 
     def changes_since(self, shard: int, vv: Mapping[int, int], since_counter: int | None = None,
-                      exclude_source: int | None = None, origins: Iterable[int] | None = None) -> ChangeSet:
+                      exclude_source: int | None = None, origins: Iterable[int] | None = None,
+                      sources: bool = False) -> ChangeSet:
         """Rows of `shard` whose version is newer than the asker's version vector.
 
         `since_counter`: this store's shard counter from the asker's last complete answer from this store; then only
         keys changed after it are examined (O(changed)). Otherwise the recent-change cache is filtered when the asker
         is at least as new as the cache's floor, and only an asker older than the cache causes a shard scan.
         `exclude_source` leaves out rows that came from that node (the asker: no echo); `origins` keeps only rows
-        born at those nodes, and the returned version vector then covers just them."""
+        born at those nodes, and the returned version vector then covers just them. `sources` also returns the
+        set of nodes that delivered the rows here."""
         keep = None if origins is None else np.array(sorted(set(origins)), np.int32)
         if not 0 <= shard < self.num_shards:
             raise ValueError(f"shard {shard} out of range [0, {self.num_shards})")
@@ -362,6 +372,7 @@ class ParamStore:
             incremental = since_counter is not None and since_counter >= int(self._floor_seq[shard])
             use_cache = incremental or all(vv.get(o, 0) >= tsv for o, tsv in floor.items())
             updates: list[TableUpdate] = []
+            srcs: set[int] | None = set() if sources else None
             if use_cache:
                 by_table: dict[str, list[int]] = {}
                 examined = 0
@@ -377,6 +388,8 @@ class ParamStore:
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
+                        if srcs is not None:
+                            srcs.update(np.unique(t.src[sel]).tolist())
             else:
                 examined = 0
                 for table, t in self.tables.items():
@@ -386,10 +399,12 @@ class ParamStore:
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
+                        if srcs is not None:
+                            srcs.update(np.unique(t.src[sel]).tolist())
             resp_vv = dict(self._vv[shard])
             if keep is not None:
                 resp_vv = {o: v for o, v in resp_vv.items() if o in set(keep.tolist())}
-            return ChangeSet(shard, updates, resp_vv, int(self._counter[shard]), examined, not use_cache)
+            return ChangeSet(shard, updates, resp_vv, int(self._counter[shard]), examined, not use_cache, srcs)
 
     @staticmethod
     def _wanted(t: _Table, rows: np.ndarray, vv: Mapping[int, int], exclude_source: int | None,

@@ -180,7 +180,7 @@ class Core:
         self.rows_received = 0
         self._next_call = 0
         self._calls: dict[int, _Slot] = {}
-        self._slots: list[_Slot] = []
+        self._slots: dict[Link, _Slot] = {}  # links opened so far (each keeps its askers)
         self._started = False
 
     # ---- who leads
@@ -198,53 +198,55 @@ class Core:
                 return node
         return reps[shard % r]
 
-    def source(self, link: Link, now: float) -> int | None:
-        """The node `link` should pull from now, None when it should be idle. Within the DC the leader pulls from
-        every other replica and a follower from its leader; across the WAN only the leader pulls, from the leader
-        of the other DC."""
-        leader = self.leader_of(self.dc, link.shard, now)
-        if link.kind == "intra":
-            ok = self.alive(link.peer, now) and leader in (self.me, link.peer)
-            return link.peer if ok else None
-        if leader != self.me:
-            return None
-        return self.leader_of(link.peer, link.shard, now)
+    def wanted(self, now: float) -> dict[Link, int]:
+        """Every link that should be open now and the node it pulls from (the definition `source` gives link by
+        link, built from the shards this node leads: a follower has one link per shard)."""
+        out: dict[Link, int] = {}
+        reps = self.membership.dc_replicas(self.dc)
+        for s in range(self.store.num_shards):
+            leader = self.leader_of(self.dc, s, now)
+            if leader != self.me:
+                if self.alive(leader, now):
+                    out[Link(s, "intra", leader)] = leader
+                continue
+            for node in reps:
+                if node != self.me and self.alive(node, now):
+                    out[Link(s, "intra", node)] = node
+            for dc in self.membership.wan_neighbours(self.dc):
+                out[Link(s, "wan", dc)] = self.leader_of(dc, s, now)
+        return out
 
     # ---- events
     def start(self, now: float) -> list[Action]:
-        """Create this node's links (every shard: each other replica of the DC, each WAN neighbour) and open the
-        subscriptions whose source is known."""
+        """Open the subscriptions this node should have (see `wanted`)."""
         if self._started:
             raise RuntimeError("core already started")
         self._started = True
-        mesh = self.membership.topology == "mesh"
-        for s in range(self.store.num_shards):
-            for node in self.membership.dc_replicas(self.dc):
-                if node != self.me:
-                    self._slots.append(_Slot(Link(s, "intra", node), None))
-            for dc in self.membership.wan_neighbours(self.dc):
-                # mesh: from each DC only the rows born there (every DC hears every other directly: each byte crosses
-                # each link once); tree: everything, relayed hop by hop
-                self._slots.append(_Slot(Link(s, "wan", dc), self.membership.dc_replicas(dc) if mesh else None))
         return self.tick(now)
 
     def tick(self, now: float) -> list[Action]:
         """Time passed (or something changed): cancel subscriptions whose source moved, open the ones now due."""
         out: list[Action] = []
-        for slot in self._slots:
-            src = self.source(slot.link, now)
-            if slot.call:
-                if src != slot.node and not slot.cancelling:
-                    slot.cancelling = True
-                    out.append(Cancel(slot.call))
-            elif src is not None and now >= slot.not_before:
+        want = self.wanted(now)
+        for slot in self._calls.values():
+            if want.get(slot.link) != slot.node and not slot.cancelling:
+                slot.cancelling = True
+                out.append(Cancel(slot.call))
+        for link, src in want.items():
+            slot = self._slots.get(link)
+            if slot is None:
+                # mesh: from each DC only the rows born there (every DC hears every other directly: each byte crosses
+                # each link once); tree: everything, relayed hop by hop
+                mesh = link.kind == "wan" and self.membership.topology == "mesh"
+                slot = self._slots[link] = _Slot(link, self.membership.dc_replicas(link.peer) if mesh else None)
+            if not slot.call and now >= slot.not_before:
                 out.append(self._open(slot, src, now))
         return out
 
     def wake_at(self, now: float) -> float | None:
         """The earliest future time at which `tick` may decide differently with no other event (None: never)."""
         times = [t for t in self.dead_until.values() if t > now]
-        times += [s.not_before for s in self._slots if not s.call and s.not_before > now]
+        times += [s.not_before for s in self._slots.values() if not s.call and s.not_before > now]
         return min(times) if times else None
 
     def batch(self, call: int, rows: list[TableUpdate], last: bool, complete: bool = False,

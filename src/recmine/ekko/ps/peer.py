@@ -16,11 +16,13 @@ import struct
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from recmine.auth import Auth
 from recmine.ekko.ps.baselines import Pusher, checkpoint_messages
 from recmine.ekko.ps.config import PeerConfig
 from recmine.ekko.ps.core import (
@@ -50,6 +52,7 @@ from recmine.ekko.ps.wire import (
 )
 
 MAX_MESSAGE = 64 * 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
 
 
 class _WriteAheadLog:
@@ -91,6 +94,8 @@ class PeerServer:
 
     def __init__(self, cfg: PeerConfig, sender: Sender | None = None) -> None:
         self.cfg = cfg
+        self.auth = Auth.from_mapping(cfg.auth)
+        self.auth.check_listen(cfg.host)
         self.pb2, self.pb2_grpc = stubs()
         if cfg.snapshot_path and os.path.exists(cfg.snapshot_path):
             self.store = ParamStore.load(cfg.snapshot_path, node_id=cfg.node_id)
@@ -143,8 +148,7 @@ class PeerServer:
         addr = self.by_node[node].address
         ch = self._channels.get(addr)
         if ch is None:
-            ch = grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                                          ("grpc.max_send_message_length", MAX_MESSAGE)])
+            ch = self.auth.aio_channel(addr, GRPC_OPTIONS)
             self._channels[addr] = ch
         return ch
 
@@ -179,10 +183,9 @@ class PeerServer:
         """Start serving and disseminating; returns the bound port."""
         self.loop = asyncio.get_running_loop()
         self.store.listeners.append(self._on_change)
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                               ("grpc.max_send_message_length", MAX_MESSAGE)])
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=self.auth.aio_server_interceptors())
         self.server.add_generic_rpc_handlers((_handlers(_Servicer(self), self.pb2),))
-        self.bound_port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        self.bound_port = self.auth.add_port(self.server, f"{self.cfg.host}:{self.cfg.port}")
         if self.bound_port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
         await self.server.start()
@@ -470,41 +473,54 @@ def _handlers(servicer: _Servicer, pb2) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:
-    """Run a PS until SIGTERM/SIGINT (or the parent dies), then stop cleanly."""
-    peer = PeerServer(cfg)
-    port = await peer.start()
-    if ready_file:
-        tmp = ready_file + ".tmp"
-        Path(tmp).write_text(str(port))
-        os.replace(tmp, ready_file)
+async def serve(cfgs: list[PeerConfig], ready_files: list[str | None] | None = None, watch_parent: bool = True,
+                for_seconds: float | None = None,
+                on_ready: Callable[[list[PeerServer]], None] | None = None) -> None:
+    """Run one or several PS (several servers of a DC may share a process, each its own gRPC endpoint) until
+    SIGTERM/SIGINT, `for_seconds`, or (with watch_parent) the parent's death; then stop cleanly. Each ready file
+    gets its server's port once it listens; on_ready(servers) runs then."""
+    peers = [PeerServer(c) for c in cfgs]
+    for peer, ready_file in zip(peers, ready_files or [None] * len(peers), strict=True):
+        port = await peer.start()
+        if ready_file:
+            tmp = ready_file + ".tmp"
+            Path(tmp).write_text(str(port))
+            os.replace(tmp, ready_file)
+    if on_ready is not None:
+        on_ready(peers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if for_seconds is not None:
+        loop.call_later(for_seconds, stop.set)
     parent = os.getppid()
 
-    async def watch_parent() -> None:
+    async def parent_alive() -> None:
         while True:
             await asyncio.sleep(0.5)
             if os.getppid() != parent:
                 stop.set()
 
-    watcher = None if os.environ.get("RECMINE_EKKO_DETACHED") else asyncio.create_task(watch_parent())
+    watcher = asyncio.create_task(parent_alive()) if watch_parent else None
     await stop.wait()
     if watcher is not None:
         watcher.cancel()
-    await peer.stop()
+    for peer in peers:
+        await peer.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]."""
+    """Entry point: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE] [CONFIG.json READY_FILE ...] (several
+    configs: several servers in this process)."""
     args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]", file=sys.stderr)
+    if not args or (len(args) > 2 and len(args) % 2):
+        print("usage: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE] [CONFIG.json READY_FILE ...]",
+              file=sys.stderr)
         raise SystemExit(2)
-    cfg = PeerConfig.from_json(args[0])
-    asyncio.run(serve(cfg, args[1] if len(args) > 1 else None))
+    pairs = [(args[0], args[1] if len(args) > 1 else None)] if len(args) <= 2 else list(zip(args[::2], args[1::2], strict=True))
+    cfgs = [PeerConfig.from_json(c) for c, _ in pairs]
+    asyncio.run(serve(cfgs, [r for _, r in pairs], watch_parent=not os.environ.get("RECMINE_EKKO_DETACHED")))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,6 +175,8 @@ class _Node:
     cpu_free: float = 0.0
     cpu_busy: float = 0.0
     busy_warm: tuple[float, float] = (0.0, 0.0)  # (NIC, CPU) busy seconds when the measured stream began
+    pending: deque = field(default_factory=deque)  # Pull steps waiting for the CPU, in arrival order
+    draining: bool = False
     waiting: dict[int, list] = field(default_factory=dict)
     tick_at: float = math.inf
     pusher: Pusher | None = None
@@ -321,10 +324,27 @@ class Simulation:
     def _serve_step(self, resp: _Node, asker: int, call: int, pc: PullCall) -> None:
         if (asker, call) in self.cancelled:
             return
-        now = self.env.now
-        if resp.cpu_free > now:  # the server is busy: this call's next step waits its turn
-            self._at(resp.cpu_free, self._serve_step, resp, asker, call, pc)
+        if resp.cpu_free > self.env.now:  # the server is busy: this call's next step waits its turn
+            resp.pending.append((asker, call, pc))
+            if not resp.draining:
+                resp.draining = True
+                self._at(resp.cpu_free, self._drain, resp)
             return
+        self._step(resp, asker, call, pc)
+
+    def _drain(self, resp: _Node) -> None:
+        """The server's CPU is free: run the steps that waited for it, in order, until it is busy again."""
+        resp.draining = False
+        while resp.pending and resp.cpu_free <= self.env.now:
+            asker, call, pc = resp.pending.popleft()
+            if (asker, call) not in self.cancelled:
+                self._step(resp, asker, call, pc)
+        if resp.pending:
+            resp.draining = True
+            self._at(resp.cpu_free, self._drain, resp)
+
+    def _step(self, resp: _Node, asker: int, call: int, pc: PullCall) -> None:
+        now = self.env.now
         step = pc.next(now)
         dst = self.nodes[asker]
         if isinstance(step, End):

@@ -256,6 +256,8 @@ def bench(
     nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="Egress bandwidth of every PS.")] = 100.0,
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",
+    colocate: Annotated[int, typer.Option("--colocate", help="Servers of one DC per process (each its own gRPC "
+                                          "endpoint).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
@@ -281,8 +283,11 @@ def bench(
     if scenario != "latency":
         _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json)
         return
+    if colocate < 1:
+        err_console.print("[red]error:[/red] --colocate must be >= 1")
+        raise typer.Exit(2)
     spec = BenchSpec(dcs=dcs, duration_s=duration, rate=rate, rtt_ms=rtt_ms, nic_mbps=nic_mbps,
-                     checkpoint_s=checkpoint_s)
+                     checkpoint_s=checkpoint_s, colocate=colocate)
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     bad = [m for m in wanted if m not in ("ekko", "push", "checkpoint")]
     if bad:

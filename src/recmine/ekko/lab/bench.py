@@ -40,6 +40,7 @@ class BenchSpec:
     seed: int = 0
     writes: str = "one"  # one: the trainer writes to DC 0's first server; sharded: each key to its shard's leader
     warmup_s: float = 0.5  # the stream runs this long before the measured part (the emulation's start-up transient)
+    colocate: int = 1  # real cluster: servers of one DC per process (each its own gRPC endpoint)
 
     @property
     def warm_batches(self) -> int:
@@ -174,7 +175,7 @@ def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None 
     """Run one dissemination mode and measure update latency and WAN bytes."""
     topo = {"dcs": spec.dcs, "replicas": spec.replicas, "shards": spec.shards, "tables": {"emb": spec.dim},
             "rtt_ms": spec.rtt_ms, "nic_mbps": spec.nic_mbps, "mode": mode, "topology": spec.topology,
-            "checkpoint_s": spec.checkpoint_s, "log_applies": True}
+            "checkpoint_s": spec.checkpoint_s, "log_applies": True, "colocate": spec.colocate}
     with LocalCluster(topo) as c:
         if progress:
             progress(f"{mode}: cluster of {len(c.nodes)} PS up")
@@ -285,6 +286,8 @@ def run_bench(spec: BenchSpec, modes: tuple[str, ...] = ("ekko", "push", "checkp
     out: dict[str, Any] = {"dcs": spec.dcs, "floor_s": physical_floor(spec)}
     for m, r in res.items():  # updates visible at every PS by the end / updates written (the rest count as +inf)
         out[f"{m}_visible"], out[f"{m}_updates"] = r["visible"], r["updates"]
+    for m, r in res.items():  # CPU the cluster used, and what other work on the machine took meanwhile
+        out[f"{m}_cluster_cores"], out[f"{m}_other_load_cores"] = r["cluster_cores"], r["other_load_cores"]
     if "ekko" in res:
         out.update(ekko_p50_s=res["ekko"]["p50_s"], ekko_p99_s=res["ekko"]["p99_s"],
                    wan_bytes_per_update=res["ekko"]["wan_bytes_per_update"],

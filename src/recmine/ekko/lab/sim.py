@@ -16,6 +16,7 @@ Put's stamp until that version (or a newer one) is applied at the last server.""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import math
@@ -616,14 +617,20 @@ def _phase(c: Any, dim: int, k: int, puts: int, rng: np.random.Generator,
             cl.close()
 
 
+def cached_cpu(dim: int = 64) -> CpuCost | None:
+    """The CPU costs measure_cpu found for this dim, machine and server code, if it ran before (else None)."""
+    cache = _cache_file(dim)
+    return CpuCost(**json.loads(cache.read_text())) if cache.exists() else None
+
+
 def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCost:
     """Measure what real PS processes spend, from their own CPU accounting (/proc/<pid>/stat): per Put, per Pull
     round sent (found and encoded, or a shared round sent again) and received, per message and per row, and what
     the WAN emulator spends per message and byte. Clusters of 1, 2 and 3 DCs (one server each) carry rounds of 1
     and of 256 rows. Cached per dim, machine and version of the server's code (refresh=True measures again)."""
+    if not refresh and (known := cached_cpu(dim)) is not None:
+        return known
     cache = _cache_file(dim)
-    if cache.exists() and not refresh:
-        return CpuCost(**json.loads(cache.read_text()))
     from recmine.ekko.lab.cluster import LocalCluster
 
     rng = np.random.default_rng(0)
@@ -661,3 +668,25 @@ def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCos
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(cost.to_json()))
     return cost
+
+
+def scale_rows(dcs: list[int], base: SimSpec, modes: tuple[str, ...] = ("ekko", "push", "checkpoint"),
+               cpu: CpuCost | None = None, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """`simulate` at each DC count (the rest of `base` fixed), one row each with the ratios the scale targets
+    name: ekko p50 / floor, push p99 / ekko p99, WAN bytes / ideal, checkpoint p50 / ekko p50."""
+    rows = []
+    for n in dcs:
+        spec = dataclasses.replace(base, dcs=n)
+        r = simulate(spec, modes, cpu, progress=(lambda m, n=n: progress(f"[{n} DCs] {m}")) if progress else None)
+        runs = r.pop("runs")
+        r.pop("cpu_model")
+        if "ekko" in modes:
+            r["ekko_p50/floor"] = r["ekko_p50_s"] / r["floor_s"]
+            r["wan/ideal"] = r["wan_bytes_per_update"] / r["wan_bytes_ideal_per_update"]
+        if "ekko" in modes and "push" in modes:
+            r["push_p99/ekko_p99"] = r["push_p99_s"] / r["ekko_p99_s"]
+        if "ekko" in modes and "checkpoint" in modes:
+            r["ckpt/ekko_p50"] = r["checkpoint_p50_s"] / r["ekko_p50_s"]
+        r["wall_s"] = sum(x["wall_s"] for x in runs)
+        rows.append(r)
+    return rows

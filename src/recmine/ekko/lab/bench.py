@@ -258,13 +258,14 @@ def percentile(latencies: np.ndarray, q: float) -> float:
     return float(x[lo] + frac * (x[lo + 1] - x[lo]))
 
 
-def physical_floor(spec: BenchSpec) -> float:
+def physical_floor(spec: BenchSpec, rows_per_batch: float | None = None) -> float:
     """Floor of ekko's update latency: one-way delay x WAN hops + serialisation of one batch on the busiest NIC.
 
     Busiest NIC: in DC 0 the leader of each shard sends that shard's share of a batch once per WAN neighbour it
     feeds (every other DC in a mesh; its children, at most 2, in the binary tree); replica r leads the shards
     s with s mod replicas == r, so the busiest replica sends the largest share. Hops: 1 in a mesh, the depth of the
-    last DC in the tree. Processing time (encode, apply) is not in the floor."""
+    last DC in the tree. A batch is `rows_per_batch` rows (default: the mean number of distinct keys per batch of
+    the update stream). Processing time (encode, apply) is not in the floor."""
     one_way = spec.rtt_ms / 2000.0
     if spec.topology == "mesh":
         hops, fanout = 1, spec.dcs - 1
@@ -273,7 +274,9 @@ def physical_floor(spec: BenchSpec) -> float:
         fanout = min(2, spec.dcs - 1)
     led = np.bincount(np.arange(spec.shards) % spec.replicas, minlength=spec.replicas)
     share = float(led.max()) / spec.shards
-    batch_bytes = spec.rate * spec.batch_every_s * (spec.dim * 4 + ENTRY_OVERHEAD)
+    if rows_per_batch is None:
+        rows_per_batch = float(np.mean([b.size for b in update_stream(spec)]))
+    batch_bytes = rows_per_batch * (spec.dim * 4 + ENTRY_OVERHEAD)
     return one_way * hops + batch_bytes * share * fanout * 8 / (spec.nic_mbps * 1e6)
 
 

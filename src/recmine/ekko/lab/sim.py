@@ -624,10 +624,10 @@ def cached_cpu(dim: int = 64) -> CpuCost | None:
 
 
 def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCost:
-    """Measure what real PS processes spend, from their own CPU accounting (/proc/<pid>/stat): per Put, per Pull
-    round sent (found and encoded, or a shared round sent again) and received, per message and per row, and what
-    the WAN emulator spends per message and byte. Clusters of 1, 2 and 3 DCs (one server each) carry rounds of 1
-    and of 256 rows. Cached per dim, machine and version of the server's code (refresh=True measures again)."""
+    """Measure what real PS processes spend, from the kernel's accounting of their threads: per Put, per Pull round
+    sent (found and encoded, or a shared round sent again) and received, per message and per row, and what the WAN
+    emulator spends per message and byte. Clusters of 1, 2 and 8 DCs (one server each) carry rounds of 1 and of
+    256 rows. Cached per dim, machine and version of the server's code (refresh=True measures again)."""
     if not refresh and (known := cached_cpu(dim)) is not None:
         return known
     cache = _cache_file(dim)
@@ -635,9 +635,9 @@ def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCos
 
     rng = np.random.default_rng(0)
     sizes = (1, 256)
-    got: dict[tuple[int, int], tuple[list[float], int, int]] = {}
+    got: dict[tuple[int, int], list[tuple[list[float], int, int]]] = {}
     idle = []
-    for dcs in (1, 2, 3):
+    for dcs in (1, 2, 8):
         topo = {"dcs": dcs, "replicas": 1, "shards": 1, "tables": {"emb": dim}, "rtt_ms": 2.0, "nic_mbps": 10000.0}
         with LocalCluster(topo) as c:
             time.sleep(0.3)
@@ -647,7 +647,12 @@ def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCos
             rates = [(proc_cpu(p) - b) / 0.5 for p, b in zip(pids, before, strict=True)]
             idle += rates[:-1]
             for k in sizes:
-                got[(dcs, k)] = _phase(c, dim, k, puts, rng, rates)
+                got.setdefault((dcs, k), []).append(_phase(c, dim, k, puts, rng, rates))
+
+    def per_round(dcs: int, k: int, proc: int) -> float:
+        """CPU seconds process `proc` spent per round (per Put on a 1-DC cluster)."""
+        runs = got[(dcs, k)]
+        return sum(u[proc] for u, _, _ in runs) / sum(r for _, r, _ in runs)
 
     def fit(per: dict[int, float], rows: dict[int, float]) -> tuple[float, float]:
         """(per message, per row) through the two sizes."""
@@ -655,13 +660,16 @@ def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCos
         b = max(0.0, (per[k2] - per[k1]) / max(1e-9, rows[k2] - rows[k1]))
         return max(1e-6, per[k1] - b * rows[k1]), b
 
-    rows = {k: k * puts / got[(2, k)][1] for k in sizes}  # rows per round (a round may carry several Puts)
-    put = {k: got[(1, k)][0][0] / puts for k in sizes}
-    full = {k: (got[(2, k)][0][0] - put[k] * puts) / got[(2, k)][1] for k in sizes}
-    shared = {k: (got[(3, k)][0][0] - put[k] * puts) / got[(3, k)][1] - full[k] for k in sizes}
-    recv = {k: got[(2, k)][0][1] / got[(2, k)][1] for k in sizes}
-    proxy = {k: got[(2, k)][0][-1] / got[(2, k)][1] for k in sizes}
-    wan = {k: got[(2, k)][2] / got[(2, k)][1] for k in sizes}
+    rounds = {k: sum(r for _, r, _ in got[(2, k)]) for k in sizes}
+    rows = {k: k * puts * len(got[(2, k)]) / rounds[k] for k in sizes}  # a round may carry several Puts
+    put = {k: per_round(1, k, 0) for k in sizes}
+    # node 0 of the 2-DC cluster: Puts + one round per subscriber; of the 8-DC cluster: Puts + one round found and
+    # encoded + six sent again (the seven other DCs ask the same): the differences isolate each
+    full = {k: per_round(2, k, 0) - put[k] * puts * len(got[(2, k)]) / rounds[k] for k in sizes}
+    shared = {k: (per_round(8, k, 0) - per_round(2, k, 0)) / 6 for k in sizes}
+    recv = {k: per_round(2, k, 1) for k in sizes}
+    proxy = {k: per_round(2, k, -1) for k in sizes}
+    wan = {k: sum(b for _, _, b in got[(2, k)]) / rounds[k] for k in sizes}
     cost = CpuCost(*fit(put, dict(zip(sizes, sizes, strict=True))), *fit(full, rows), *fit(shared, rows),
                    *fit(recv, rows), *fit(proxy, wan), idle=float(np.median(idle)), dim=dim,
                    source=f"measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs)")

@@ -133,11 +133,11 @@ def _simulate(policy: str, seed: int, tmp_path) -> tuple[int, int]:
 @pytest.mark.parametrize("policy", ["slo", "fifo"])
 def test_cut_rounds_lose_nothing_over_many_seeds(policy, tmp_path):
     cuts = forgotten = 0
-    for seed in range(120):
+    for seed in range(60):
         c, f = _simulate(policy, seed, tmp_path)
         cuts += c
         forgotten += f
-    assert cuts > 500 and forgotten > 0  # the runs did cut rounds, and rows of cut rounds were offered again
+    assert cuts > 250 and forgotten > 0  # the runs did cut rounds, and rows of cut rounds were offered again
 
 
 def test_counter_from_an_earlier_responder_process_is_ignored(tmp_path):

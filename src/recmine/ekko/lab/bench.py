@@ -184,7 +184,7 @@ def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None 
         c.wan_bytes(reset=True)
         duration = spec.duration_s if mode != "checkpoint" else max(spec.duration_s, spec.checkpoint_s * 1.2)
         box: dict[str, Any] = {}
-        pids = [n.proc.pid for n in c.nodes if n.proc] + ([c.wan_proc.pid] if c.wan_proc else [])
+        pids = sorted({n.proc.pid for n in c.nodes if n.proc} | ({c.wan_proc.pid} if c.wan_proc else set()))
         load = _CpuLoad(pids)
         t = threading.Thread(target=lambda: box.update(zip(("puts", "written"), _drive(c, spec, duration),
                                                             strict=True)))

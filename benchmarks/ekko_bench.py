@@ -13,8 +13,9 @@ SLO-aware updater vs FIFO vs an unthrottled link vs checkpoints only; target: SL
 FIFO -> unthrottled gap. Scenario rollback: time to detect a harmful update and to roll it back in every DC
 (target: rollback complete <= 2 s after detection at 4 DCs), false rollbacks on the clean stretch.
 Every PS is its own process on this machine: at 16 DCs that is 32 PS processes on 2 vCPUs, so CPU contention,
-not the WAN, can dominate there — read those rows with that in mind (--colocate 2 runs two servers of a DC per
-process, each still its own gRPC endpoint).
+not the WAN, can dominate there — read those rows with that in mind. By default the two servers of a DC share a
+process (--colocate 2: each still its own gRPC endpoint for clients and other DCs, between them the protocol
+cores talk in memory); --colocate 1 gives every server its own process.
 --simulate: the same protocol core in the discrete-event simulator (recmine.ekko.lab.sim) at 4, 16, 64 and 256
 DCs: 4 servers per DC, 2 shards, 1 Gbit/s WAN NIC per server, the 2,000 keys/s stream in 100 ms batches written in
 DC 0, each server's CPU charged what real PS processes spend per message (measured first, cached). Targets: ekko
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--nic-mbps", type=float, default=None)
     ap.add_argument("--batch-ms", type=float, default=None)
-    ap.add_argument("--colocate", type=int, default=1, help="real cluster: servers of a DC per process")
+    ap.add_argument("--colocate", type=int, default=2, help="real cluster: servers of a DC per process (each its own "
+                    "endpoint; between them the cores talk in memory)")
     args = ap.parse_args(argv)
     if args.scenario != "latency":
         scenario(args)

@@ -258,7 +258,7 @@ def bench(
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",
     colocate: Annotated[int, typer.Option("--colocate", help="Servers of one DC per process (each its own gRPC "
-                                          "endpoint).")] = 1,
+                                          "endpoint; between them the cores talk in memory).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs

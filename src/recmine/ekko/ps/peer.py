@@ -131,7 +131,8 @@ class PeerServer:
         self._waiters: dict[int, list[tuple[PullCall, asyncio.Future]]] = {}  # shard -> waiting Pull calls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._calls: dict[int, grpc.aio.UnaryStreamCall] = {}
+        self._calls: dict[int, grpc.aio.UnaryStreamCall | asyncio.Task] = {}
+        self.neighbours: dict[int, PeerServer] = {}  # servers of this process (colocated): pulled from in memory
         self._kick = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: grpc.aio.Server | None = None
@@ -248,9 +249,11 @@ class PeerServer:
     def _execute(self, actions: list[Subscribe | Cancel]) -> None:
         for act in actions:
             if isinstance(act, Subscribe):
-                self._tasks.append(asyncio.create_task(self._subscription(act)))
+                local = self.neighbours.get(act.node)
+                run = self._local_subscription(act, local) if local is not None else self._subscription(act)
+                self._tasks.append(asyncio.create_task(run))
             else:
-                call = self._calls.get(act.call)
+                call = self._calls.pop(act.call, None)
                 if call is not None:
                     call.cancel()
         self._tasks = [t for t in self._tasks if not t.done()]
@@ -273,6 +276,36 @@ class PeerServer:
                 raise  # shutting down
         except Exception as exc:  # noqa: BLE001 - deadline, unreachable, bad rows: the call failed
             failed = not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED)
+        finally:
+            self._calls.pop(sub.call, None)
+        self._execute(self.core.ended(sub.call, time.monotonic(), failed))
+        self._kick.set()
+
+    async def _local_subscription(self, sub: Subscribe, other: PeerServer) -> None:
+        """A subscription to a server in this process: its core answers ours directly, round by round, with no
+        encoding and no socket (each server still has its own gRPC endpoint for everyone else)."""
+        self._calls[sub.call] = asyncio.current_task()  # a Cancel cancels this task
+        failed = False
+        try:
+            call = other.core.serve(sub.request, time.monotonic())
+            while True:
+                step = call.next(time.monotonic())
+                if isinstance(step, End):
+                    break
+                if isinstance(step, Wait):
+                    await other.wait_change(call, step.until - time.monotonic())
+                    continue
+                cs, last = step.changes, len(step.messages) - 1
+                for i, msg in enumerate(step.messages):
+                    self.core.batch(sub.call, msg, i == last, step.round.complete, cs.version_vector, cs.counter,
+                                    step.round.id, other.incarnation)
+                if step.pause_s:
+                    await asyncio.sleep(step.pause_s)
+        except asyncio.CancelledError:
+            if sub.call in self._calls:  # not our Cancel (it unregisters the call first): shutting down
+                raise
+        except Exception:  # noqa: BLE001 - a bad request or rows: the call failed, as over gRPC
+            failed = True
         finally:
             self._calls.pop(sub.call, None)
         self._execute(self.core.ended(sub.call, time.monotonic(), failed))
@@ -480,6 +513,8 @@ async def serve(cfgs: list[PeerConfig], ready_files: list[str | None] | None = N
     SIGTERM/SIGINT, `for_seconds`, or (with watch_parent) the parent's death; then stop cleanly. Each ready file
     gets its server's port once it listens; on_ready(servers) runs then."""
     peers = [PeerServer(c) for c in cfgs]
+    for p in peers:
+        p.neighbours = {q.cfg.node_id: q for q in peers if q is not p}
     for peer, ready_file in zip(peers, ready_files or [None] * len(peers), strict=True):
         port = await peer.start()
         if ready_file:

@@ -31,7 +31,6 @@ from typing import Any
 
 import numba
 import numpy as np
-import simpy
 
 from recmine.ekko.lab.bench import (
     ENTRY_OVERHEAD,
@@ -58,6 +57,9 @@ from recmine.ekko.ps.core import (
 )
 from recmine.ekko.ps.scheduler import SloScheduler
 from recmine.ekko.ps.store import ParamStore, TableUpdate
+from recmine.extras import require
+
+simpy = require("simpy", "ekko")
 
 MSG_OVERHEAD = 60  # bytes of gRPC/HTTP2 framing and message fields per message beside its rows
 TCP_MSS = 1448

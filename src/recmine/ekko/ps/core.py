@@ -199,8 +199,9 @@ class Core:
         return reps[shard % r]
 
     def wanted(self, now: float) -> dict[Link, int]:
-        """Every link that should be open now and the node it pulls from (the definition `source` gives link by
-        link, built from the shards this node leads: a follower has one link per shard)."""
+        """Every link that should be open now and the node it pulls from. Within the DC a shard's leader pulls from
+        every other replica presumed alive and a follower from its leader; across the WAN only the leader pulls,
+        from the other DC's leader. A follower thus has one link per shard."""
         out: dict[Link, int] = {}
         reps = self.membership.dc_replicas(self.dc)
         for s in range(self.store.num_shards):

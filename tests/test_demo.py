@@ -202,6 +202,10 @@ def test_ekko_latency_and_rollback_reported(demo_run: dict) -> None:
         assert r["p50_ms"] >= 0.9 * sec["rtt_ms"] / 2
     assert sec["per_dc"][0]["p50_ms"] < sec["rtt_ms"] / 2
     assert len(sec["quality"]["live"]) > 0 and all(0.0 <= a <= 1.0 for a in sec["quality"]["live"])
+    # the simulator's run at scale: every DC count, ekko near its floor, every update visible
+    assert [r["dcs"] for r in sec["scale"]] == [4, 16]
+    for r in sec["scale"]:
+        assert r["ekko_visible"] == r["ekko_updates"] > 0 and r["floor_s"] <= r["ekko_p50_s"] <= 2 * r["floor_s"]
     rb = sec["rollback"]
     if not sec["detected"]:
         assert "guard" in sec["rollback_status"]  # says why no rollback ran

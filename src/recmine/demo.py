@@ -52,6 +52,7 @@ class DemoConfig:
     ekko_dim: int = 32
     ekko_batch: int = 512
     ekko_pace_s: float = 0.08  # the stream arrives at one batch per this many seconds (at most)
+    ekko_scale_dcs: tuple[int, ...] = (4, 16, 64)  # the simulator's run at scale (ekko vs central push)
     # faery
     catalogue_items: int = 200_000
     catalogue_dim: int = 64
@@ -68,7 +69,8 @@ class DemoConfig:
     def quick_config(cls, seed: int = 0) -> DemoConfig:
         """Small sizes for tests and CI (well under a minute once kernels are compiled)."""
         return cls(seed=seed, quick=True, ekko_users=300, ekko_items=400, ekko_events=12_000,
-                   ekko_dim=16, ekko_batch=200, ekko_pace_s=0.04, catalogue_items=20_000, catalogue_dim=32,
+                   ekko_dim=16, ekko_batch=200, ekko_pace_s=0.04, ekko_scale_dcs=(4, 16), catalogue_items=20_000,
+                   catalogue_dim=32,
                    k_values=(1, 10, 100, 1_000), n_queries=20,
                    graph_users=4_000, graph_items=600, graph_events=20_000, n_rings=3, ring_size=7)
 
@@ -455,6 +457,16 @@ def _logits(get: Callable[[str, np.ndarray], np.ndarray], u: np.ndarray, i: np.n
     return score_rows(get("user", u), get("item", i), head)
 
 
+def _ekko_scale(cfg: DemoConfig) -> tuple[list[dict[str, Any]], str]:
+    """ekko and central push at cfg.ekko_scale_dcs DCs in the simulator (2 servers per DC, 1 Gbit/s NICs, the
+    benchmark's stream for 0.6 s); CPU costs as measured from real servers when cached, else built-in figures."""
+    from recmine.ekko.lab.sim import CpuCost, SimSpec, cached_cpu, scale_rows
+
+    cpu = cached_cpu(64) or CpuCost(dim=64)
+    base = SimSpec(replicas=2, shards=2, nic_mbps=1000.0, batch_every_s=0.1, duration_s=0.6, seed=cfg.seed)
+    return scale_rows(list(cfg.ekko_scale_dcs), base, ("ekko", "push"), cpu), cpu.source
+
+
 def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[dict[str, Any], Any]:
     """Run the ekko stage on a real 4-DC LocalCluster behind the WAN emulator; returns its results and a live
     handle (its shutdown registered on `stack`)."""
@@ -502,6 +514,12 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         "per_dc": per_dc,
     }
     out["headline"] = _ekko_headline(out) if remote else ""
+    if cfg.ekko_scale_dcs:
+        with ui.step(f"ekko: simulating {', '.join(map(str, cfg.ekko_scale_dcs))} DCs (same protocol core)"):
+            out["scale"], out["scale_cpu_model"] = _ekko_scale(cfg)
+        ui.table("ekko at scale (simulated): update latency to the last server",
+                 [{k: r[k] for k in ("dcs", "servers", "floor_s", "ekko_p50_s", "ekko_p99_s", "push_p50_s",
+                                     "push_p99_s", "push_origin_nic_util")} for r in out["scale"]])
     ui.table(f"ekko: per-DC update latency ({cfg.n_dcs} DCs, RTT {topo['rtt_ms']:.0f} ms)", per_dc)
     ui.table("ekko: served AUC by phase (each batch scored before training on it)", out["quality_by_phase"])
     ui.table("ekko: guard, rollback and quarantine", [_guard_facts(out)])

@@ -146,3 +146,19 @@ def test_every_front_matches_brute_force(index):
                     assert _fits(rows, adj, glabels, edges, labels, induced).all(), where
                     got = _as_matches(rows, edges, induced)
                     assert len(got) == len(set(got)) and set(got) == want, where
+
+
+def test_one_kernel_serves_every_labeling():
+    """Labels are runtime data: every labeling of a structure (and the unlabeled-but-wildcard ones) shares one
+    generated module, and each still counts what brute force finds."""
+    from recmine.g2miner import analyze
+    from recmine.g2miner.codegen import compile_plan
+
+    edges = [(0, 1), (1, 2), (2, 0), (2, 3)]
+    g, adj, glabels = GRAPHS[0]
+    modules = set()
+    for labels in [(0, -1, -1, -1), (1, 0, -1, 1), (0, 0, 1, 1), (-1, -1, 1, -1)]:
+        p = Pattern(4, tuple(edges), labels)
+        modules.add(id(compile_plan(analyze(p, True)).module))
+        assert count(g, p) == len(brute_force_matches(adj, glabels, 4, edges, labels, True)), labels
+    assert len(modules) == 1

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recmine.g2miner.prep import Prepared, build_prepared, degree_order
 
 MAX_VERTICES = 2**31 - 2
 
@@ -103,32 +106,36 @@ class CSRGraph:
         """Check the CSR invariants; raise ValueError naming the first violation."""
         _validate_csr(self.indptr, self.indices, self.num_vertices)
 
+    def prepared(self, kind: str = "ranked", threads: int | None = None,
+                 progress: Callable[[float], None] | None = None) -> Prepared:
+        """The degree-ranked full CSR (kind "ranked") or degree-oriented DAG ("dag") the kernels run on, built once
+        in parallel numba and kept on the graph."""
+        if kind not in ("ranked", "dag"):
+            raise ValueError(f"unknown prepared form {kind!r} (ranked or dag)")
+        if kind not in self._cache:
+            if "order" not in self._cache:
+                self._cache["order"] = degree_order(self.indptr)
+            self._cache[kind] = build_prepared(kind, self.indptr, self.indices, self.labels, threads,
+                                               self._cache["order"])
+        if progress is not None:
+            progress(1.0)
+        return self._cache[kind]
+
     def relabel_by_degree(self) -> tuple[CSRGraph, np.ndarray]:
         """Renumber vertices by descending degree (ties by id); returns (graph, new_to_old), new_to_old[new] = old.
 
         Symmetry breaking bounds later pattern vertices below earlier ones, so a bounded scan of N(v) reads only
         the neighbours with a smaller id, i.e. a higher degree — at most O(sqrt(m)) of them: the degree
         orientation of clique-like patterns comes for free, and hubs never drive quadratic scans."""
-        if "relabel" not in self._cache:
-            deg = self.degrees
-            order = np.lexsort((np.arange(self.num_vertices), -deg)).astype(np.int64)  # new -> old
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.shape[0])
-            src, dst = self.edges()
-            lab = None if self.labels is None else self.labels[order]
-            g = CSRGraph.from_edges(rank[src], rank[dst], self.num_vertices, lab)
-            self._cache["relabel"] = (g, order)
-        return self._cache["relabel"]
+        r = self.prepared("ranked")
+        lab = None if self.labels is None else r.labels
+        return CSRGraph(r.indptr, r.indices, lab), r.new_to_old.astype(np.int64)
 
     def oriented(self) -> tuple[np.ndarray, np.ndarray]:
-        """Degree-oriented DAG (u -> v when (deg u, u) > (deg v, v)) as (indptr, indices) out-neighbour CSR."""
-        deg = self.degrees
-        src = self.edge_sources()
-        dst = self.indices
-        keep = (deg[src] > deg[dst]) | ((deg[src] == deg[dst]) & (src > dst))
-        indptr = np.zeros(self.num_vertices + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src[keep], minlength=self.num_vertices), out=indptr[1:])
-        return indptr, dst[keep].copy()
+        """Degree-oriented DAG over degree-rank ids (each vertex keeps its neighbours of higher degree, i.e. smaller
+        rank) as (indptr, indices) out-neighbour CSR."""
+        d = self.prepared("dag")
+        return d.indptr, d.indices
 
 
 def _check_labels(labels: Any, n: int) -> np.ndarray | None:

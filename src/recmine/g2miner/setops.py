@@ -154,3 +154,27 @@ def intersect_np(a: np.ndarray, b: np.ndarray, ub: int = 2**31 - 1) -> np.ndarra
     out = np.empty(min(a.shape[0], b.shape[0]), dtype=np.int32)
     n = intersect(a.astype(np.int32), b.astype(np.int32), ub, out)
     return out[:n]
+
+
+@njit(cache=True, nogil=True)
+def row_of(indptr, e):
+    """The row (vertex) holding CSR slot e: the last v with indptr[v] <= e (binary search)."""
+    lo, hi = 0, indptr.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if indptr[mid] <= e:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def label_ok(x, vals, lo, hi):
+    """True when vals[lo:hi] is empty (any label) or holds x: a level's allowed labels, runtime data."""
+    if lo == hi:
+        return True
+    for j in range(lo, hi):
+        if vals[j] == x:
+            return True
+    return False

@@ -136,7 +136,7 @@ class CSRGraph:
 
                 def out(n: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
                     held.update(storage.map_writable(tmp, {"indptr": (np.int64, n + 1), "indices": (np.int32, nnz),
-                                                           "order": (np.int32, n)}))
+                                                           "order": (np.int32, n)}, {"kind": kind}))
                     held["order"][:] = order
                     return held["indptr"], held["indices"]
 

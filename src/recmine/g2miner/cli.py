@@ -204,6 +204,7 @@ def motifs_cmd(
     graph: GraphOpt,
     k: Annotated[int, typer.Option("-k", help="Motif size: 3, 4 or 5.")] = 3,
     method: Annotated[str, typer.Option("--method", help="auto, formula (k<=4) or esu.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="Worker threads (default: all cores).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count every connected vertex-induced k-vertex motif (k = 3: 2 motifs, 4: 6, 5: 21).
@@ -217,7 +218,7 @@ def motifs_cmd(
     g = _load(graph)
     try:
         t = time.perf_counter()
-        res = count_motifs(g, k, method)
+        res = count_motifs(g, k, method, threads)
         seconds = time.perf_counter() - t
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")

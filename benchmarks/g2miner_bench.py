@@ -256,9 +256,19 @@ def make_scale_graph(name: str) -> dict[str, Any]:
     return {"name": name, "folder": folder, "text": text if text.exists() else None}
 
 
+def peak_mb() -> float:
+    """This process's peak resident set (VmHWM; ru_maxrss would include the parent's peak from before exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def scale_child(path: str, pattern: str, induced: bool, threads: int, fresh: bool) -> dict:
     """One run in this (fresh) process: load, preprocess, count seconds and this process's peak RSS."""
-    import resource
     import shutil
 
     from recmine.g2miner.graph import load_graph
@@ -284,7 +294,7 @@ def scale_child(path: str, pattern: str, induced: bool, threads: int, fresh: boo
         r = count_detailed(g, pattern, induced, threads)
         result, count_s, compile_s = r.count, r.seconds, r.compile_seconds
     return {"count": result, "load_s": t1 - t0, "preprocess_s": t2 - t1, "count_s": count_s,
-            "compile_s": compile_s, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "compile_s": compile_s, "peak_mb": peak_mb()}
 
 
 def _timed_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
@@ -385,15 +395,13 @@ def _whole_runs(name: str, folder: str, text: Path | None, pattern: str, threads
 
 
 def _text_load_child(path: str, threads: int) -> dict:
-    import resource
-
     from recmine.g2miner.graph import load_graph
 
     t = time.perf_counter()
     g = load_graph(path, threads=threads, cache=False)
     sec = time.perf_counter() - t
     return {"seconds": sec, "edges": g.num_edges, "mb_per_s": Path(path).stat().st_size / 1e6 / sec,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mb": peak_mb()}
 
 
 def _print_scale(rows: list[dict], measured_gm: bool) -> None:

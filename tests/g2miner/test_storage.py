@@ -132,3 +132,18 @@ def test_convert_command(tmp_path, monkeypatch):
         assert _same(load_graph(out, cache=False), _reference_csr(src, dst, n))
     res = runner.invoke(app, ["mine", "convert", str(tmp_path / "missing.txt"), str(tmp_path / "x.g2m")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_progress_reaches_the_end_for_load_preprocess_and_count(tmp_path):
+    src, dst, n = _edges(11)
+    text = tmp_path / "g.txt"
+    text.write_text("\n".join(f"{u} {v}" for u, v in zip(src, dst, strict=True)))
+    seen: dict[str, list[float]] = {"load": [], "prep": [], "count": []}
+    g = load_graph(text, cache=False, threads=2, progress=seen["load"].append)
+    g.prepared("dag", threads=2, progress=seen["prep"].append)
+    from recmine.g2miner import count_detailed
+
+    res = count_detailed(g, "triangle", threads=2, progress=seen["count"].append)
+    assert res.count == count(CSRGraph.from_edges(src, dst), "triangle", threads=1)
+    for name, fractions in seen.items():
+        assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions), name

@@ -297,16 +297,29 @@ def scale_child(path: str, pattern: str, induced: bool, threads: int, fresh: boo
             "compile_s": compile_s, "peak_mb": peak_mb()}
 
 
-def _timed_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
-    """(stdout, wall seconds from process start, peak RSS MB) of a command, via /usr/bin/time."""
+def _timed_process(cmd: list[str], env: dict[str, str] | None = None,
+                   timeout: float | None = None) -> tuple[str, float, float]:
+    """(stdout, wall seconds from process start, peak RSS MB) of a command, via /usr/bin/time; raises
+    subprocess.TimeoutExpired past `timeout` seconds (the process is killed)."""
     import subprocess
+
+    import signal
 
     full = ["/usr/bin/time", "-f", "%e %M", *cmd]
     t = time.perf_counter()
-    out = subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True)
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the timed command too, not only /usr/bin/time
+        proc.communicate()
+        raise
     wall = time.perf_counter() - t
-    rss_kb = int(out.stderr.strip().splitlines()[-1].split()[1])
-    return out.stdout, wall, rss_kb / 1024
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()[-500:]}")
+    rss_kb = int(stderr.strip().splitlines()[-1].split()[1])
+    return stdout, wall, rss_kb / 1024
 
 
 GM_CALLS = {"triangle": ("tc", []), "4-clique": ("clique", ["4"]), "diamond": ("diamond", []),
@@ -314,11 +327,17 @@ GM_CALLS = {"triangle": ("tc", []), "4-clique": ("clique", ["4"]), "diamond": ("
 GM_MOTIF_ORDER = ["3-star", "4-path", "tailed-triangle", "4-cycle", "diamond", "4-clique"]
 
 
-def graphminer_run(gm_dir: Path, folder: Path, pattern: str, threads: int) -> dict:
-    """One GraphMiner binary in its own process: kernel seconds it prints, count, wall, peak RSS."""
+def graphminer_run(gm_dir: Path, folder: Path, pattern: str, threads: int, timeout: float) -> dict | None:
+    """One GraphMiner binary in its own process: kernel seconds it prints, count, wall, peak RSS (None when cut off
+    at `timeout` seconds)."""
+    import subprocess
+
     exe, extra = GM_CALLS[pattern]
-    out, wall, rss = _timed_process([str(gm_dir / exe), str(folder / "graph"), *extra],
-                                    {"OMP_NUM_THREADS": str(threads)})
+    try:
+        out, wall, rss = _timed_process([str(gm_dir / exe), str(folder / "graph"), *extra],
+                                        {"OMP_NUM_THREADS": str(threads)}, timeout)
+    except subprocess.TimeoutExpired:
+        return None
     kernel = float(re.findall(r"runtime[^=]*= ([0-9.eE+-]+)", out)[-1])
     if pattern == "4-motifs":
         vals = [int(x) for x in re.findall(r"pattern \d+: (\d+)", out)]
@@ -346,16 +365,19 @@ def section_scale(args: argparse.Namespace) -> list[dict]:
                    "cached_load_s": second["load_s"] + second["preprocess_s"]}
             if first["count"] != second["count"]:
                 raise RuntimeError(f"{pattern} on {name}: counts differ between runs")
-            if gm_dir is not None:
-                gm = graphminer_run(gm_dir, info["folder"], pattern, threads)
+            gm = graphminer_run(gm_dir, info["folder"], pattern, threads, args.gm_timeout) if gm_dir else None
+            if gm_dir is not None and gm is None:
+                row.update({"gm_kernel_s": None, "gm_cut_off_s": args.gm_timeout})
+            elif gm is not None:
                 if gm["count"] != first["count"]:
                     raise RuntimeError(f"GraphMiner's {pattern} count {gm['count']} != ours {first['count']}")
                 row.update({"gm_kernel_s": gm["kernel_s"], "gm_wall_s": gm["wall_s"], "gm_peak_mb": gm["peak_mb"],
                             "x_kernel": gm["kernel_s"] / row["kernel_s"]})
             rows.append(row)
+            gm_txt = ("" if gm_dir is None else f", GraphMiner cut off at {args.gm_timeout:g} s" if gm is None
+                      else f", GraphMiner kernel {gm['kernel_s']:.3g} s")
             progress.print(f"  {name} {pattern}: kernel {row['kernel_s']:.3g} s, preprocess {row['preprocess_s']:.3g} s,"
-                           f" peak {row['peak_mb_first']:.0f}/{row['peak_mb_cached']:.0f} MB"
-                           + (f", GraphMiner kernel {row['gm_kernel_s']:.3g} s" if gm_dir else ""), markup=False)
+                           f" peak {row['peak_mb_first']:.0f}/{row['peak_mb_cached']:.0f} MB{gm_txt}", markup=False)
         rows += _whole_runs(name, folder, info["text"], "triangle", threads, gm_dir, info["folder"])
     if not args.json:
         _print_scale(rows, gm_dir is not None)
@@ -409,8 +431,11 @@ def _print_scale(rows: list[dict], measured_gm: bool) -> None:
     for r in rows:
         if "kernel_s" in r:
             ref = r.get("gm_kernel_s", ISSUE_GRAPHMINER.get(r["pattern"]) if r["graph"] == "10m" else None)
+            gm_cell = (fmt_seconds(ref) + ("" if measured_gm else " (ref)")) if ref else ""
+            if "gm_cut_off_s" in r:
+                gm_cell = f">{r['gm_cut_off_s']:g} s"
             table.append({"graph": r["graph"], "run": r["pattern"], "ours": fmt_seconds(r["kernel_s"]),
-                          "GraphMiner": (fmt_seconds(ref) + ("" if measured_gm else " (ref)")) if ref else "",
+                          "GraphMiner": gm_cell,
                           "prep": fmt_seconds(r["preprocess_s"]),
                           "peak MB": f"{r['peak_mb_first']:.0f}/{r['peak_mb_cached']:.0f}"})
         else:
@@ -434,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", action="store_true", help="run the scale section only (issue 15's graphs)")
     ap.add_argument("--scale-graphs", default="10m", help="10m and/or 100m (run 100m under the bigmem lock)")
     ap.add_argument("--graphminer", default=None, help="folder of GraphMiner binaries tc, clique, diamond, motif")
+    ap.add_argument("--gm-timeout", type=float, default=300.0, help="seconds before a GraphMiner run is cut off")
     args = ap.parse_args(argv)
     if args.scale:
         out = {"machine": f"{os.cpu_count()} vCPU", "date": time.strftime("%Y-%m-%d"), "scale": section_scale(args)}

@@ -301,9 +301,8 @@ def _timed_process(cmd: list[str], env: dict[str, str] | None = None,
                    timeout: float | None = None) -> tuple[str, float, float]:
     """(stdout, wall seconds from process start, peak RSS MB) of a command, via /usr/bin/time; raises
     subprocess.TimeoutExpired past `timeout` seconds (the process is killed)."""
-    import subprocess
-
     import signal
+    import subprocess
 
     full = ["/usr/bin/time", "-f", "%e %M", *cmd]
     t = time.perf_counter()

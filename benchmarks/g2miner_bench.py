@@ -346,6 +346,25 @@ def graphminer_run(gm_dir: Path, folder: Path, pattern: str, threads: int, timeo
     return {"count": found, "kernel_s": kernel, "wall_s": wall, "peak_mb": rss}
 
 
+def _paired(args: argparse.Namespace, gm_dir: Path, gm_folder: Path, folder: str, pattern: str, induced: bool,
+            threads: int, want: Any) -> dict:
+    """GraphMiner and ours (cached preprocessing, warm kernels) alternately, --pairs times, each in its own process:
+    median kernel seconds of each and the median of the pairwise ratios (robust to a machine whose load drifts)."""
+    ours_s, gm_s, ratios = [], [], []
+    for _ in range(args.pairs):
+        gm = graphminer_run(gm_dir, gm_folder, pattern, threads, args.gm_timeout)
+        if gm is None:
+            return {"gm_kernel_s": None, "gm_cut_off_s": args.gm_timeout}
+        if gm["count"] != want:
+            raise RuntimeError(f"GraphMiner's {pattern} count {gm['count']} != ours {want}")
+        ours = run_isolated(scale_child, folder, pattern, induced, threads, False, threads=threads)
+        ours_s.append(ours["count_s"])
+        gm_s.append(gm["kernel_s"])
+        ratios.append(gm["kernel_s"] / ours["count_s"])
+    return {"kernel_s": statistics.median(ours_s), "gm_kernel_s": statistics.median(gm_s),
+            "x_kernel": statistics.median(ratios), "gm_peak_mb": gm["peak_mb"], "gm_wall_s": gm["wall_s"]}
+
+
 def section_scale(args: argparse.Namespace) -> list[dict]:
     """Issue 15's scale table: ours (fresh process per run) vs GraphMiner's C++ (built, or its reference figures)."""
     rows: list[dict] = []
@@ -364,17 +383,13 @@ def section_scale(args: argparse.Namespace) -> list[dict]:
                    "cached_load_s": second["load_s"] + second["preprocess_s"]}
             if first["count"] != second["count"]:
                 raise RuntimeError(f"{pattern} on {name}: counts differ between runs")
-            gm = graphminer_run(gm_dir, info["folder"], pattern, threads, args.gm_timeout) if gm_dir else None
-            if gm_dir is not None and gm is None:
-                row.update({"gm_kernel_s": None, "gm_cut_off_s": args.gm_timeout})
-            elif gm is not None:
-                if gm["count"] != first["count"]:
-                    raise RuntimeError(f"GraphMiner's {pattern} count {gm['count']} != ours {first['count']}")
-                row.update({"gm_kernel_s": gm["kernel_s"], "gm_wall_s": gm["wall_s"], "gm_peak_mb": gm["peak_mb"],
-                            "x_kernel": gm["kernel_s"] / row["kernel_s"]})
+            if gm_dir is not None:
+                row.update(_paired(args, gm_dir, info["folder"], folder, pattern, induced, threads, first["count"]))
             rows.append(row)
-            gm_txt = ("" if gm_dir is None else f", GraphMiner cut off at {args.gm_timeout:g} s" if gm is None
-                      else f", GraphMiner kernel {gm['kernel_s']:.3g} s")
+            gm_txt = ("" if gm_dir is None else f", GraphMiner cut off at {args.gm_timeout:g} s"
+                      if row.get("gm_kernel_s") is None else
+                      f", GraphMiner kernel {row['gm_kernel_s']:.3g} s (median GraphMiner/ours "
+                      f"{row['x_kernel']:.3g}x over {args.pairs} pairs)")
             progress.print(f"  {name} {pattern}: kernel {row['kernel_s']:.3g} s, preprocess {row['preprocess_s']:.3g} s,"
                            f" peak {row['peak_mb_first']:.0f}/{row['peak_mb_cached']:.0f} MB{gm_txt}", markup=False)
         rows += _whole_runs(name, folder, info["text"], "triangle", threads, gm_dir, info["folder"])
@@ -434,14 +449,14 @@ def _print_scale(rows: list[dict], measured_gm: bool) -> None:
             if "gm_cut_off_s" in r:
                 gm_cell = f">{r['gm_cut_off_s']:g} s"
             table.append({"graph": r["graph"], "run": r["pattern"], "ours": fmt_seconds(r["kernel_s"]),
-                          "GraphMiner": gm_cell,
+                          "GraphMiner": gm_cell, "x": f"{r['x_kernel']:.2f}x" if r.get("x_kernel") else "",
                           "prep": fmt_seconds(r["preprocess_s"]),
                           "peak MB": f"{r['peak_mb_first']:.0f}/{r['peak_mb_cached']:.0f}"})
         else:
             table.append({"graph": r["graph"], "run": r["pattern"], "ours": fmt_seconds(r["wall_s"]),
-                          "GraphMiner": "", "prep": "", "peak MB": f"{r['peak_mb']:.0f}"})
-    title = ("g2miner at scale, 2 threads, each run a fresh process\nkernel = count call (warm kernels); peak MB "
-             "= first run / cached run" + ("" if measured_gm else "\n(ref) = issue 15's GraphMiner figure, not "
+                          "GraphMiner": "", "x": "", "prep": "", "peak MB": f"{r['peak_mb']:.0f}"})
+    title = ("g2miner at scale, 2 threads, each run a fresh process\nkernel = count call (warm kernels), median of --pairs runs alternating "
+             "with GraphMiner;\nx = median of GraphMiner/ours per pair; peak MB = first run / cached run" + ("" if measured_gm else "\n(ref) = issue 15's GraphMiner figure, not "
                                            "measured in this run"))
     console.print(rows_table(table, title=title))
 
@@ -459,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-graphs", default="10m", help="10m and/or 100m (run 100m under the bigmem lock)")
     ap.add_argument("--graphminer", default=None, help="folder of GraphMiner binaries tc, clique, diamond, motif")
     ap.add_argument("--gm-timeout", type=float, default=300.0, help="seconds before a GraphMiner run is cut off")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating GraphMiner / ours kernel runs per pattern")
     args = ap.parse_args(argv)
     if args.scale:
         out = {"machine": f"{os.cpu_count()} vCPU", "date": time.strftime("%Y-%m-%d"), "scale": section_scale(args)}

@@ -157,8 +157,15 @@ def test_reference_counts_facebook(shared_data):
 
 
 def test_set_operations_match_numpy():
-    """Merged and binary-probed (one list 16x longer) intersections, bounded, in place, both argument orders."""
-    from recmine.g2miner.setops import intersect, intersect_count, intersect_inplace
+    """Merged and binary-probed (one list 16x longer) intersections, bounded, in place, both argument orders, and
+    the plain merges of the clique kernels."""
+    from recmine.g2miner.setops import (
+        intersect,
+        intersect_count,
+        intersect_inplace,
+        merge_count,
+        merge_intersect,
+    )
 
     rng = np.random.default_rng(15)
     out = np.empty(600, np.int32)
@@ -173,3 +180,5 @@ def test_set_operations_match_numpy():
             buf = np.zeros(600, np.int32)
             buf[:len(x)] = x
             assert buf[:intersect_inplace(buf, len(x), y, ub)].tolist() == want
+            both = np.intersect1d(x, y).tolist()
+            assert merge_count(x, y) == len(both) and out[:merge_intersect(x, y, out)].tolist() == both

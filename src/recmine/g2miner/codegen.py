@@ -31,9 +31,6 @@ _lock = threading.Lock()
 _loaded: dict[str, tuple[ModuleType, set]] = {}  # digest -> (module, names of the kernels compiled so far)
 
 
-KERNELS = ("count_range", "vertex_range", "list_range")
-
-
 @dataclass
 class CompiledPlan:
     """A plan with its generated source and kernel module (shared by every plan of the same structure: labels are
@@ -222,14 +219,15 @@ def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int]
 def _emit_clique(w: _Writer, plan: SearchPlan, ind: int, i: int, mode: str) -> None:
     """k-clique on the degree-oriented graph (ids are degree ranks, out-neighbours have smaller ids): candidates of
     level i are the candidates of level i-1 that precede v(i-1) (hence below it) and are out-neighbours of v(i-1);
-    one intersection per level, no bounds, each clique once (GraphMiner's DAG algorithm)."""
+    one plain merge per level (DAG rows are short: probing lost to merging there), no bounds, each clique once
+    (GraphMiner's DAG algorithm)."""
     k = len(plan.levels)
     prev = "a0[:e1 - indptr[v0]]" if i == 2 else f"b{i - 1}[:k{i - 1}]"
     last = i == k - 1
     if last and mode == "count":
-        w(ind, f"local += intersect_count({prev}, a{i - 1}, BIG)")
+        w(ind, f"local += merge_count({prev}, a{i - 1})")
         return
-    w(ind, f"n{i} = intersect({prev}, a{i - 1}, BIG, b{i})")
+    w(ind, f"n{i} = merge_intersect({prev}, a{i - 1}, b{i})")
     w(ind, f"for k{i} in range(n{i}):")
     w(ind + 1, f"v{i} = b{i}[k{i}]")
     if last:
@@ -333,7 +331,7 @@ def generate_source(plan: SearchPlan) -> str:
         "from numba import njit",
         "from recmine.g2miner.setops import (contains, copy_below, count_below, difference_count,",
         "                                    difference_inplace, intersect, intersect_count, intersect_inplace,",
-        "                                    label_ok, row_of)",
+        "                                    label_ok, merge_count, merge_intersect, row_of)",
         "",
         f"BIG = {BIG}",
         "",

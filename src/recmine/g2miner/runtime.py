@@ -4,6 +4,7 @@ points (count, per-vertex counts, task subsets for the Ray backend, streamed lis
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -111,8 +112,6 @@ def run_ranges(compiled: CompiledPlan, prep: Prepared, ranges: list[tuple[int, i
         local: dict[int, np.ndarray] = {}
 
         def call(c: int) -> int:
-            import threading
-
             tid = threading.get_ident()
             if tid not in local:
                 local[tid] = np.zeros(prep.num_vertices, np.int64)

@@ -69,7 +69,7 @@ def _probe(small, ns, big, ub, out):
 
 @njit(cache=True, nogil=True)
 def _merge(a, na, b, ub, out):
-    """a[:na] ∩ b below ub by a merge whose index steps are branch-free."""
+    """a[:na] ∩ b below ub by a merge (writes to out unless it is None)."""
     i = 0
     j = 0
     n = 0
@@ -79,13 +79,29 @@ def _merge(a, na, b, ub, out):
         y = b[j]
         if x >= ub or y >= ub:
             break
-        if x == y:
+        if x < y:
+            i += 1
+        elif y < x:
+            j += 1
+        else:
             if out is not None:
                 out[n] = x
             n += 1
-        i += x <= y
-        j += y <= x
+            i += 1
+            j += 1
     return n
+
+
+@njit(cache=True, nogil=True)
+def merge_intersect(a, b, out):
+    """Write sorted a ∩ b into out by a plain merge; return how many (the clique kernels' short DAG rows)."""
+    return _merge(a, a.shape[0], b, 2147483647, out)
+
+
+@njit(cache=True, nogil=True)
+def merge_count(a, b):
+    """|a ∩ b| for sorted a, b by a plain merge."""
+    return _merge(a, a.shape[0], b, 2147483647, None)
 
 
 @njit(cache=True, nogil=True)

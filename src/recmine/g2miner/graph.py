@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from recmine.g2miner import storage
-from recmine.g2miner.prep import Prepared, build_prepared, degree_order, frozen, max_degree
+from recmine.g2miner.prep import Prepared, build_prepared, degree_order, frozen, max_degree, release
 from recmine.g2miner.storage import MAX_VERTICES, NeedsCleaning
 
 
@@ -331,6 +331,7 @@ def _load_graphminer(d: Path, cdir: Path | None, trusted: bool, threads: int | N
     if not trusted:
         try:
             storage.validate_csr(indptr, indices, n, str(d), threads)
+            release(indices, 0, indices.shape[0])  # validated: the pages need not stay in our resident set
         except NeedsCleaning:
             src = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
             indptr, indices = storage.csr_from_pairs(src, np.asarray(indices), n)

@@ -10,6 +10,7 @@ dynamically (a shared counter), so skewed rows do not leave a thread idle and ev
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 import time
@@ -117,10 +118,11 @@ def degree_order(indptr):
 
 
 @njit(cache=True, nogil=True)
-def _ranked_sizes(indptr, indices, order, rank, lo, hi, dag, out):
-    """out[r + 1] = length of new row r (r in [lo, hi)): every neighbour, or (dag) those of smaller rank."""
-    for r in range(lo, hi):
-        u = order[r]
+def _ranked_sizes(indptr, indices, rank, lo, hi, dag, out):
+    """For input rows u in [lo, hi): out[rank[u] + 1] = length of its new row (every neighbour, or for the DAG
+    those of smaller rank). Input rows are read in order, so a mapped input streams."""
+    for u in range(lo, hi):
+        r = rank[u]
         if not dag:
             out[r + 1] = indptr[u + 1] - indptr[u]
             continue
@@ -132,10 +134,11 @@ def _ranked_sizes(indptr, indices, order, rank, lo, hi, dag, out):
 
 
 @njit(cache=True, nogil=True)
-def _ranked_fill(indptr, indices, order, rank, lo, hi, dag, new_indptr, new_indices):
-    """Write new rows lo..hi-1: neighbours renamed to ranks (only smaller ranks for the DAG), sorted."""
-    for r in range(lo, hi):
-        u = order[r]
+def _ranked_fill(indptr, indices, rank, lo, hi, dag, new_indptr, new_indices):
+    """Write the new rows of input rows lo..hi-1: neighbours renamed to ranks (only smaller ranks for the DAG),
+    sorted."""
+    for u in range(lo, hi):
+        r = rank[u]
         p = new_indptr[r]
         for e in range(indptr[u], indptr[u + 1]):
             x = rank[indices[e]]
@@ -145,17 +148,38 @@ def _ranked_fill(indptr, indices, order, rank, lo, hi, dag, new_indptr, new_indi
         new_indices[new_indptr[r]:p].sort()
 
 
+def release(a: np.ndarray, lo: int, hi: int) -> None:
+    """Drop a[lo:hi] of a read-only file mapping from this process's resident set (the pages stay in the page
+    cache): a streamed input then costs no more than the piece being read."""
+    m = getattr(a, "_mmap", None) if isinstance(a, np.memmap) else None
+    if m is None or a.flags.writeable or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = int(a.offset) + lo * a.itemsize
+    page = mmap.PAGESIZE
+    first = -(-start // page) * page
+    last = (int(a.offset) + hi * a.itemsize) // page * page
+    if last > first:
+        m.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def ranked_csr(indptr: np.ndarray, indices: np.ndarray, order: np.ndarray, rank: np.ndarray, dag: bool,
                threads: int, out: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
-    """The degree-ranked CSR (dag=False) or the degree-oriented DAG (dag=True), rows sorted, in parallel.
+    """The degree-ranked CSR (dag=False) or the degree-oriented DAG (dag=True), rows sorted, in parallel, reading
+    the input rows in order and releasing a mapped input's pages behind them.
 
     `out(n, nnz)` may supply the (indptr, indices) arrays to fill (e.g. a file mapping for the cache)."""
     n = indptr.shape[0] - 1
-    bounds = even_ranges(n, 8 * threads)
+    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], 8 * threads + 1)).astype(np.int64)
+    cuts[0], cuts[-1] = 0, n
+    bounds = np.unique(cuts)
+
+    def sizes_piece(c: int) -> None:
+        _ranked_sizes(indptr, indices, rank, bounds[c], bounds[c + 1], dag, sizes)
+        release(indices, int(indptr[bounds[c]]), int(indptr[bounds[c + 1]]))
+
     sizes = np.zeros(n + 1, np.int64)
-    run_chunks(lambda c: _ranked_sizes(indptr, indices, order, rank, bounds[c], bounds[c + 1], dag, sizes),
-               len(bounds) - 1, threads)
+    run_chunks(sizes_piece, len(bounds) - 1, threads)
     np.cumsum(sizes, out=sizes)
     nnz = int(sizes[-1])
     if out is None:
@@ -164,8 +188,12 @@ def ranked_csr(indptr: np.ndarray, indices: np.ndarray, order: np.ndarray, rank:
         new_indptr, new_indices = out(n, nnz)
         new_indptr[:] = sizes
         del sizes
-    run_chunks(lambda c: _ranked_fill(indptr, indices, order, rank, bounds[c], bounds[c + 1], dag, new_indptr,
-                                      new_indices), len(bounds) - 1, threads)
+
+    def fill_piece(c: int) -> None:
+        _ranked_fill(indptr, indices, rank, bounds[c], bounds[c + 1], dag, new_indptr, new_indices)
+        release(indices, int(indptr[bounds[c]]), int(indptr[bounds[c + 1]]))
+
+    run_chunks(fill_piece, len(bounds) - 1, threads)
     return new_indptr, new_indices
 
 

@@ -146,3 +146,42 @@ def test_every_front_matches_brute_force(index):
                     assert _fits(rows, adj, glabels, edges, labels, induced).all(), where
                     got = _as_matches(rows, edges, induced)
                     assert len(got) == len(set(got)) and set(got) == want, where
+
+
+def test_one_kernel_serves_every_labeling():
+    """Labels are runtime data: every labeling of a structure (and the unlabeled-but-wildcard ones) shares one
+    generated module, and each still counts what brute force finds."""
+    from recmine.g2miner import analyze
+    from recmine.g2miner.codegen import compile_plan
+
+    edges = [(0, 1), (1, 2), (2, 0), (2, 3)]
+    g, adj, glabels = GRAPHS[0]
+    modules = set()
+    for labels in [(0, -1, -1, -1), (1, 0, -1, 1), (0, 0, 1, 1), (-1, -1, 1, -1)]:
+        p = Pattern(4, tuple(edges), labels)
+        modules.add(id(compile_plan(analyze(p, True)).module))
+        assert count(g, p) == len(brute_force_matches(adj, glabels, 4, edges, labels, True)), labels
+    assert len(modules) == 1
+
+
+@pytest.mark.parametrize("edges, labels, induced", [
+    ([(0, 1)], None, True), ([(0, 1), (1, 2), (0, 2)], None, True), ([(0, 1), (1, 2)], None, True),
+    ([(a, b) for a in range(4) for b in range(a + 1, 4)], None, True),
+    ([(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)], None, False), ([(0, 1), (1, 2), (2, 3), (3, 0)], None, True),
+    ([(0, 1), (1, 2), (0, 2), (2, 3)], (1, -1, -1, 0), True), ([(0, 1), (1, 2), (2, 3)], (0, -1, 1, -1), False),
+])
+def test_per_vertex_counts_match_brute_force(edges, labels, induced):
+    """count(..., per_vertex=True)[v] = number of matches holding v (brute force), threads 1 and 2; the sum over
+    vertices is k times the count."""
+    k = max(max(e) for e in edges) + 1
+    p = Pattern(k, tuple(edges), labels)
+    for g, adj, glabels in GRAPHS:
+        want = np.zeros(g.num_vertices, np.int64)
+        for match in brute_force_matches(adj, glabels, k, edges, labels, induced):
+            verts = match if induced else {x for e in match for x in e}
+            for v in verts:
+                want[v] += 1
+        for threads in (1, 2):
+            got = count(g, p, induced=induced, threads=threads, per_vertex=True)
+            assert got.dtype == np.int64 and np.array_equal(got, want), (p.text(), threads)
+        assert got.sum() == k * count(g, p, induced=induced)

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from recmine.faery import durable, kernels
-from recmine.faery.corpus import ARRAYS, Corpus
-from recmine.faery.index import Index, check_ids, check_queries
+from recmine.faery.index import Index, check_ids, check_queries, warm_up
 from recmine.faery.wal import (
     CURRENT,
     OP_DELETE,
@@ -54,17 +53,8 @@ LOCK_FILE = "LOCK"
 # immutable snapshots
 def _clone(index: Index) -> Index:
     """A private, writable copy of an index (the published one is shared with searches and never mutated)."""
-    c = index.corpus
     new = Index(index.dim, index.metric, index.storage)
-    nc: Corpus = new.corpus
-    for name in ARRAYS:
-        if name == "packed" and c.storage == "fp32":
-            continue
-        setattr(nc, name, np.array(getattr(c, name)[: c.size]))
-    if c.storage == "fp32":
-        nc.packed = nc.master
-    nc.size = c.size
-    nc.slot_of = dict(c.slot_of)
+    new.corpus = index.corpus.copy()
     new._next_id = getattr(index, "_next_id", 0)
     return new
 
@@ -309,6 +299,7 @@ class RetrievalCore:
             write_checkpoint(self.root, base, 0)
         if dim is not None and int(dim) != base.dim:
             raise ValueError(f"the index in {self.root} has dim {base.dim}, not {dim}")
+        warm_up(base.storage, base.metric)  # the JIT and kernel cache load now, not in the first request
         for name, want, have in (("metric", metric, base.metric), ("storage", storage, base.storage)):
             if want is not None and want != have:
                 log.warning("%s: existing index has %s %s; ignoring %s", self.root, name, have, want)

@@ -118,13 +118,14 @@ class Corpus:
             self._map = IdMap.of(np.asarray(self.ids[: self.size]), np.asarray(self.live[: self.size]))
         return self._map
 
-    def _grow(self, need: int) -> None:
-        """Capacity >= need, growing 1.5x (amortised O(1) per row); rows are copied by a parallel kernel."""
+    def _grow(self, need: int, used: int | None = None) -> None:
+        """Capacity >= need, growing 1.5x (amortised O(1) per row); rows 0..used-1 (default: size; staged rows
+        beyond size too when given) are copied by a parallel kernel."""
         if need <= self.capacity:
             return
         self._ensure_writable()
         new = max(need, self.capacity + self.capacity // 2, 1024)
-        n = self.size
+        n = self.size if used is None else used
         for name in ("ids", "live", "scale", "norms", "bias"):
             old = getattr(self, name)
             arr = np.zeros(new, old.dtype)
@@ -218,7 +219,7 @@ class Corpus:
     def stage(self, x: np.ndarray, at: int, offset: int = 0) -> None:
         """Encode rows x into slots at.. (beyond size: nothing is published). ValueError naming the first bad row
         (numbered from `offset`, the rows of the call before this chunk)."""
-        self._grow(at + x.shape[0])
+        self._grow(at + x.shape[0], used=at)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
         bad = kernels.encode(x, at, self.master, self.packed, self.scale, self.norms, self.bias,

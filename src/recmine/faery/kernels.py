@@ -438,6 +438,39 @@ def exact_l2(q64, master, slots):
 
 
 # ---------------------------------------------------------------------------------------------------- build
+@njit(cache=True, nogil=True)
+def _row_ok(row, fp16):
+    """Every element finite once rounded to float32 (and within fp16's range when fp16); strict IEEE, no fast-math,
+    so a NaN can never be optimised away."""
+    ok = True
+    for j in range(row.shape[0]):
+        v = np.float32(row[j])
+        ok = ok & (abs(v) <= (np.float32(65504.0) if fp16 else np.float32(np.inf)))
+    return ok
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "nnan", "ninf"})
+def _row_copy_stats(row, out):
+    """out[:] = float32(row); (sum of squares in float64, max |element|) in any summation order: they only size the
+    bounds (norms carry a 1e-6 margin). Only called on rows _row_ok accepted."""
+    sq = 0.0
+    amax = np.float32(0.0)
+    for j in range(row.shape[0]):
+        v = np.float32(row[j])
+        out[j] = v
+        sq += np.float64(v) * np.float64(v)
+        amax = max(amax, abs(v))
+    return sq, amax
+
+
+@njit(cache=True, nogil=True)
+def _quantize_row(row, inv, out):
+    """out[j] = round(row[j] * inv) clipped to +-127, in float64 (|x - s x^| <= s/2 up to 2^-50 relative)."""
+    for j in range(row.shape[0]):
+        t = np.floor(np.float64(row[j]) * inv + 0.5)
+        out[j] = np.int8(min(127.0, max(-127.0, t)))
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def encode(x, dst, master, packed, scale, norms, bias, tier, l2, check_fp16):
     """Write rows x (any float dtype) into slots dst.. of every tier array in one parallel pass: fp32 master copy,
@@ -452,33 +485,19 @@ def encode(x, dst, master, packed, scale, norms, bias, tier, l2, check_fp16):
         lo = c * n // nchunks
         hi = (c + 1) * n // nchunks
         for i in range(lo, hi):
-            s = dst + i
-            amax = 0.0
-            sq = 0.0
-            ok = True
-            for j in range(dim):
-                v = np.float32(x[i, j])
-                if not np.isfinite(v) or (check_fp16 and abs(v) > 65504.0):
-                    ok = False
-                master[s, j] = v
-                v64 = np.float64(v)
-                sq += v64 * v64
-                amax = max(amax, abs(v64))
-            if not ok:
+            if not _row_ok(x[i], check_fp16):
                 if bad[c] < 0:
                     bad[c] = i
                 continue
+            s = dst + i
+            sq, amax = _row_copy_stats(x[i], master[s])
             norms[s] = np.float32(np.sqrt(sq)) * np.float32(1.0 + 1e-6)
             bias[s] = np.float32(-sq) if l2 else np.float32(0.0)
             if tier == INT8:
-                sc = np.float32(amax / 127.0)
+                sc = np.float32(np.float64(amax) / 127.0)
                 scale[s] = sc
-                inv = 1.0 / np.float64(sc) if sc > 0 else 0.0
-                for j in range(dim):
-                    qv = np.rint(np.float64(master[s, j]) * inv)
-                    packed[s, j] = np.int8(min(127.0, max(-127.0, qv)))
-                for j in range(dim, pdim):
-                    packed[s, j] = 0
+                _quantize_row(master[s], 1.0 / np.float64(sc) if sc > 0 else 0.0, packed[s, :dim])
+                packed[s, dim:] = 0
     for c in range(nchunks):
         if bad[c] >= 0:
             return bad[c]

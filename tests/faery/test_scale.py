@@ -157,7 +157,7 @@ def test_build_from_a_memory_mapped_file_and_from_chunks(tmp_path, corpus):
     bad[25_000, 3] = np.nan
     before = c.search(q, 20)
     with pytest.raises(ValueError, match="vector 25000 contains NaN"):
-        c.add((bad[lo: lo + 10_000] for lo in range(0, 30_000, 10_000)))
+        c.add(bad[lo: lo + 10_000] for lo in range(0, 30_000, 10_000))
     assert len(c) == 70_000 and c.corpus.size == 70_000
     np.testing.assert_array_equal(c.search(q, 20)[1], before[1])
     with pytest.raises(ValueError, match="3 ids for 2 vectors"):

@@ -478,7 +478,6 @@ def encode(x, dst, master, packed, scale, norms, bias, tier, l2, check_fp16):
     caller), norm, and the l2 bias. Returns the first row that is not finite (or beyond fp16's range), else -1;
     rows are validated before anything is published, so a rejected call leaves the index as it was."""
     n, dim = x.shape
-    pdim = packed.shape[1]
     nchunks = max(1, min(256, n // 512))
     bad = np.full(nchunks, -1, np.int64)
     for c in prange(nchunks):

@@ -79,7 +79,7 @@ class Corpus:
         self.size = 0
         self.n_live = 0
         self.master_path = Path(master_path) if master_path is not None else None
-        self._map: IdMap | None = IdMap()
+        self._map: IdMap | None = None  # built on first use: an add with default ids never needs it
         self.attrs: dict[str, np.ndarray] = {}
         self._readonly = False
         self._alloc(max(0, capacity))
@@ -113,7 +113,7 @@ class Corpus:
 
     @property
     def idmap(self) -> IdMap:
-        """ids -> slots of the live rows (built on first use after a load: O(size), ~10^7 ids/s)."""
+        """ids -> slots of the live rows (built on first use: O(size), ~10^7 ids/s; then kept up to date)."""
         if self._map is None:
             self._map = IdMap.of(np.asarray(self.ids[: self.size]), np.asarray(self.live[: self.size]))
         return self._map
@@ -309,17 +309,20 @@ class Corpus:
         straight from memory (or from the memory-mapped master), never copied whole."""
         d = durable.make_dirs(directory)
         files = {}
-        arrays = {name: getattr(self, name) for name in ARRAYS if not (name == "packed" and self.storage == "fp32")}
-        arrays.update({f"attr.{k}": v for k, v in self.attrs.items()})
-        for name, full in arrays.items():
-            arr = full[: self.size]
+        arrays = {name: getattr(self, name)[: self.size] for name in ARRAYS
+                  if not (name == "packed" and self.storage == "fp32")}
+        arrays.update({f"attr.{k}": v[: self.size] for k, v in self.attrs.items()})
+        idmap = self.idmap  # saved whole: a loaded index answers id lookups without rebuilding it
+        arrays.update({"idmap.keys": idmap.keys, "idmap.vals": idmap.vals})
+        for name, arr in arrays.items():
             path = d / f"{name}.npy"
             # new file, then rename: an index memory-mapping the old one stays valid
             durable.atomic_write(path, lambda fh, arr=arr: np.save(fh, arr), sync_dir=False)
             files[name] = {"bytes": path.stat().st_size, "crc32": _crc32(path)}
         durable.fsync_dir(d)
         manifest = {**meta, "dim": self.dim, "storage": self.storage, "size": self.size, "live": self.n_live,
-                    "attrs": sorted(self.attrs), "files": files, "format": FORMAT}
+                    "attrs": sorted(self.attrs), "idmap": {"count": idmap.count, "used": idmap.used}, "files": files,
+                    "format": FORMAT}
         text = json.dumps(manifest).encode()
         durable.atomic_write(d / "manifest.json", lambda fh: fh.write(text))
 
@@ -350,6 +353,7 @@ class Corpus:
                 master_path=master_path)
         c.size = int(manifest["size"])
         names = [n for n in manifest["files"] if n != "sqnorms"]  # format 1 also stored sqnorms (unused now)
+        tables: dict[str, np.ndarray] = {}
         for name in names:
             info = manifest["files"][name]
             path = d / f"{name}.npy"
@@ -364,6 +368,9 @@ class Corpus:
                 arr = np.load(path, mmap_mode="c" if mmap else None)
             except ValueError as exc:
                 raise ValueError(f"{path}: unreadable ({exc})") from None
+            if name.startswith("idmap."):
+                tables[name] = arr
+                continue
             if arr.shape[:1] != (c.size,):
                 raise ValueError(f"{path}: holds {arr.shape[0] if arr.ndim else 0} rows, manifest says {c.size}")
             if name.startswith("attr."):
@@ -374,6 +381,9 @@ class Corpus:
             c.packed = c.master
         c.n_live = int(manifest["live"]) if "live" in manifest else int(np.count_nonzero(c.live))
         c._map = None
+        if len(tables) == 2 and "idmap" in manifest:  # writes touch private copies of its pages (mapped "c")
+            c._map = IdMap.of_tables(tables["idmap.keys"], tables["idmap.vals"], manifest["idmap"]["count"],
+                                     manifest["idmap"]["used"])
         c._readonly = True
         return c, manifest
 

@@ -1,7 +1,7 @@
 """External int64 ids -> slots: an open-addressing hash table in two numpy arrays with numba kernels.
 
 A Python dict of 10^8 ints needs ~10 GB and minutes to build; this table needs 16 bytes per entry at a load factor
-<= 0.6 and builds at ~10^7 ids per second. Keys are any int64; a value >= 0 is a slot, -1 an empty entry, -2 a
+<= 0.7 and builds at ~10^7 ids per second. Keys are any int64; a value >= 0 is a slot, -1 an empty entry, -2 a
 deleted one (probing continues past it). Batch inserts are all-or-nothing: a duplicate inside the batch or an id
 already present rolls the batch back and is reported."""
 
@@ -12,7 +12,7 @@ from numba import njit
 
 EMPTY, DELETED = -1, -2
 _M64 = (1 << 64) - 1
-MAX_LOAD = 0.6
+MAX_LOAD = 0.7
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -110,8 +110,8 @@ def build(ids, slots, keys, vals):
 
 
 def capacity_for(n: int) -> int:
-    """Table size (a power of two) for n entries at load <= MAX_LOAD / 2 (room to grow)."""
-    return 1 << max(4, int(np.ceil(np.log2(max(1, n) / (MAX_LOAD / 2)))))
+    """Table size (a power of two) for n entries at load <= 0.5 (room to grow before MAX_LOAD)."""
+    return 1 << max(4, int(np.ceil(np.log2(max(1, n) / 0.5))))
 
 
 class IdMap:
@@ -130,6 +130,16 @@ class IdMap:
         m = cls(slots.size)
         build(np.asarray(ids, np.int64)[slots], slots.astype(np.int64), m.keys, m.vals)
         m.count = m.used = int(slots.size)
+        return m
+
+    @classmethod
+    def of_tables(cls, keys: np.ndarray, vals: np.ndarray, count: int, used: int) -> IdMap:
+        """A table saved earlier (keys/vals as written, e.g. memory-mapped); ValueError when malformed."""
+        size = keys.shape[0]
+        if keys.shape != vals.shape or keys.ndim != 1 or size < 16 or size & (size - 1) or not 0 <= count <= used <= size:
+            raise ValueError(f"malformed id table: {keys.shape} keys, {vals.shape} values, {count} ids")
+        m = cls.__new__(cls)
+        m.keys, m.vals, m.count, m.used = keys, vals, int(count), int(used)
         return m
 
     def __len__(self) -> int:

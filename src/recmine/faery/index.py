@@ -147,6 +147,10 @@ class Index:
         """Names of the per-row integer attributes (filterable with `where=`)."""
         return tuple(sorted(self.corpus.attrs))
 
+    def attributes_tuple(self) -> tuple[str, ...]:
+        """`attributes` as a method (what a Ray actor can call)."""
+        return self.attributes
+
     def __len__(self) -> int:
         return len(self.corpus)
 

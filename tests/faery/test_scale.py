@@ -271,3 +271,38 @@ def test_bad_input_gets_clear_errors(tmp_path, corpus):
     with pytest.raises(ValueError, match=r"packed\.npy: .* bytes, manifest says .*truncated"):
         Index.load(tmp_path / "idx")
     assert len(idx) == 1000
+
+
+def test_cli_build_with_attributes_search_with_filters_and_verify(tmp_path, corpus):
+    from typer.testing import CliRunner
+
+    from recmine.cli import app
+
+    x, cat = corpus["x"][:3000], corpus["cat"][:3000]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", corpus["q"][:3])
+    np.savez(tmp_path / "a.npz", cat=cat)
+    np.save(tmp_path / "allow.npy", np.arange(0, 3000, 3))
+    run = CliRunner().invoke
+    r = run(app, ["retrieve", "build", "--vectors", str(tmp_path / "x.npy"), "--attrs", str(tmp_path / "a.npz"),
+                  "--out", str(tmp_path / "idx"), "--master-on-disk", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["attributes"] == "cat" and not list(tmp_path.glob(".idx.master.tmp"))
+    r = run(app, ["retrieve", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"),
+                  "-k", "7", "--where", "cat=0:40", "--allow", str(tmp_path / "allow.npy"), "--verify", "--json"])
+    assert r.exit_code == 0, r.output
+    keep = np.flatnonzero((cat < 40) & (np.arange(3000) % 3 == 0))
+    want = brute_force_topk(x[keep], keep, corpus["q"][:3], 7)[1]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["ids"] == want.tolist()
+    assert json.loads(run(app, ["retrieve", "verify", "--index", str(tmp_path / "idx"), "--json"]).stdout)["ok"]
+    packed = tmp_path / "idx" / "packed.npy"
+    raw = bytearray(packed.read_bytes())
+    raw[200] ^= 1
+    packed.write_bytes(bytes(raw))
+    r = run(app, ["retrieve", "verify", "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 2 and "packed.npy: checksum mismatch" in " ".join(r.output.split())
+    for bad, msg in ((["--where", "colour=1"], "unknown attribute 'colour'"), (["--where", "cat=a:b"], "--where takes"),
+                     (["--where", "cat=1", "--where", "cat=2"], "twice")):
+        r = run(app, ["retrieve", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"),
+                      *bad])
+        assert r.exit_code == 2 and msg in " ".join(r.output.split()), r.output

@@ -89,6 +89,11 @@ def test_filters_inside_the_scan_equal_the_oracle_on_allowed_rows(corpus, built,
     s, i = idx.search(q[:2], 8, allow=few)
     assert set(i[0, :5].tolist()) == set(few.tolist()) and (i[:, 5:] == -1).all() and np.isneginf(s[:, 5:]).all()
     assert (idx.search(q[:2], 3, allow=[])[1] == -1).all()
+    tiny = np.zeros(4 * N, np.bool_)
+    tiny[few[:3]] = True  # a bitmap allowing 3 rows: checked inside the scan, the tail padded
+    for qq in (q[:1], q):
+        s, i = idx.search(qq, 8, allow=tiny)
+        assert (np.sort(i[:, :3], axis=1) == np.sort(few[:3])).all() and (i[:, 3:] == -1).all()
 
 
 def test_filters_after_removal_and_l2(corpus):

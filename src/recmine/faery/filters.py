@@ -3,9 +3,10 @@
 `allow` is an id set (any iterable of ints, or an integer array) or a bitmap over ids (a boolean array: id i is
 allowed when i < len(bitmap) and bitmap[i]). `where` maps attribute names to a predicate on the row's integer
 attribute: a `range` (lo <= v < hi, any step 1) or a set of values (any other iterable of ints). Every condition
-must hold. The result is either a byte mask over slots (dense filters: the scan skips the other rows) or a sorted
-list of slots (selective filters: the scan reads only those rows); both are applied before K-selection, so the
-search is exact over the allowed rows."""
+must hold. The result is a sorted list of slots (an id set, or selective predicates: the scan reads only those
+rows), or a byte mask over slots (dense predicates) and/or an id bitmap that the scan checks row by row as it
+builds each block (skipped rows are never scored); all are applied before K-selection, so the search is exact over
+the allowed rows."""
 
 from __future__ import annotations
 
@@ -16,15 +17,6 @@ import numpy as np
 from numba import njit, prange
 
 LIST_BELOW = 0.125  # allowed fraction under which the scan reads a list of rows instead of a mask
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _and_bitmap(mask, ids, bitmap):
-    nb = bitmap.shape[0]
-    for s in prange(mask.shape[0]):
-        if mask[s]:
-            i = ids[s]
-            mask[s] = 1 if (0 <= i < nb and bitmap[i]) else 0
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -101,15 +93,15 @@ def check_allow(allow: Any) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mask, rowlist, allowed): the rows a search reads. Exactly one of mask/rowlist is non-empty when anything
-    is excluded (tombstones or a filter); both empty means every slot. KeyError naming an unknown allowed id."""
+def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(mask, rowlist, bitmap, at_most): the rows a search reads. rowlist (sorted slots) when non-empty; else the
+    slots whose mask byte is set (mask empty: all) and, with an id bitmap, whose id the bitmap allows: the scan
+    checks the bitmap as it builds each block, so an id bitmap costs no pass of its own. at_most: the number of
+    allowed rows, or an upper bound of it when a bitmap is checked during the scan. KeyError naming an unknown id
+    of an id set."""
     n = corpus.size
-    empty8, empty64 = np.zeros(0, np.uint8), np.zeros(0, np.int64)
-    if allow is None and not where:
-        if corpus.n_live == n:
-            return empty8, empty64, n
-        return corpus.live_mask(), empty64, corpus.n_live
+    empty8, empty64, nobits = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_)
     if allow is not None and allow.dtype != np.bool_:  # an id set: start from its rows only
         slots = corpus.idmap.lookup(allow) if allow.size else empty64
         if (slots < 0).any():
@@ -121,10 +113,12 @@ def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]) -> tup
             col = np.asarray(corpus.attrs[name][rows])
             keep &= ((col >= pred[0]) & (col < pred[1])) if isinstance(pred, tuple) else np.isin(col, pred)
         rows = rows[keep]
-        return empty8, rows, int(rows.size)
+        return empty8, rows, nobits, int(rows.size)
+    bitmap = nobits if allow is None else allow
+    if not where:
+        mask = empty8 if corpus.n_live == n else corpus.live_mask()
+        return mask, empty64, bitmap, corpus.n_live
     mask = corpus.live_mask().copy()
-    if allow is not None:
-        _and_bitmap(mask, np.asarray(corpus.ids[:n]), allow)
     for name, pred in where.items():
         col = np.asarray(corpus.attrs[name][:n])
         if isinstance(pred, tuple):
@@ -133,5 +127,9 @@ def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]) -> tup
             _and_in_set(mask, col, pred)
     allowed = int(_count(mask))
     if allowed < LIST_BELOW * n:
-        return empty8, np.flatnonzero(mask).astype(np.int64), allowed
-    return mask, empty64, allowed
+        rows = np.flatnonzero(mask).astype(np.int64)
+        if bitmap.shape[0]:
+            ids = np.asarray(corpus.ids)[rows]
+            rows = rows[(ids >= 0) & (ids < bitmap.shape[0]) & bitmap[np.clip(ids, 0, max(0, bitmap.shape[0] - 1))]]
+        return empty8, rows, nobits, int(rows.size)
+    return mask, empty64, bitmap, allowed

@@ -377,12 +377,12 @@ class Index:
         l2 = self._metric == "l2"
         scores = np.full((nq, k), np.inf if l2 else -np.inf, np.float32)
         out_ids = np.full((nq, k), -1, np.int64)
-        mask, rowlist, allowed = filters.resolve(self.corpus, allow_arr, preds)
-        if allowed == 0 or nq == 0:
+        rows = filters.resolve(self.corpus, allow_arr, preds)
+        if rows[3] == 0 or nq == 0:
             self._last_pass_rate = 0.0
             return scores, out_ids
-        kk = min(k, allowed)
-        keys, ids, passed = self._scan(q, kk, mask, rowlist)
+        kk = min(k, rows[3])
+        keys, ids, passed = self._scan(q, kk, *rows[:3])
         scores[:, :kk] = keys if l2 else -keys
         out_ids[:, :kk] = ids
         self._last_pass_rate = passed / (nq * max(1, self.corpus.size))
@@ -437,8 +437,8 @@ class Index:
         pad[:nq] = q
         return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
 
-    def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, theta0: np.ndarray,
-             batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
+             theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
         thresholds, failed) as kernels.merge."""
         c = self.corpus
@@ -456,14 +456,14 @@ class Index:
         cap_c = nq * (2 * cap_r + 4096)
         while True:
             out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
-                               q8, q8lo, qf, qt8, qtf, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"],
+                               c.ids, bitmap, q8, q8lo, qf, qt8, qtf, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"],
                                t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
             if not out[3][:, 1].any():
                 return kernels.merge(*out, theta0, k)
             cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more
 
     def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
-                           batch: bool) -> np.ndarray:
+                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
         """A starting threshold per query for large K, from every SAMPLE_STRIDE-th block of rows: the r-th largest
         lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
         are expected above it. The scan then passes few more than the final candidates from its first row on; if
@@ -476,26 +476,31 @@ class Index:
         starts = np.arange(0, space, SAMPLE_STRIDE * 64)
         pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
         pos = pos[pos < space]
+        expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too
         sample = rowlist[pos] if rowlist.shape[0] else pos
         if mask.shape[0]:
             sample = sample[mask[sample] != 0]
-        expect = k * sample.shape[0] / space
+        if bitmap.shape[0]:
+            sid = np.asarray(self.corpus.ids)[sample]
+            sample = sample[(sid >= 0) & (sid < bitmap.shape[0]) & bitmap[np.clip(sid, 0, bitmap.shape[0] - 1)]]
         r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
         if expect < 16 or r > sample.shape[0] // 2:
             return none
-        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample.astype(np.int64), none, batch)
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample.astype(np.int64), np.zeros(0, np.bool_),
+                                        none, batch)
         return np.where(failed, -np.inf, theta).astype(np.float32)
 
-    def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray
+    def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Scan core + merge + exact re-rank for every query: (keys (nq, k) ascending-better, ids, candidates)."""
+        """Scan core + merge + exact re-rank for every query: (keys (nq, k) ascending-better, padded with inf / id
+        -1 when fewer rows are allowed, ids, candidates)."""
         c = self.corpus
         nq = q.shape[0]
         batch = nq >= BATCH_MIN_QUERIES[c.storage]
         terms = self._query_terms(q, batch)
         q64 = q.astype(np.float64)
-        keys = np.empty((nq, k), np.float64)
-        ids = np.empty((nq, k), np.int64)
+        keys = np.full((nq, k), np.inf)
+        ids = np.full((nq, k), -1, np.int64)
         passed = 0
         nlanes = numba.get_num_threads()
         group = max(1, RESERVOIR_BYTES // (4 * nlanes * max(2 * k, k + 256)))
@@ -504,12 +509,12 @@ class Index:
         for g0 in range(0, nq, group):
             sl = slice(g0, min(nq, g0 + group))
             t = {name: v[sl] for name, v in terms.items()}
-            theta0 = self._sampled_threshold(t, k, mask, rowlist, batch)
-            offsets, slots, _, failed = self._run(t, k, mask, rowlist, theta0, batch)
+            theta0 = self._sampled_threshold(t, k, mask, rowlist, bitmap, batch)
+            offsets, slots, _, failed = self._run(t, k, mask, rowlist, bitmap, theta0, batch)
             if failed.any():  # a sampled threshold was too high: those queries again, from -inf
                 redo = np.flatnonzero(failed)
                 t2 = {name: v[redo] for name, v in t.items()}
-                o2, s2, _, _ = self._run(t2, k, mask, rowlist, np.full(redo.size, -np.inf, np.float32),
+                o2, s2, _, _ = self._run(t2, k, mask, rowlist, bitmap, np.full(redo.size, -np.inf, np.float32),
                                          batch and redo.size >= BATCH_MIN_QUERIES[c.storage])
                 parts = [slots[offsets[i]: offsets[i + 1]] for i in range(sl.stop - sl.start)]
                 for j, i in enumerate(redo.tolist()):
@@ -527,7 +532,8 @@ class Index:
                     if tie.size:
                         order = np.lexsort((gi, gk))
                         gk, gi = gk[order], gi[order]
-                keys[g0 + j], ids[g0 + j] = gk[:k], gi[:k]
+                m = min(k, gk.shape[0])
+                keys[g0 + j, :m], ids[g0 + j, :m] = gk[:m], gi[:m]
             passed += int(slots.shape[0])
         return keys, ids, passed
 

@@ -184,10 +184,11 @@ def _filter_tile(tier, tile_i, tile_f, rowbuf, ubuf, m, q0, nqt, ds, rn, bias, c
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def scan(packed, tier, ds, rn, bias, mask, rowlist, q8, q8lo, qf, qt8, qtf, table, corr, u, ca, cb, cc, theta0,
-         batch, lanes, k, nlanes, cap_r, cap_c):
+def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, table, corr, u, ca, cb, cc,
+         theta0, batch, lanes, k, nlanes, cap_r, cap_c):
     """The scan core (see module docstring). Rows scanned: rowlist (sorted slots) when non-empty, else the rows
-    whose mask byte is set when mask is non-empty, else every row of packed. Queries: q8/q8lo (int8 tier, single
+    whose mask byte is set (every row when mask is empty) and, when bitmap is non-empty, whose id it allows
+    (bitmap[ids[r]]). Queries: q8/q8lo (int8 tier, single
     path: the high and low bytes of a 16-bit query), qf (float tiers, single path) or the query tiles qt8 / qtf
     (batch path, `lanes` queries per tile). theta0: each query's starting threshold (-inf, or a sampled one that
     `merge` verifies).
@@ -227,6 +228,12 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, q8, q8lo, qf, qt8, qtf, tabl
                 for t in range(b0, b1):
                     rowbuf[m] = rowlist[t]
                     m += 1
+            elif bitmap.shape[0]:
+                nb = bitmap.shape[0]
+                for r in range(b0, b1):
+                    i = ids[r]
+                    rowbuf[m] = r
+                    m += (mask.shape[0] == 0 or mask[r] != 0) and 0 <= i < nb and bitmap[i]
             elif mask.shape[0]:
                 for r in range(b0, b1):
                     rowbuf[m] = r

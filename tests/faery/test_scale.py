@@ -311,3 +311,34 @@ def test_cli_build_with_attributes_search_with_filters_and_verify(tmp_path, corp
         r = run(app, ["retrieve", "search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"),
                       *bad])
         assert r.exit_code == 2 and msg in " ".join(r.output.split()), r.output
+
+
+def test_id_lookup_by_binary_search_until_ids_stop_ascending(tmp_path):
+    """Default ids (and larger ascending ones) are found by binary search, no table; the first id out of order
+    builds the table; both agree with a plain dict through removal, compaction, save and load."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    idx = Index(8)
+    idx.add(x[:1000])
+    idx.add(x[1000:1500], ids=np.arange(5000, 5500))
+    assert idx.corpus._map is None and idx.corpus._sorted
+    idx.remove([3, 5001])
+    idx.compact()
+    assert idx.corpus._map is None and idx.contains(4) and not idx.contains(3) and not idx.contains(5001)
+    idx.save(tmp_path / "a")
+    back = Index.load(tmp_path / "a")
+    assert not (tmp_path / "a" / "idmap.keys.npy").exists() and back.contains(5499) and not back.contains(1500)
+    idx.add(x[1500:2000], ids=rng.permutation(10_000)[:500] + 20_000)  # not ascending: the table takes over
+    assert idx.corpus._map is not None and not idx.corpus._sorted
+    with pytest.raises(ValueError, match="already in the index"):
+        idx.add(x[:1], ids=[4])
+    truth = {int(i): s for s, i in enumerate(idx.ids().tolist())}
+    probe = np.array([*truth, 3, 5001, 99_999, -7], np.int64)
+    expect = np.array([truth.get(int(i), -1) for i in probe])
+    np.testing.assert_array_equal(idx.corpus.slots_of(probe), expect)
+    idx.save(tmp_path / "b")
+    back = Index.load(tmp_path / "b")
+    assert (tmp_path / "b" / "idmap.keys.npy").exists()
+    np.testing.assert_array_equal(back.corpus.slots_of(probe), expect)
+    back.remove([4])  # writes to the mapped table touch private pages only
+    assert not back.contains(4) and Index.load(tmp_path / "b").contains(4)

@@ -8,7 +8,8 @@ memory-mapped file): RAM then holds the scan tier (132 bytes per row at d = 128)
 
 Build: rows are validated and encoded in one parallel numba pass straight into the final arrays (no full-size
 temporaries), in chunks, so a memory-mapped .npy or an iterator of chunks larger than RAM can be added; arrays
-grow by 1.5x. Ids map to slots through a numba hash table (`idmap`), built lazily after a load. Deletes set a
+grow by 1.5x. Ids map to slots by binary search while they ascend with the slots (the default ids, and any add of
+larger ids: no table at all), else through a numba hash table (`idmap`), built on first need. Deletes set a
 tombstone (O(1), checked in the scan); compact() drops tombstoned rows in place.
 
 Persistence (format 2): one .npy per array plus a manifest with sizes and CRC32s. `load` memory-maps every array and
@@ -79,7 +80,8 @@ class Corpus:
         self.size = 0
         self.n_live = 0
         self.master_path = Path(master_path) if master_path is not None else None
-        self._map: IdMap | None = None  # built on first use: an add with default ids never needs it
+        self._map: IdMap | None = None  # the hash table, once ids stop ascending with the slots
+        self._sorted = True  # ids[:size] strictly ascending: ids -> slots by binary search, no table
         self.attrs: dict[str, np.ndarray] = {}
         self._readonly = False
         self._alloc(max(0, capacity))
@@ -113,10 +115,55 @@ class Corpus:
 
     @property
     def idmap(self) -> IdMap:
-        """ids -> slots of the live rows (built on first use: O(size), ~10^7 ids/s; then kept up to date)."""
+        """The hash table ids -> slots of the live rows (built on first use: O(size); then kept up to date)."""
         if self._map is None:
             self._map = IdMap.of(np.asarray(self.ids[: self.size]), np.asarray(self.live[: self.size]))
         return self._map
+
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of live ids (-1 for an unknown or deleted id): binary search while the ids ascend, else the
+        table."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        if self._map is not None or not self._sorted:
+            return self.idmap.lookup(ids)
+        have = self.ids[: self.size]
+        pos = np.searchsorted(have, ids)
+        inside = pos < self.size
+        pos = np.where(inside, pos, 0)
+        ok = inside & (np.asarray(have[pos]) == ids) & np.asarray(self.live[pos]) if self.size else inside
+        return np.where(ok, pos, -1).astype(np.int64)
+
+    def slot_of(self, id_: int) -> int:
+        """Slot of a live id, or -1."""
+        if self._map is not None or not self._sorted:
+            return self.idmap.get(id_)
+        return int(self.slots_of(np.array([id_], np.int64))[0])
+
+    def claim(self, ids: np.ndarray, at: int) -> tuple[int, int]:
+        """Reserve ids for staged slots at..: (0, -1), or (1, i) when ids[i] is already live, or (2, i) when it
+        repeats an earlier id of the call; nothing changes unless 0. Ids larger than every id so far, ascending,
+        keep the binary-search mapping (no table)."""
+        if self._map is None and self._sorted:
+            last = int(self.ids[self.size - 1]) if self.size else None
+            if ids.size == 0 or ((last is None or ids[0] > last) and (ids.size < 2 or bool((ids[1:] > ids[:-1]).all()))):
+                return 0, -1
+        status, where = self.idmap.insert(ids, at)
+        if status == 0:
+            self._sorted = False
+        return status, where
+
+    def release(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """Forget live ids: (their slots, -1), or (_, i) when ids[i] is unknown and nothing changed."""
+        if self._map is not None:
+            return self._map.remove(ids)
+        slots = self.slots_of(ids)
+        bad = np.flatnonzero(slots < 0)
+        if bad.size:
+            return slots, int(bad[0])
+        if np.unique(slots).size != slots.size:
+            srt = np.sort(ids)
+            return slots, int(np.flatnonzero(ids == srt[np.flatnonzero(np.diff(srt) == 0)[0]])[1])
+        return slots, -1
 
     def _grow(self, need: int, used: int | None = None) -> None:
         """Capacity >= need, growing 1.5x (amortised O(1) per row); rows 0..used-1 (default: size; staged rows
@@ -190,6 +237,7 @@ class Corpus:
             kernels.copy_rows(self.packed, new.packed, 0, n)
         new.size, new.n_live = n, self.n_live
         new._map = self._map.copy() if self._map is not None else None
+        new._sorted = self._sorted
         return new
 
     # ---- validation and encoding
@@ -236,7 +284,7 @@ class Corpus:
             self.packed[at: at + x.shape[0], self.dim:] = 0
 
     def publish(self, ids: np.ndarray, at: int, attrs: Mapping[str, np.ndarray] | None = None) -> None:
-        """Make staged slots at..at+len(ids) live under ids (validated and already in `idmap`)."""
+        """Make staged slots at..at+len(ids) live under ids (validated and claimed)."""
         n = ids.shape[0]
         sl = slice(at, at + n)
         self.ids[sl] = ids
@@ -292,7 +340,7 @@ class Corpus:
             kernels.gather_rows_down(self.packed, keep)
         self.live[m: self.size] = False
         self.size = m
-        self._map = None
+        self._map = None  # slots moved; order kept, so ascending ids still ascend
 
     def bytes_per_row(self) -> int:
         """Bytes the scan reads per row (packed row + its scale or norm)."""
@@ -312,8 +360,9 @@ class Corpus:
         arrays = {name: getattr(self, name)[: self.size] for name in ARRAYS
                   if not (name == "packed" and self.storage == "fp32")}
         arrays.update({f"attr.{k}": v[: self.size] for k, v in self.attrs.items()})
-        idmap = self.idmap  # saved whole: a loaded index answers id lookups without rebuilding it
-        arrays.update({"idmap.keys": idmap.keys, "idmap.vals": idmap.vals})
+        idmap = None if self._sorted else self.idmap  # saved whole: a loaded index needs no rebuild
+        if idmap is not None:
+            arrays.update({"idmap.keys": idmap.keys, "idmap.vals": idmap.vals})
         for name, arr in arrays.items():
             path = d / f"{name}.npy"
             # new file, then rename: an index memory-mapping the old one stays valid
@@ -321,8 +370,9 @@ class Corpus:
             files[name] = {"bytes": path.stat().st_size, "crc32": _crc32(path)}
         durable.fsync_dir(d)
         manifest = {**meta, "dim": self.dim, "storage": self.storage, "size": self.size, "live": self.n_live,
-                    "attrs": sorted(self.attrs), "idmap": {"count": idmap.count, "used": idmap.used}, "files": files,
-                    "format": FORMAT}
+                    "attrs": sorted(self.attrs), "ids_sorted": self._sorted, "files": files, "format": FORMAT}
+        if idmap is not None:
+            manifest["idmap"] = {"count": idmap.count, "used": idmap.used}
         text = json.dumps(manifest).encode()
         durable.atomic_write(d / "manifest.json", lambda fh: fh.write(text))
 
@@ -381,6 +431,8 @@ class Corpus:
             c.packed = c.master
         c.n_live = int(manifest["live"]) if "live" in manifest else int(np.count_nonzero(c.live))
         c._map = None
+        c._sorted = bool(manifest["ids_sorted"]) if "ids_sorted" in manifest else bool(
+            c.size < 2 or (np.diff(np.asarray(c.ids)) > 0).all())  # format 1: look once
         if len(tables) == 2 and "idmap" in manifest:  # writes touch private copies of its pages (mapped "c")
             c._map = IdMap.of_tables(tables["idmap.keys"], tables["idmap.vals"], manifest["idmap"]["count"],
                                      manifest["idmap"]["used"])

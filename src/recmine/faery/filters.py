@@ -103,7 +103,7 @@ def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]
     n = corpus.size
     empty8, empty64, nobits = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_)
     if allow is not None and allow.dtype != np.bool_:  # an id set: start from its rows only
-        slots = corpus.idmap.lookup(allow) if allow.size else empty64
+        slots = corpus.slots_of(allow) if allow.size else empty64
         if (slots < 0).any():
             bad = int(allow[np.flatnonzero(slots < 0)[0]])
             raise KeyError(f"allow-list id {bad} is not in the index")

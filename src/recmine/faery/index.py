@@ -156,7 +156,7 @@ class Index:
 
     def contains(self, id_: int) -> bool:
         """True when the id is live in the index."""
-        return self.corpus.idmap.get(int(id_)) >= 0
+        return self.corpus.slot_of(int(id_)) >= 0
 
     def ids(self) -> np.ndarray:
         """Live ids in slot order."""
@@ -164,7 +164,7 @@ class Index:
         return np.asarray(c.ids[: c.size])[np.asarray(c.live[: c.size])].copy()
 
     def _slots(self, ids: np.ndarray) -> np.ndarray:
-        slots = self.corpus.idmap.lookup(ids)
+        slots = self.corpus.slots_of(ids)
         if (slots < 0).any():
             raise KeyError(f"unknown id {int(ids[np.flatnonzero(slots < 0)[0]])}")
         return slots
@@ -269,8 +269,8 @@ class Index:
             for name, col in cols.items():
                 if col.shape[0] != n:
                     raise ValueError(f"attribute {name!r} has {col.shape[0]} values for {n} vectors")
-            if ids is not None or c._map is not None:
-                status, where = c.idmap.insert(arr, at0)
+            status, where = c.claim(arr, at0)
+            if status:
                 if status == 1:
                     raise ValueError(f"id {int(arr[where])} is already in the index (use update)")
                 if status == 2:
@@ -287,7 +287,7 @@ class Index:
         """Delete ids (O(1) each: a tombstone). KeyError naming an unknown id; then nothing is removed."""
         arr = self._check_ids(ids)
         with self._lock:
-            slots, where = self.corpus.idmap.remove(arr)
+            slots, where = self.corpus.release(arr)
             if where >= 0:
                 raise KeyError(f"unknown id {int(arr[where])}")
             self.corpus.tombstone(slots)

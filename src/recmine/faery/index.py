@@ -453,11 +453,20 @@ class Index:
         qf = t.get("qf", np.zeros((0, c.dim), np.float32))
         qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
         qtf = self._tiles(qf, lanes) if batch and not int8 else np.zeros((0, 1, 1), np.float32)
+        nt = -(-nq // lanes) if batch else 0
+        qv = np.zeros((nt, 4, lanes), np.float32)  # the micro-kernel epilogue's view of the queries' terms
+        corr32 = np.zeros((nt, lanes), np.int32)
+        if batch:
+            for j, name in enumerate(("u", "ca", "cb", "cc")):
+                pad = np.zeros(nt * lanes, np.float32)
+                pad[:nq] = t[name]
+                qv[:, j, :] = pad.reshape(nt, lanes)
+            corr32.reshape(-1)[:nq] = t["corr"]
         cap_c = nq * (2 * cap_r + 4096)
         while True:
             out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
-                               c.ids, bitmap, q8, q8lo, qf, qt8, qtf, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"],
-                               t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
+                               c.ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, kernels.HALF_TABLE, t["corr"], t["u"],
+                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
             if not out[3][:, 1].any():
                 return kernels.merge(*out, theta0, k)
             cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more

@@ -154,44 +154,53 @@ def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, q, u, ca, cb, cc, k, theta
 
 
 @njit(cache=True, nogil=True)
-def _filter_tile(tier, tile_i, tile_f, rowbuf, ubuf, m, q0, nqt, ds, rn, bias, corr, u, ca, cb, cc, k, theta, res,
+def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias, corr, u, ca, cb, cc, k, theta, res,
                  res_n, cslot, cq, cub, cstate):
-    """The filter for a query tile (q0..q0+nqt) over block rows: per row, a vectorised pass computes the upper
-    bound for every query and whether any passes; only then are they compared one by one."""
-    cr = corr[q0: q0 + nqt].astype(np.int32)  # int8 tiles: |sums| < 2^31, see simd.MAX_INT8_DIM
-    ur, car, cbr, ccr = u[q0: q0 + nqt], ca[q0: q0 + nqt], cb[q0: q0 + nqt], cc[q0: q0 + nqt]
-    thr = theta[q0: q0 + nqt]
-    ub_q = ubuf[:nqt]
+    """The filter for a query tile (q0..q0+nqt) over block rows, second pass: the GEMM micro-kernel's epilogue
+    (`simd._hits_epilogue`) marked in hitbuf[t] the queries whose upper bound reached their threshold; only those
+    are examined, with `_bounds` against the current (possibly risen) threshold."""
     for t in range(m):
+        h = hitbuf[t]
+        if h == 0:
+            continue
         r = rowbuf[t]
         dsr = ds[r] if tier == INT8 else np.float32(1.0)
         rnr, br = rn[r], bias[r]
         abr = abs(br)
-        hit = False
-        for qq in range(nqt):
-            ub, _ = _bounds(_value(tier, tile_i, tile_f, t, qq, cr[qq]), dsr, rnr, br, abr, ur[qq], car[qq], cbr[qq],
-                            ccr[qq])
-            ub_q[qq] = ub
-            hit = hit | (ub >= thr[qq])
-        if not hit:
-            continue
-        for qq in range(nqt):
-            if ub_q[qq] >= thr[qq]:
-                ub, lb = _bounds(_value(tier, tile_i, tile_f, t, qq, cr[qq]), dsr, rnr, br, abr, ur[qq], car[qq],
-                                 cbr[qq], ccr[qq])
-                if not _accept(r, q0 + qq, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-                    return
+        while h != 0:  # the set bits only: after the first rows, one or two per hit row
+            qq = simd.ctz(h)
+            h &= h - 1
+            if qq >= nqt:
+                break
+            q = q0 + qq
+            ub, lb = _bounds(_value(tier, tile_i, tile_f, t, qq, np.int32(corr[q])), dsr, rnr, br, abr, u[q], ca[q],
+                             cb[q], cc[q])
+            if ub >= theta[q] and not _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
+                return
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_hits(lanes, x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits):
+    if lanes == 16:
+        simd.tile_hits16(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    elif lanes == 32:
+        simd.tile_hits32(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    elif lanes == 48:
+        simd.tile_hits48(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    else:
+        simd.tile_hits64(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, table, corr, u, ca, cb, cc,
-         theta0, batch, lanes, k, nlanes, cap_r, cap_c):
+def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
+         ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
     """The scan core (see module docstring). Rows scanned: rowlist (sorted slots) when non-empty, else the rows
     whose mask byte is set (every row when mask is empty) and, when bitmap is non-empty, whose id it allows
     (bitmap[ids[r]]). Queries: q8/q8lo (int8 tier, single
     path: the high and low bytes of a 16-bit query), qf (float tiers, single path) or the query tiles qt8 / qtf
-    (batch path, `lanes` queries per tile). theta0: each query's starting threshold (-inf, or a sampled one that
-    `merge` verifies).
+    (batch path, `lanes` queries per tile, with their score and bound coefficients qv (ntiles, 4, lanes) and int8
+    offsets corr32 (ntiles, lanes) as the micro-kernel's epilogue reads them). theta0: each query's starting
+    threshold (-inf, or a sampled one that `merge` verifies).
 
     Returns per lane: candidates (slot, query, upper bound) and their count, each query's reservoir of lower bounds
     and its fill, and an overflow flag (the candidate buffer was too small: the caller retries with a larger one)."""
@@ -209,7 +218,10 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
     for lane in prange(nlanes):
         lo = lane * space // nlanes
         hi = (lane + 1) * space // nlanes
-        theta = theta0.copy()
+        ntiles = (nq + lanes - 1) // lanes if batch else 1
+        theta = np.full(max(nq, ntiles * lanes), np.inf, np.float32)  # padding lanes never pass
+        theta[:nq] = theta0
+        hitbuf = np.empty(blk + rt, np.int64)
         rowbuf = np.empty(blk + rt, np.int64)
         tile_i = np.empty((blk + rt, width), np.int32)
         tile_f = np.empty((blk + rt, width), np.float32)
@@ -248,15 +260,18 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
                 mp = (m + rt - 1) // rt * rt
                 for t in range(m, mp):
                     rowbuf[t] = rowbuf[m - 1]
-                for ti in range((nq + lanes - 1) // lanes):
+                for ti in range(ntiles):
                     q0 = ti * lanes
+                    th = theta[q0: q0 + lanes]
                     for r0 in range(0, mp, rt):
                         if tier == INT8:
-                            _tile(lanes, packed, rowbuf, r0, qt8[ti], tile_i[r0:])
+                            _tile_hits(lanes, packed, rowbuf, r0, qt8[ti], tile_i[r0:], ds, rn, bias, qv[ti],
+                                       corr32[ti], th, hitbuf[r0:])
                         else:
-                            _tile(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:])
-                    _filter_tile(tier, tile_i, tile_f, rowbuf, ubuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr, u,
-                                 ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                            _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
+                                       corr32[ti], th, hitbuf[r0:])
+                    _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
+                                 u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
                     if st[1]:
                         break
             else:

@@ -119,29 +119,32 @@ def _counted_loop(builder: ir.IRBuilder, count: ir.Value, init: list[ir.Value], 
     return new
 
 
-def _make_tile(lanes: int, vnni: bool):  # noqa: ANN202
+def _make_tile(lanes: int, vnni: bool, epilogue: bool = False):  # noqa: ANN202
     nz = lanes // 16
 
-    @intrinsic
-    def tile(typingctx, x_t, rows_t, r0_t, qt_t, out_t):  # noqa: ANN001, ANN202
-        """out[t, :lanes] = qt-tile . x[rows[r0 + t]] for t < RT (see module docstring for the layouts)."""
-        if not all(isinstance(a, types.Array) for a in (x_t, rows_t, qt_t, out_t)):
+    def typed(x_t, rows_t, r0_t, qt_t, out_t, *extra):  # noqa: ANN001, ANN202
+        """out[t, :lanes] = qt-tile . x[rows[r0 + t]] for t < RT (see module docstring for the layouts); with the
+        epilogue also hits[t] = the bit mask of the tile's queries whose upper bound on row t's score reaches their
+        threshold (`_hits_epilogue`)."""
+        arrays = (x_t, rows_t, qt_t, out_t, *extra)
+        if not all(isinstance(a, types.Array) for a in arrays):
             return None
-        sig = types.void(x_t, rows_t, types.intp, qt_t, out_t)
+        sig = types.void(x_t, rows_t, types.intp, qt_t, out_t, *extra)
         kind = str(x_t.dtype)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            x, rows, r0, qt, out = args
+            x, rows, r0, qt, out = args[:5]
             xbase, _, xstrides = _base(context, builder, x_t, x)
             rbase, _, _ = _base(context, builder, rows_t, rows)
             qbase, qshape, _ = _base(context, builder, qt_t, qt)
             obase, _, _ = _base(context, builder, out_t, out)
             xstride = builder.extract_value(xstrides, 0)
             steps = builder.extract_value(qshape, 0)
-            rowptr = []
+            rowptr, rowidx = [], []
             for t in range(RT):
                 r = builder.load(_addr(builder, rbase, builder.mul(builder.add(r0, ir.Constant(I64, t)),
                                                                    ir.Constant(I64, 8)), I64))
+                rowidx.append(r)
                 rowptr.append(builder.add(xbase, builder.mul(r, xstride)))
             if kind == "int8":
                 acc_ty, elem_bytes, qstep = V16I32, 4, lanes * 4
@@ -172,14 +175,79 @@ def _make_tile(lanes: int, vnni: bool):  # noqa: ANN202
                 return new
 
             final = _counted_loop(builder, steps, [zero] * (RT * nz), body)
-            for t in range(RT):
+
+            def store(t: int) -> None:
                 for z in range(nz):
                     builder.store(final[t * nz + z], _addr(builder, obase, (t * lanes + z * 16) * 4, acc_ty), align=4)
+
+            if epilogue:  # a row's sums are stored only when one of its queries passes (rarely, once warm)
+                _hits_epilogue(context, builder, signature.args[5:], args[5:], kind, final, rowidx, lanes, store)
+            else:
+                for t in range(RT):
+                    store(t)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return tile
+    if epilogue:
+        def typer(typingctx, x_t, rows_t, r0_t, qt_t, out_t, ds_t, rn_t, b_t, qv_t, corr_t, th_t, hits_t):  # noqa: ANN001, ANN202
+            return typed(x_t, rows_t, r0_t, qt_t, out_t, ds_t, rn_t, b_t, qv_t, corr_t, th_t, hits_t)
+    else:
+        def typer(typingctx, x_t, rows_t, r0_t, qt_t, out_t):  # noqa: ANN001, ANN202
+            return typed(x_t, rows_t, r0_t, qt_t, out_t)
+    typer.__name__ = typer.__qualname__ = f"tile{'_hits' if epilogue else ''}{lanes}{'' if vnni else '_generic'}"
+    typer.__doc__ = typed.__doc__
+    return intrinsic(typer)
+
+
+def _hits_epilogue(context, builder, tys, vals, kind: str, final: list, rowidx: list, lanes: int,  # noqa: ANN001
+                   store) -> None:  # noqa: ANN001
+    """The batch filter's first pass, on the accumulators while they are still in registers: per row t of the tile
+    and query lane, ub = ds*(u*(acc - corr)) + b + ds*ca + rn*cb + cc + 4 eps (|approx| + |b|) + 1e-30 (kernels'
+    `_bounds`, the same formula in vector form: any float evaluation of it bounds the exact score), and hits[t] =
+    the bit mask of the lanes where ub >= theta; store(t) writes row t's sums, only when it has a hit. Rows without
+    a hit are never looked at again."""
+    ds_t, rn_t, b_t, qv_t, corr_t, th_t, hits_t = tys
+    ds, rn, b, qv, corr, th, hits = vals
+    base = {name: _base(context, builder, ty, v)[0] for name, ty, v in
+            (("ds", ds_t, ds), ("rn", rn_t, rn), ("b", b_t, b), ("qv", qv_t, qv), ("corr", corr_t, corr),
+             ("th", th_t, th), ("hits", hits_t, hits))}
+    nz = lanes // 16
+    fabs = _declare(builder, "llvm.fabs.v16f32", ir.FunctionType(V16F32, [V16F32]))
+
+    def qvec(row: int, z: int) -> ir.Value:  # qv is (4, lanes) float32: u, ca, cb, cc
+        return builder.load(_addr(builder, base["qv"], (row * lanes + 16 * z) * 4, V16F32), align=4)
+
+    def scalar(name: str, r: ir.Value) -> ir.Value:
+        return builder.load(_addr(builder, base[name], builder.mul(r, ir.Constant(I64, 4)), F32), align=4)
+
+    e4 = _broadcast(builder, ir.Constant(F32, 4 * 2.0 ** -23), V16F32)
+    tiny = _broadcast(builder, ir.Constant(F32, 1e-30), V16F32)
+    for t in range(RT):
+        r = rowidx[t]
+        dsr = scalar("ds", r) if kind == "int8" else ir.Constant(F32, 1.0)
+        br = scalar("b", r)
+        dsv, rnv, bv = (_broadcast(builder, v, V16F32) for v in (dsr, scalar("rn", r), br))
+        abv = builder.call(fabs, [bv])
+        mask = ir.Constant(I64, 0)
+        for z in range(nz):
+            acc = final[t * nz + z]
+            if kind == "int8":
+                c = builder.load(_addr(builder, base["corr"], 64 * z, V16I32), align=4)
+                v = builder.sitofp(builder.sub(acc, c), V16F32)
+            else:
+                v = acc
+            approx = builder.fadd(builder.fmul(dsv, builder.fmul(qvec(0, z), v)), bv)
+            bound = builder.fadd(builder.fadd(builder.fmul(dsv, qvec(1, z)), builder.fmul(rnv, qvec(2, z))), qvec(3, z))
+            bound = builder.fadd(builder.fadd(bound, builder.fmul(e4, builder.fadd(builder.call(fabs, [approx]), abv))),
+                                 tiny)
+            ub = builder.fadd(approx, bound)
+            thv = builder.load(_addr(builder, base["th"], 64 * z, V16F32), align=4)
+            bits = builder.zext(builder.bitcast(builder.fcmp_ordered(">=", ub, thv), I16), I64)
+            mask = builder.or_(mask, builder.shl(bits, ir.Constant(I64, 16 * z)))
+        builder.store(mask, _addr(builder, base["hits"], 8 * t, I64), align=8)
+        with builder.if_then(builder.icmp_unsigned("!=", mask, ir.Constant(I64, 0)), likely=False):
+            store(t)
 
 
 def _make_rowdot(vnni: bool):  # noqa: ANN202
@@ -221,6 +289,9 @@ def _make_rowdot(vnni: bool):  # noqa: ANN202
 
 TILES = {lanes: _make_tile(lanes, HAS_VNNI) for lanes in LANES}
 tile16, tile32, tile48, tile64 = (TILES[w] for w in LANES)
+# the same micro-kernels followed by the batch filter's first pass (`_hits_epilogue`)
+HIT_TILES = {lanes: _make_tile(lanes, HAS_VNNI, epilogue=True) for lanes in LANES}
+tile_hits16, tile_hits32, tile_hits48, tile_hits64 = (HIT_TILES[w] for w in LANES)
 rowdot = _make_rowdot(HAS_VNNI)
 # the same kernels without VNNI instructions: what a CPU without AVX-512 VNNI runs (tests compare the two)
 generic_tile16, generic_tile64 = _make_tile(16, False), _make_tile(64, False)
@@ -251,5 +322,21 @@ def prefetch_row(typingctx, x_t, row_t):  # noqa: ANN001, ANN202
 
         _counted_loop(builder, lines, [], body)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def ctz(typingctx, x_t):  # noqa: ANN001, ANN202
+    """Index of the lowest set bit of a non-zero int64 (count of trailing zeros): walking a hit mask's set bits."""
+    if not isinstance(x_t, types.Integer):
+        return None
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        (x,) = args
+        x = context.cast(builder, x, x_t, types.int64)
+        fn = _declare(builder, "llvm.cttz.i64", ir.FunctionType(I64, [I64, ir.IntType(1)]))
+        return builder.call(fn, [x, ir.Constant(ir.IntType(1), 1)])
 
     return sig, codegen

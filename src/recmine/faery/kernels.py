@@ -37,6 +37,8 @@ INT8, FP16, FP32 = 0, 1, 2
 TIERS = {"int8": INT8, "fp16": FP16, "fp32": FP32}
 BLOCK_SINGLE = 4096  # rows per block of the single-query path
 PREFETCH = 16  # rows of the exact re-rank loaded ahead of the one being scored
+PARALLEL_MIN_QUERIES = 8  # fewer queries: merge / rerank loop over them without a parallel region
+PARALLEL_MIN_CANDIDATES = 4096  # fewer candidate rows: scored without a parallel region
 BLOCK_BATCH = 510  # rows per block of the batch path (a multiple of simd.RT; the score tile stays in L2)
 
 HALF_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
@@ -191,6 +193,94 @@ def _tile_hits(lanes, x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits):
         simd.tile_hits64(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
 
 
+@njit(cache=True, nogil=True)
+def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
+          u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n):
+    """One lane of the scan: its share of the rows, block by block, with its own thresholds and reservoirs."""
+    nq = corr.shape[0]
+    blk = BLOCK_BATCH if batch else BLOCK_SINGLE
+    rt = simd.RT
+    width = lanes if batch else 1
+    lo = lane * space // nlanes
+    hi = (lane + 1) * space // nlanes
+    ntiles = (nq + lanes - 1) // lanes if batch else 1
+    theta = np.full(max(nq, ntiles * lanes), np.inf, np.float32)  # padding lanes never pass
+    theta[:nq] = theta0
+    hitbuf = np.empty(blk + rt, np.int64)
+    rowbuf = np.empty(blk + rt, np.int64)
+    tile_i = np.empty((blk + rt, width), np.int32)
+    tile_f = np.empty((blk + rt, width), np.float32)
+    rds = np.empty(blk, np.float32)
+    rrn = np.empty(blk, np.float32)
+    rb = np.empty(blk, np.float32)
+    ubuf = np.empty(blk, np.float32)
+    vals = np.empty(blk, np.float32)
+    st = cstate[lane]
+    for b0 in range(lo, hi, blk):
+        if st[1]:
+            break
+        b1 = min(hi, b0 + blk)
+        m = 0
+        if rowlist.shape[0]:
+            for t in range(b0, b1):
+                rowbuf[m] = rowlist[t]
+                m += 1
+        elif bitmap.shape[0]:
+            nb = bitmap.shape[0]
+            for r in range(b0, b1):
+                i = ids[r]
+                rowbuf[m] = r
+                m += (mask.shape[0] == 0 or mask[r] != 0) and 0 <= i < nb and bitmap[i]
+        elif mask.shape[0]:
+            for r in range(b0, b1):
+                rowbuf[m] = r
+                m += mask[r] != 0
+        else:
+            for r in range(b0, b1):
+                rowbuf[m] = r
+                m += 1
+        if m == 0:
+            continue
+        if batch:
+            mp = (m + rt - 1) // rt * rt
+            for t in range(m, mp):
+                rowbuf[t] = rowbuf[m - 1]
+            for ti in range(ntiles):
+                q0 = ti * lanes
+                th = theta[q0: q0 + lanes]
+                for r0 in range(0, mp, rt):
+                    if tier == INT8:
+                        _tile_hits(lanes, packed, rowbuf, r0, qt8[ti], tile_i[r0:], ds, rn, bias, qv[ti],
+                                   corr32[ti], th, hitbuf[r0:])
+                    else:
+                        _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
+                                   corr32[ti], th, hitbuf[r0:])
+                _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
+                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                if st[1]:
+                    break
+        else:
+            for t in range(m):
+                r = rowbuf[t]
+                rds[t] = ds[r] if tier == INT8 else np.float32(1.0)
+                rrn[t] = rn[r]
+                rb[t] = bias[r]
+            for qi in range(nq):
+                if tier == INT8:
+                    for t in range(m):
+                        vals[t] = np.float32(simd.rowdot(packed, rowbuf[t], q8[qi], q8lo[qi]) - corr[qi])
+                elif tier == FP16:
+                    for t in range(m):
+                        vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
+                else:
+                    for t in range(m):
+                        vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, qi, u, ca, cb, cc, k, theta, res[lane],
+                             res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                if st[1]:
+                    break
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
          ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
@@ -212,89 +302,34 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
     cstate = np.zeros((nlanes, 2), np.int64)
     res = np.empty((nlanes, nq, cap_r), np.float32)
     res_n = np.zeros((nlanes, nq), np.int64)
-    blk = BLOCK_BATCH if batch else BLOCK_SINGLE
-    rt = simd.RT
-    width = lanes if batch else 1
-    for lane in prange(nlanes):
-        lo = lane * space // nlanes
-        hi = (lane + 1) * space // nlanes
-        ntiles = (nq + lanes - 1) // lanes if batch else 1
-        theta = np.full(max(nq, ntiles * lanes), np.inf, np.float32)  # padding lanes never pass
-        theta[:nq] = theta0
-        hitbuf = np.empty(blk + rt, np.int64)
-        rowbuf = np.empty(blk + rt, np.int64)
-        tile_i = np.empty((blk + rt, width), np.int32)
-        tile_f = np.empty((blk + rt, width), np.float32)
-        rds = np.empty(blk, np.float32)
-        rrn = np.empty(blk, np.float32)
-        rb = np.empty(blk, np.float32)
-        ubuf = np.empty(blk, np.float32)
-        vals = np.empty(blk, np.float32)
-        st = cstate[lane]
-        for b0 in range(lo, hi, blk):
-            if st[1]:
-                break
-            b1 = min(hi, b0 + blk)
-            m = 0
-            if rowlist.shape[0]:
-                for t in range(b0, b1):
-                    rowbuf[m] = rowlist[t]
-                    m += 1
-            elif bitmap.shape[0]:
-                nb = bitmap.shape[0]
-                for r in range(b0, b1):
-                    i = ids[r]
-                    rowbuf[m] = r
-                    m += (mask.shape[0] == 0 or mask[r] != 0) and 0 <= i < nb and bitmap[i]
-            elif mask.shape[0]:
-                for r in range(b0, b1):
-                    rowbuf[m] = r
-                    m += mask[r] != 0
-            else:
-                for r in range(b0, b1):
-                    rowbuf[m] = r
-                    m += 1
-            if m == 0:
-                continue
-            if batch:
-                mp = (m + rt - 1) // rt * rt
-                for t in range(m, mp):
-                    rowbuf[t] = rowbuf[m - 1]
-                for ti in range(ntiles):
-                    q0 = ti * lanes
-                    th = theta[q0: q0 + lanes]
-                    for r0 in range(0, mp, rt):
-                        if tier == INT8:
-                            _tile_hits(lanes, packed, rowbuf, r0, qt8[ti], tile_i[r0:], ds, rn, bias, qv[ti],
-                                       corr32[ti], th, hitbuf[r0:])
-                        else:
-                            _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
-                                       corr32[ti], th, hitbuf[r0:])
-                    _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
-                                 u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
-                    if st[1]:
-                        break
-            else:
-                for t in range(m):
-                    r = rowbuf[t]
-                    rds[t] = ds[r] if tier == INT8 else np.float32(1.0)
-                    rrn[t] = rn[r]
-                    rb[t] = bias[r]
-                for qi in range(nq):
-                    if tier == INT8:
-                        for t in range(m):
-                            vals[t] = np.float32(simd.rowdot(packed, rowbuf[t], q8[qi], q8lo[qi]) - corr[qi])
-                    elif tier == FP16:
-                        for t in range(m):
-                            vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
-                    else:
-                        for t in range(m):
-                            vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
-                    _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, qi, u, ca, cb, cc, k, theta, res[lane],
-                                 res_n[lane], cslot[lane], cq[lane], cub[lane], st)
-                    if st[1]:
-                        break
+    if nlanes == 1:  # no parallel region for one lane (a thread hand-off costs a time slice on a busy machine)
+        _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
+              u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n)
+    else:
+        for lane in prange(nlanes):
+            _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32,
+                  table, corr, u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res,
+                  res_n)
     return cslot, cq, cub, cstate, res, res_n
+
+
+@njit(cache=True, nogil=True)
+def _merge_one(res, res_n, theta0, k, q, theta, failed):
+    """Query q's global threshold from every lane's reservoir (see merge)."""
+    nlanes = res_n.shape[0]
+    total = 0
+    for lane in range(nlanes):
+        total += res_n[lane, q]
+    if total >= k:
+        vals = np.empty(total, np.float32)
+        m = 0
+        for lane in range(nlanes):
+            c = res_n[lane, q]
+            vals[m: m + c] = res[lane, q, :c]
+            m += c
+        theta[q] = np.partition(vals, total - k)[total - k]
+    elif theta0[q] > -np.inf:
+        failed[q] = True
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -306,20 +341,12 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
     nlanes, nq = res_n.shape
     theta = np.full(nq, -np.inf, np.float32)
     failed = np.zeros(nq, np.bool_)
-    for q in prange(nq):
-        total = 0
-        for lane in range(nlanes):
-            total += res_n[lane, q]
-        if total >= k:
-            vals = np.empty(total, np.float32)
-            m = 0
-            for lane in range(nlanes):
-                c = res_n[lane, q]
-                vals[m: m + c] = res[lane, q, :c]
-                m += c
-            theta[q] = np.partition(vals, total - k)[total - k]
-        elif theta0[q] > -np.inf:
-            failed[q] = True
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            _merge_one(res, res_n, theta0, k, q, theta, failed)
+    else:  # no parallel region for a few queries: each costs a thread hand-off (a time slice on a busy machine)
+        for q in range(nq):
+            _merge_one(res, res_n, theta0, k, q, theta, failed)
     counts = np.zeros(nq + 1, np.int64)
     for lane in range(nlanes):
         for e in range(cstate[lane, 0]):
@@ -386,6 +413,50 @@ def order_topk(keys, ids, k):
     return order[: min(k, order.shape[0])]
 
 
+@njit(cache=True, nogil=True)
+def _kept(keys, offsets, q, k, sort):
+    """How many of query q's candidates rerank returns (see rerank)."""
+    m = offsets[q + 1] - offsets[q]
+    if m > k and not sort:
+        kth = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
+        m = 0
+        for c in range(offsets[q], offsets[q + 1]):
+            m += keys[c] <= kth
+    return min(m, k) if sort else m
+
+
+@njit(cache=True, nogil=True)
+def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
+    """Query q's returned candidates into out_k/out_i at out_off[q] (see rerank)."""
+    lo, hi, o = offsets[q], offsets[q + 1], out_off[q]
+    if sort:
+        cid = ids[slots[lo:hi]]
+        best = order_topk(keys[lo:hi], cid, k)
+        for t in range(best.shape[0]):
+            out_k[o + t] = keys[lo + best[t]]
+            out_i[o + t] = cid[best[t]]
+        return
+    kth = np.inf
+    if hi - lo > k:
+        kth = np.partition(keys[lo:hi], k - 1)[k - 1]
+    for c in range(lo, hi):
+        if keys[c] <= kth:
+            out_k[o] = keys[c]
+            out_i[o] = ids[slots[c]]
+            o += 1
+
+
+@njit(cache=True, nogil=True)
+def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
+    """keys[c] = exact key of candidate c for c in lo..hi, rows fetched a group ahead (their latencies overlap)."""
+    for c0 in range(lo, hi, PREFETCH):
+        c1 = min(hi, c0 + PREFETCH)
+        for c in range(c0, c1):
+            simd.prefetch_row(master, slots[c])
+        for c in range(c0, c1):
+            keys[c] = _exact_key(q64[qof[c]], master[slots[c]], l2)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def rerank(master, q64, offsets, slots, ids, l2, k, sort):
     """Exact float64 keys of every candidate (parallel over candidates, rows fetched a group ahead), then per
@@ -400,44 +471,27 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
         qof[offsets[q]: offsets[q + 1]] = q
     keys = np.empty(total, np.float64)
     nchunks = max(1, min(256, total // 256))
-    for ch in prange(nchunks):
-        lo = ch * total // nchunks
-        hi = (ch + 1) * total // nchunks
-        for c0 in range(lo, hi, PREFETCH):  # issue a group's loads at once, then score it: the latencies overlap
-            c1 = min(hi, c0 + PREFETCH)
-            for c in range(c0, c1):
-                simd.prefetch_row(master, slots[c])
-            for c in range(c0, c1):
-                keys[c] = _exact_key(q64[qof[c]], master[slots[c]], l2)
+    if total >= PARALLEL_MIN_CANDIDATES:
+        for ch in prange(nchunks):
+            _score_range(master, q64, qof, slots, l2, keys, ch * total // nchunks, (ch + 1) * total // nchunks)
+    else:  # a few rows: no parallel region (see merge)
+        _score_range(master, q64, qof, slots, l2, keys, 0, total)
     counts = np.zeros(nq + 1, np.int64)
-    for q in prange(nq):
-        m = offsets[q + 1] - offsets[q]
-        if m > k and not sort:
-            kth = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
-            m = 0
-            for c in range(offsets[q], offsets[q + 1]):
-                m += keys[c] <= kth
-        counts[q + 1] = min(m, k) if sort else m
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+    else:
+        for q in range(nq):
+            counts[q + 1] = _kept(keys, offsets, q, k, sort)
     out_off = np.cumsum(counts)
     out_k = np.empty(out_off[-1], np.float64)
     out_i = np.empty(out_off[-1], np.int64)
-    for q in prange(nq):
-        lo, hi, o = offsets[q], offsets[q + 1], out_off[q]
-        if sort:
-            cid = ids[slots[lo:hi]]
-            best = order_topk(keys[lo:hi], cid, k)
-            for t in range(best.shape[0]):
-                out_k[o + t] = keys[lo + best[t]]
-                out_i[o + t] = cid[best[t]]
-        else:
-            kth = np.inf
-            if hi - lo > k:
-                kth = np.partition(keys[lo:hi], k - 1)[k - 1]
-            for c in range(lo, hi):
-                if keys[c] <= kth:
-                    out_k[o] = keys[c]
-                    out_i[o] = ids[slots[c]]
-                    o += 1
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+    else:
+        for q in range(nq):
+            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
     return out_k, out_i, out_off
 
 

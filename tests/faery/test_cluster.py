@@ -161,3 +161,43 @@ def test_ray_actors_equal_brute_force(local_ray, cls):
         idx.add(x, ids)
         x2, ids2 = _mutate(idx, x, ids)
         _check(idx, x2, ids2, ks=(1, 10))
+
+
+@pytest.mark.parametrize("cls", [ShardedIndex, ReplicatedIndex])
+def test_filters_and_attributes_through_shards_and_replicas(cls, tmp_path):
+    """allow (id set and bitmap) and where on attributes give what one Index over the same rows gives, across
+    add_shard, save/load, set_attributes and removal; an unknown allow id or attribute is refused."""
+    x, ids = _data(4000, seed=4)
+    cat = np.random.default_rng(4).integers(0, 10, ids.size)
+    q = np.random.default_rng(6).normal(size=(9, D)).astype(np.float32)
+    allow = ids[20::7]  # (ids 10..19 get removed: an allow-list naming them is refused)
+    bitmap = np.zeros(10 * ids.size, np.bool_)
+    bitmap[ids[::3]] = True
+    with cls(D, 2, storage="int8") as idx:
+        idx.add(x[:3000], ids[:3000], attrs={"cat": cat[:3000]})
+        idx.add(x[3000:], ids[3000:], attrs={"cat": cat[3000:], "shelf": np.arange(1000)})
+        if cls is ShardedIndex:
+            idx.add_shard()
+        idx.set_attributes(ids[:10], {"cat": np.full(10, 11)})
+        cat[:10] = 11
+        idx.remove(ids[10:20])
+        keep = np.ones(ids.size, np.bool_)
+        keep[10:20] = False
+        assert idx.attributes == ("cat", "shelf")
+        shelf = np.concatenate([np.zeros(3000, np.int64), np.arange(1000)])
+        for kw, sel in (({"allow": allow}, np.isin(ids, allow)), ({"allow": bitmap}, bitmap[ids]),
+                        ({"where": {"cat": {2, 11}}}, np.isin(cat, [2, 11])),
+                        ({"allow": bitmap, "where": {"shelf": range(1, 500)}}, bitmap[ids] & (shelf >= 1) & (shelf < 500))):
+            rows = np.flatnonzero(sel & keep)
+            want = brute_force_topk(x[rows], ids[rows], q, 15, "ip")[1]
+            np.testing.assert_array_equal(idx.search(q, 15, **kw)[1], want, err_msg=str(kw))
+        with pytest.raises(KeyError, match=f"allow-list id {int(ids[12])}"):
+            idx.search(q, 5, allow=[int(ids[0]), int(ids[12])])
+        with pytest.raises(ValueError, match="unknown attribute 'colour'"):
+            idx.search(q, 5, where={"colour": [1]})
+        if cls is ShardedIndex:
+            idx.save(tmp_path / "sh")
+            with ShardedIndex.load(tmp_path / "sh") as again:
+                rows = np.flatnonzero(np.isin(cat, [2, 11]) & keep)
+                want = brute_force_topk(x[rows], ids[rows], q, 15, "ip")[1]
+                np.testing.assert_array_equal(again.search(q, 15, where={"cat": [2, 11]})[1], want)

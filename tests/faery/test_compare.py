@@ -23,7 +23,7 @@ def test_every_engine_runs_alone_in_its_own_process_and_is_checked() -> None:
     x = rng.standard_normal((12_000, 16)).astype(np.float32)
     q = rng.standard_normal((6, 16)).astype(np.float32)
     res = compare(x, q, [1, 10, 300], batch=rng.standard_normal((24, 16)).astype(np.float32), batch_k=20,
-                  threads=(1, 2), removal=300)
+                  threads=(1, 2), removal=300, selectivities=(0.02, 0.5), filter_k=15, lifecycle=True)
     runs = res["runs"]
     assert [(r["engine"], r["threads_asked"]) for r in runs] == [
         ("faery", 1), ("faery", 2), ("faiss", 1), ("faiss", 2), ("numpy", 2)]
@@ -49,6 +49,16 @@ def test_every_engine_runs_alone_in_its_own_process_and_is_checked() -> None:
                     ("faiss", "IDSelectorNot (tombstones)"), ("faiss", "remove_ids")]
     for r in res["removal_raw"]:
         assert r["recall"] >= 0.99 and r["op_ms"] >= 0 and (r["exact"] or r["engine"] == "faiss")
+    # filtered search: faery's allow= bitmap, faiss's IDSelectorBitmap, a numpy mask, all checked per selectivity
+    assert [row["allowed"] for row in res["filtered"]] == ["2%", "50%"]
+    for row in res["filtered"]:
+        assert row["faery exact"] is True and row["x faiss"] > 0 and row["numpy ms"] > 0
+    for r in runs:
+        assert set(r["filtered"]) == {0.02, 0.5} and all(f["recall"] >= 0.99 for f in r["filtered"].values())
+        assert r["peak_rss_bytes"] > 0
+    life = {row["engine"]: row for row in res["lifecycle"] if "load ms" in row}
+    assert set(life) == {"faery int8 2t", "faiss 2t"}
+    assert all(row["load ms"] >= 0 and row["1st search ms"] > 0 and row["index GB"] > 0 for row in life.values())
 
 
 def test_retrieve_bench_reports_threads_and_both_ratios() -> None:

@@ -7,7 +7,8 @@ import pytest
 
 from recmine.faery import Index
 from recmine.faery.exact import brute_force_topk
-from recmine.faery.index import BATCH_BLOCK, BATCH_MIN_QUERIES, scan_chunks
+from recmine.faery.index import BATCH_MIN_QUERIES, PARALLEL_MIN_ROWS
+from recmine.faery.kernels import BLOCK_BATCH, BLOCK_SINGLE
 
 N, D = 3000, 24
 
@@ -66,18 +67,17 @@ def test_search_equals_brute_force(kind, storage, metric):
 
 
 BIG_N, BIG_D = 60_000, 24
-BIG_KS = (1, 10, 129, 1000, 20_000)  # 129: past the 16·K > 2048 chunk rule; 20,000 > BATCH_BLOCK rows
+BIG_KS = (1, 10, 129, 1000, 20_000)  # 20,000 > a lane's reservoir fill: the threshold rises mid-scan
 
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("metric", METRICS)
 def test_many_chunks_and_the_batched_path_equal_brute_force(storage, metric):
-    """N large enough that a single query scans several chunks (merged through their K-th bounds) and a batch
-    of queries crosses several row blocks of the batched path, for every K above, against the float64 oracle;
-    exact ties placed in different chunks and blocks."""
-    for k in BIG_KS[:4]:
-        assert scan_chunks(BIG_N, k) >= 3, f"K={k}: one single-query scan must cover several chunks"
-    assert BIG_N > 3 * BATCH_BLOCK and 3 < min(BATCH_MIN_QUERIES.values())  # 3 queries: the single path
+    """N large enough that the scan splits over several lanes (merged through their reservoirs' K-th bounds) and
+    every lane crosses several row blocks of the single and the batched path, for every K above, against the
+    float64 oracle; exact ties placed in different lanes and blocks."""
+    assert BIG_N >= PARALLEL_MIN_ROWS and BIG_N > 6 * max(BLOCK_SINGLE, BLOCK_BATCH)
+    assert 3 < min(BATCH_MIN_QUERIES.values())  # 3 queries: the single path
     rng = np.random.default_rng(_seed((storage, STORAGES), (metric, METRICS)) + 1000)
     x = rng.standard_normal((BIG_N, BIG_D)).astype(np.float32) * rng.uniform(0.5, 2.0, (BIG_N, 1)).astype(np.float32)
     x[BIG_N - 500:] = x[:500]  # identical rows in the first and the last chunk / block: ties by smaller id

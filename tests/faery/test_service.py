@@ -521,3 +521,105 @@ def test_cli_serve_bounded_lifetime(tmp_path):
         assert len(core) == 4 and core.stats()["wal_bytes"] == 0
     finally:
         core.close(checkpoint=False)
+
+
+# ------------------------------------------------------------------------------------ filters and coalescing
+def test_filters_over_the_wire_on_base_and_delta_rows(start_server, tmp_path):
+    """allow (id set, bitmap) and where (set, range) through faery.proto: the base index's attributes, upserts
+    carrying attributes (and replacing base rows), deletes; exact against the oracle on the allowed live rows,
+    before and after a fold and after a restart that replays the log; unknown ids and attributes refused."""
+    from recmine.faery import Index
+
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((3000, D)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64) * 3
+    cat = rng.integers(0, 8, 3000)
+    base = Index(D)
+    base.add(x, ids, attrs={"cat": cat})
+    base.save(tmp_path / "svc")
+    srv, client = start_server("svc", fold_rows=100_000, fold_tombstones=100_000)
+    live = dict(zip(ids.tolist(), x, strict=True))
+    attrs = {i: {"cat": int(c), "tier": 0} for i, c in zip(ids.tolist(), cat.tolist(), strict=True)}
+    v = rng.standard_normal((400, D)).astype(np.float32)
+    new = np.arange(400, dtype=np.int64) * 3 + 1
+    client.add(v, new, attrs={"cat": np.arange(400) % 8, "tier": np.arange(400) % 3})  # "tier": delta only
+    live.update(zip(new.tolist(), v, strict=True))
+    attrs.update({int(i): {"cat": int(j % 8), "tier": int(j % 3)} for j, i in enumerate(new.tolist())})
+    repl = ids[:50]
+    w = rng.standard_normal((50, D)).astype(np.float32)
+    client.add(w, repl, attrs={"cat": np.full(50, 7)})  # replaces base rows: cat 7, tier 0
+    live.update(zip(repl.tolist(), w, strict=True))
+    attrs.update({int(i): {"cat": 7, "tier": 0} for i in repl.tolist()})
+    client.remove(ids[50:80])
+    for i in ids[50:80].tolist():
+        del live[i], attrs[i]
+    q = rng.standard_normal((9, D)).astype(np.float32)
+    allow = np.array(sorted(live))[::5]
+    bitmap = np.zeros(100_000, np.bool_)
+    bitmap[np.array(sorted(live))[::2]] = True
+
+    def check(cl) -> None:
+        lid = np.array(sorted(live), np.int64)
+        lx = np.stack([live[i] for i in lid.tolist()])
+        c = np.array([attrs[i]["cat"] for i in lid.tolist()])
+        t = np.array([attrs[i]["tier"] for i in lid.tolist()])
+        for kw, sel in (({"allow": allow}, np.isin(lid, allow)), ({"allow": bitmap}, bitmap[lid]),
+                        ({"where": {"cat": {7}}}, c == 7), ({"where": {"tier": range(1, 3)}}, t >= 1),
+                        ({"allow": bitmap, "where": {"cat": [1, 2, 7], "tier": [0]}},
+                         bitmap[lid] & np.isin(c, [1, 2, 7]) & (t == 0))):
+            want = brute_force_topk(lx[sel], lid[sel], q, 12, "ip")[1]
+            np.testing.assert_array_equal(cl.search(q, 12, **kw)[1], want, err_msg=str(kw))
+            np.testing.assert_array_equal(cl.search(q[2], 12, **kw)[1][0], want[2], err_msg=str(kw))
+
+    check(client)
+    with pytest.raises(KeyError, match=f"allow-list id {int(ids[60])}"):
+        client.search(q, 5, allow=[int(ids[100]), int(ids[60])])
+    with pytest.raises(ValueError, match="unknown attribute 'colour'"):
+        client.search(q, 5, where={"colour": [1]})
+    srv.core.fold()
+    check(client)
+    client.add(v[:5], [90_001, 90_002, 90_003, 90_004, 90_005], attrs={"cat": [7] * 5})  # in the log only
+    live.update(zip([90_001, 90_002, 90_003, 90_004, 90_005], v[:5], strict=True))
+    attrs.update({i: {"cat": 7, "tier": 0} for i in (90_001, 90_002, 90_003, 90_004, 90_005)})
+    srv.stop(checkpoint=False)
+    srv2, client2 = start_server("svc", fold_rows=100_000, fold_tombstones=100_000)  # replays the log
+    check(client2)
+
+
+def test_concurrent_single_queries_are_coalesced_into_batches(tmp_path):
+    """Threads sending one query each at the same time are answered by shared batched searches (with different
+    k in one batch), every answer exact; a lone client's request is never held back."""
+    from recmine.faery.service import RetrievalCore
+
+    rng = np.random.default_rng(43)
+    x = rng.standard_normal((30_000, D)).astype(np.float32)
+    core = RetrievalCore(tmp_path / "co", dim=D, background=False)
+    try:
+        core.add(x, np.arange(30_000))
+        core.fold()
+        q = rng.standard_normal((16 * 12, D)).astype(np.float32)
+        ks = [5 + (i % 4) * 10 for i in range(q.shape[0])]
+        want = {k: brute_force_topk(x, None, q, k)[1] for k in set(ks)}
+        got: dict[int, np.ndarray] = {}
+        start = threading.Barrier(16)
+
+        def client(t: int) -> None:
+            start.wait()
+            for i in range(t, q.shape[0], 16):
+                got[i] = core.search(q[i], ks[i])[1][0]
+
+        th = [threading.Thread(target=client, args=(t,)) for t in range(16)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        for i in range(q.shape[0]):
+            np.testing.assert_array_equal(got[i], want[ks[i]][i], err_msg=f"request {i}")
+        st = core.stats()
+        assert st["coalesced_searches"] == q.shape[0] and st["search_batches"] < q.shape[0] // 2, st
+        before = st["search_batches"]
+        t0 = time.perf_counter()
+        core.search(q[0], 5)  # alone: led at once, no window
+        assert core.stats()["search_batches"] == before + 1 and time.perf_counter() - t0 < 5
+    finally:
+        core.close(checkpoint=False)

@@ -26,14 +26,47 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _load_npy(path: Path, what: str, mmap: bool = False) -> np.ndarray:
     if not path.exists():
         _fail(f"{what} file not found: {path}")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError) as exc:
         _fail(f"{path}: not a readable .npy file ({exc})")
         raise  # unreachable
+
+
+def _load_attrs(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        _fail(f"attributes file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except (ValueError, OSError) as exc:
+        _fail(f"{path}: not a readable .npz file of named integer arrays ({exc})")
+        raise  # unreachable
+
+
+def _parse_where(items: list[str] | None) -> dict[str, object] | None:
+    """--where name=1,2,3 (a set) or name=lo:hi (lo <= value < hi) -> the `where` of Index.search."""
+    if not items:
+        return None
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if name in out:
+            _fail(f"--where names {name!r} twice; give one predicate per attribute")
+        try:
+            if not sep or not name:
+                raise ValueError
+            if ":" in spec:
+                lo, hi = spec.split(":")
+                out[name] = range(int(lo), int(hi))
+            else:
+                out[name] = {int(v) for v in spec.split(",") if v.strip()}
+        except ValueError:
+            _fail(f"--where takes name=v1,v2,... or name=lo:hi with integers, got {item!r}")
+    return out
 
 
 @app.command("build")
@@ -41,32 +74,41 @@ def build(
     vectors: Annotated[Path, typer.Option("--vectors", help="(n, dim) float .npy file.")],
     out: Annotated[Path, typer.Option("--out", help="Index directory to write.")],
     ids: Annotated[Path | None, typer.Option("--ids", help="(n,) int64 .npy ids (default 0..n-1).")] = None,
+    attrs: Annotated[Path | None, typer.Option("--attrs", help=".npz of named (n,) integer arrays: per-row "
+                                                                "attributes for search --where.")] = None,
     metric: Annotated[str, typer.Option("--metric", help="ip, cosine or l2.")] = "ip",
     storage: Annotated[str, typer.Option("--storage", help="int8, fp16 or fp32 scan tier.")] = "int8",
+    master_on_disk: Annotated[bool, typer.Option("--master-on-disk", help="Keep the fp32 master copy in a file "
+                                                 "while building (a corpus larger than RAM).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build an index from vectors and save it.
+    """Build an index from vectors and save it. The vectors file is memory-mapped and read chunk by chunk.
 
     Example:\n
-      recmine retrieve build --vectors items.npy --ids item_ids.npy --out idx/ --json
+      recmine retrieve build --vectors items.npy --ids item_ids.npy --attrs item_attrs.npz --out idx/ --json
     """
     from recmine.faery import Index
 
-    x = _load_npy(vectors, "vectors")
+    x = _load_npy(vectors, "vectors", mmap=True)
     id_arr = _load_npy(ids, "ids") if ids is not None else None
+    cols = _load_attrs(attrs) if attrs is not None else None
     t = time.perf_counter()
+    tmp = out.parent / f".{out.name}.master.tmp" if master_on_disk else None
     try:
         if x.ndim != 2:
             _fail(f"{vectors}: expected a 2-D array, got shape {x.shape}")
-        idx = Index(int(x.shape[1]), metric=metric, storage=storage)
-        idx.add(x, ids=id_arr)
+        idx = Index(int(x.shape[1]), metric=metric, storage=storage, master_path=tmp)
+        idx.add(x, ids=id_arr, attrs=cols)
         idx.save(out)
     except (ValueError, KeyError) as exc:
         _fail(str(exc))
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     st = idx.stats()
     emit({"index": str(out), "rows": len(idx), "dim": idx.dim, "metric": metric, "storage": storage,
-          "bytes_per_row": st["bytes_per_row"], "seconds": time.perf_counter() - t}, as_json=as_json,
-         title="faery build")
+          "attributes": ",".join(idx.attributes) or "-", "bytes_per_row": st["bytes_per_row"],
+          "seconds": time.perf_counter() - t}, as_json=as_json, title="faery build")
 
 
 @app.command("search")
@@ -74,25 +116,35 @@ def search(
     index: Annotated[Path, typer.Option("--index", help="Index directory.")],
     queries: Annotated[Path, typer.Option("--queries", help="(nq, dim) float .npy file.")],
     k: Annotated[int, typer.Option("-k", help="Results per query.")] = 10,
+    allow: Annotated[Path | None, typer.Option("--allow", help=".npy of allowed ids (integers) or a boolean "
+                                                               "bitmap over ids.")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", help="Attribute predicate: name=v1,v2 (in a set) "
+                                                    "or name=lo:hi (lo <= v < hi); repeatable.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every file's checksum before searching.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write scores and ids to this .npz.")] = None,
     show: Annotated[int, typer.Option("--show", help="Queries to print (all go to --out).")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
-    """Top-k search for every query.
+    """Top-k search for every query, optionally only over allowed ids and rows whose attributes match.
 
     Example:\n
-      recmine retrieve search --index idx/ --queries q.npy -k 100 --out hits.npz
+      recmine retrieve search --index idx/ --queries q.npy -k 100 --out hits.npz\n
+      recmine retrieve search --index idx/ --queries q.npy --where category=3,7 --where price=10:100 --json
     """
     from recmine.faery import Index
+    from recmine.faery.index import warm_up
 
     q = _load_npy(queries, "queries")
+    allow_arr = _load_npy(allow, "allow") if allow is not None else None
+    preds = _parse_where(where)
     try:
-        idx = Index.load(index)
+        idx = Index.load(index, verify=verify)
+        warm_up(idx.storage, idx.metric)  # the JIT's start-up is the process's, not the search's: not timed
         t = time.perf_counter()
-        scores, ids = idx.search(q, k)
+        scores, ids = idx.search(q, k, allow=allow_arr, where=preds)
         seconds = time.perf_counter() - t
     except (ValueError, KeyError) as exc:
-        _fail(str(exc))
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     if out is not None:
         np.savez(out, scores=scores, ids=ids)
     nq = scores.shape[0]
@@ -104,6 +156,28 @@ def search(
     rows = [{"query": i, "top ids": " ".join(str(v) for v in ids[i, :10]),
              "best score": float(scores[i, 0])} for i in range(min(show, nq))]
     emit({**result, "results": rows}, as_json=False, title="faery search")
+
+
+@app.command("verify")
+def verify_cmd(
+    index: Annotated[Path, typer.Option("--index", help="Index directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the size and CRC32 of every file of a saved index (loading never reads them all); exit status 2 and
+    the damaged file's name when one is missing, truncated or corrupt.
+
+    Example:\n
+      recmine retrieve verify --index idx/ --json
+    """
+    from recmine.faery import Index
+
+    t = time.perf_counter()
+    try:
+        files = Index.verify(index)
+    except ValueError as exc:
+        _fail(str(exc))
+    emit({"index": str(index), "files": len(files), "checked_bytes": sum(files.values()), "ok": True,
+          "seconds": time.perf_counter() - t}, as_json=as_json, title="faery verify")
 
 
 @app.command("bench")

@@ -104,8 +104,37 @@ class Client:
                                    grpc.StatusCode.UNAVAILABLE) from None
 
     # ---- reads
-    def search_versioned(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(scores (nq, k) float32, ids (nq, k) int64, the index version every query saw)."""
+    def _filter(self, allow: Any, where: Any) -> Any:
+        """A Filter message for allow / where (as Index.search takes them), or None."""
+        if allow is None and not where:
+            return None
+        f = self.pb2.Filter()
+        if allow is not None:
+            arr = np.asarray(sorted(allow) if isinstance(allow, (set, frozenset)) else allow)
+            if arr.dtype == np.bool_:
+                f.allow_bitmap = np.packbits(arr.ravel(), bitorder="little").tobytes()
+            elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"allow must be a set of integer ids or a boolean bitmap over ids, got {arr.dtype}")
+            else:
+                f.has_allow_ids = True
+                f.allow_ids.extend(arr.astype(np.int64).ravel().tolist())
+        for name, pred in (where or {}).items():
+            p = f.where.add(attribute=str(name))
+            if isinstance(pred, range):
+                if pred.step != 1:
+                    raise ValueError(f"where[{name!r}]: only ranges with step 1 are supported, got {pred}")
+                p.is_range, p.lo, p.hi = True, pred.start, pred.stop
+            else:
+                vals = np.asarray(sorted(pred) if isinstance(pred, (set, frozenset)) else pred).ravel()
+                if vals.size and not np.issubdtype(vals.dtype, np.integer):
+                    raise ValueError(f"where[{name!r}] must be a range or a set of integers")
+                p.values.extend(vals.astype(np.int64).tolist())
+        return f
+
+    def search_versioned(self, queries: Any, k: int, allow: Any = None,
+                         where: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(scores (nq, k) float32, ids (nq, k) int64, the index version every query saw); allow and where as
+        Index.search."""
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -114,15 +143,17 @@ class Client:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -(2**31) <= k < 2**31:
             raise ValueError(f"k must be an integer, got {k!r}")
         q = np.ascontiguousarray(q, "<f4")
-        req = self.pb2.SearchRequest(queries=q.tobytes(), nq=q.shape[0], dim=q.shape[1], k=int(k))
+        req = self.pb2.SearchRequest(queries=q.tobytes(), nq=q.shape[0], dim=q.shape[1], k=int(k),
+                                     filter=self._filter(allow, where))
         rep = self._call("Search", req)
         scores = np.frombuffer(rep.scores, "<f4").reshape(rep.nq, rep.k).astype(np.float32)
         ids = np.frombuffer(rep.ids, "<i8").reshape(rep.nq, rep.k).astype(np.int64)
         return scores, ids, int(rep.version)
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per query, exactly as Index.search: (scores float32 (nq, k), ids int64 (nq, k))."""
-        scores, ids, _ = self.search_versioned(queries, k)
+    def search(self, queries: Any, k: int, allow: Any = None, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query, exactly as Index.search: (scores float32 (nq, k), ids int64 (nq, k)); allow (an id
+        set or a boolean bitmap over ids) and where ({attribute: range or set}) as Index.search."""
+        scores, ids, _ = self.search_versioned(queries, k, allow, where)
         return scores, ids
 
     def stats(self) -> dict[str, Any]:
@@ -136,8 +167,9 @@ class Client:
         return self.pb2.HealthCheckResponse.ServingStatus.Name(rep.status)
 
     # ---- writes
-    def upsert(self, ids: Any, vectors: Any) -> tuple[np.ndarray, int]:
-        """Insert or replace rows (ids None: the server assigns them); returns (ids, version). Durable on return."""
+    def upsert(self, ids: Any, vectors: Any, attrs: Any = None) -> tuple[np.ndarray, int]:
+        """Insert or replace rows (ids None: the server assigns them; attrs: {name: n integers}); returns
+        (ids, version). Durable on return."""
         v = np.asarray(vectors)
         if v.ndim == 1:
             v = v[None, :]
@@ -148,12 +180,17 @@ class Client:
         v = np.ascontiguousarray(v, "<f4")
         id_list = [] if ids is None else np.atleast_1d(np.asarray(ids, np.int64)).tolist()
         req = self.pb2.UpsertRequest(ids=id_list, vectors=v.tobytes(), n=v.shape[0], dim=v.shape[1])
+        for name, col in (attrs or {}).items():
+            vals = np.asarray(col).ravel()
+            if vals.size and not np.issubdtype(vals.dtype, np.integer):
+                raise ValueError(f"attribute {name!r} must hold integers, got {vals.dtype}")
+            req.attrs.add(name=str(name), values=vals.astype(np.int64).tolist())
         rep = self._call("Upsert", req)
         return np.array(rep.ids, np.int64), int(rep.version)
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, attrs: Any = None) -> np.ndarray:
         """Like Index.add, but an existing id is replaced (upsert). Returns the ids."""
-        return self.upsert(ids, vectors)[0]
+        return self.upsert(ids, vectors, attrs)[0]
 
     def delete(self, ids: Any) -> tuple[int, int]:
         """Remove ids; returns (count, version). KeyError naming an unknown id (then nothing is removed)."""

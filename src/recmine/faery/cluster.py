@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from recmine.faery import durable
-from recmine.faery.index import Index, check_ids
+from recmine.faery import durable, filters
+from recmine.faery.corpus import check_attr_name
+from recmine.faery.index import Index, check_attrs, check_ids
 
 _M64 = (1 << 64) - 1
 
@@ -182,6 +183,7 @@ class _Base:
         self._dim, self._metric, self._storage = dim, metric, storage
         self._mut = threading.Lock()
         self._next_id = 0
+        self._attrs: set[str] = set()  # every part has every column (created everywhere at once)
 
     @property
     def dim(self) -> int:
@@ -193,8 +195,26 @@ class _Base:
         """ip | cosine | l2."""
         return self._metric
 
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """Names of the per-row integer attributes (filterable with `where=`)."""
+        return tuple(sorted(self._attrs))
+
     def _vectors(self, vectors: Any) -> np.ndarray:
         return self._probe.corpus.check_vectors(vectors)
+
+    def _attr_cols(self, attrs: Any, n: int) -> dict[str, np.ndarray]:
+        cols = check_attrs(attrs, n)
+        for name in cols:
+            check_attr_name(name)
+        return cols
+
+    def _queries(self, queries: Any, k: int, allow: Any, where: Any) -> tuple[np.ndarray, Any, dict[str, Any]]:
+        """Validated (queries (nq, dim), allow, predicates), exactly as Index.search checks them."""
+        q = np.asarray(queries)
+        self._probe.search(q, k)  # shape, NaN and k, on no data: cheap
+        q = q[None, :] if q.ndim == 1 else q
+        return q, filters.check_allow(allow), filters.check_where(where, self._attrs)
 
     def _ids(self, ids: Any) -> np.ndarray:
         return check_ids(ids)
@@ -232,6 +252,7 @@ class ShardedIndex(_Base):
                 for i in self._group.call(part, "ids").tolist():
                     self._owner[int(i)] = s
             self._next_id = max(self._owner, default=-1) + 1
+            self._attrs = set(self._group.call(self._group.parts[0], "attributes_tuple"))
 
     @property
     def n_shards(self) -> int:
@@ -253,14 +274,17 @@ class ShardedIndex(_Base):
         where = shard_of(ids, self.n_shards)
         return [np.flatnonzero(where == s) for s in range(self.n_shards)]
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Add rows (ids default to new consecutive integers); each goes to its hashed shard."""
+    def add(self, vectors: Any, ids: Any = None, attrs: Any = None) -> np.ndarray:
+        """Add rows (ids default to new consecutive integers; attrs as Index.add); each goes to its hashed shard."""
         v = self._vectors(vectors)
+        cols = self._attr_cols(attrs, v.shape[0])
         with self._mut:
             arr = self._new_ids(v, ids, self._owner)
             parts = self._split(arr)
             g = self._group
-            g.fan([(g.parts[s], "add", (v[sel], arr[sel])) for s, sel in enumerate(parts) if sel.size])
+            g.fan([(g.parts[s], "add", (v[sel], arr[sel], {k: c[sel] for k, c in cols.items()}))
+                   for s, sel in enumerate(parts) if sel.size])
+            self._new_columns(cols, [s for s, sel in enumerate(parts) if not sel.size])
             for s, sel in enumerate(parts):
                 for i in arr[sel].tolist():
                     self._owner[i] = s
@@ -268,10 +292,10 @@ class ShardedIndex(_Base):
                 self._next_id = max(self._next_id, int(arr.max()) + 1)
         return arr
 
-    def _known(self, arr: np.ndarray) -> None:
+    def _known(self, arr: np.ndarray, what: str = "unknown id") -> None:
         for i in arr.tolist():
             if i not in self._owner:
-                raise KeyError(f"unknown id {i}")
+                raise KeyError(f"{what} {i}" if what == "unknown id" else f"{what} {i} is not in the index")
 
     def remove(self, ids: Any) -> int:
         """Delete ids; KeyError naming an unknown id (then nothing is removed)."""
@@ -298,6 +322,27 @@ class ShardedIndex(_Base):
             g.fan([(g.parts[s], "update", (arr[own == s], v[own == s])) for s in range(self.n_shards)
                    if (own == s).any()])
 
+    def _new_columns(self, cols: dict[str, np.ndarray], parts: list[int]) -> None:
+        """New attribute names become columns on the given parts too (the others got them with their rows)."""
+        new = [name for name in cols if name not in self._attrs]
+        if new and parts:
+            g = self._group
+            empty = np.zeros(0, np.int64)
+            g.fan([(g.parts[s], "set_attributes", (empty, {name: empty for name in new})) for s in parts])
+        self._attrs.update(cols)
+
+    def set_attributes(self, ids: Any, attrs: Any) -> None:
+        """Set per-row attribute values of existing ids (as Index.set_attributes)."""
+        arr = self._ids(ids)
+        cols = self._attr_cols(attrs, arr.size)
+        with self._mut:
+            self._known(arr)
+            own = np.array([self._owner[i] for i in arr.tolist()], np.int64)
+            g = self._group
+            g.fan([(g.parts[s], "set_attributes", (arr[own == s], {k: c[own == s] for k, c in cols.items()}))
+                   for s in range(self.n_shards)])
+            self._attrs.update(cols)
+
     def get(self, ids: Any) -> np.ndarray:
         """Stored vectors of ids (float32 master copy)."""
         arr = self._ids(ids)
@@ -310,15 +355,20 @@ class ShardedIndex(_Base):
                 out[sel] = self._group.call(self._group.parts[s], "get", arr[sel])
         return out
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over every shard, merged exactly: (scores (nq, k), ids (nq, k)) as Index.search."""
-        q = np.asarray(queries)
-        self._probe.search(q, k)  # validates shape, NaN and k exactly like Index (on no data: cheap)
-        q = q[None, :] if q.ndim == 1 else q
+    def search(self, queries: Any, k: int, allow: Any = None, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over every shard, merged exactly: (scores (nq, k), ids (nq, k)) as Index.search, including
+        `allow` (an id set is split by owner; an unknown id is a KeyError) and `where`."""
+        q, allow_arr, _ = self._queries(queries, k, allow, where)
         self._rw.acquire_read()
         try:
             g = self._group
-            res = g.fan([(p, "search", (q, k)) for p in g.parts])
+            if allow_arr is not None and allow_arr.dtype != np.bool_:
+                self._known(allow_arr, "allow-list id")
+                where_s = shard_of(allow_arr, self.n_shards)
+                allows = [allow_arr[where_s == s] for s in range(self.n_shards)]
+            else:
+                allows = [allow_arr] * self.n_shards
+            res = g.fan([(p, "search", (q, k, allows[s], where)) for s, p in enumerate(g.parts)])
         finally:
             self._rw.release_read()
         return merge_topk([r[0] for r in res], [r[1] for r in res], int(k), self._metric)
@@ -332,9 +382,20 @@ class ShardedIndex(_Base):
             moved = all_ids[shard_of(all_ids, n + 1) == n] if all_ids.size else all_ids
             g = self._group
             new = g.make()
+            if self._attrs:
+                empty = np.zeros(0, np.int64)
+                g.call(new, "set_attributes", empty, {name: empty for name in self._attrs})
             if moved.size:
                 vecs = self.get(moved)
-                g.call(new, "add", vecs, moved)
+                from_part = np.array([self._owner[i] for i in moved.tolist()], np.int64)
+                cols = {name: np.zeros(moved.size, np.int64) for name in self._attrs}
+                for s in range(n):
+                    sel = np.flatnonzero(from_part == s)
+                    if sel.size and cols:
+                        got = g.call(g.parts[s], "get_attributes", moved[sel])
+                        for name in cols:
+                            cols[name][sel] = got[name]
+                g.call(new, "add", vecs, moved, cols)
             from_shard = np.array([self._owner[i] for i in moved.tolist()], np.int64)
             self._rw.acquire_write()
             try:
@@ -406,12 +467,14 @@ class ReplicatedIndex(_Base):
         g = self._group
         return g.fan([(p, method, args) for p in g.parts])
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Add rows to every replica."""
+    def add(self, vectors: Any, ids: Any = None, attrs: Any = None) -> np.ndarray:
+        """Add rows to every replica (attrs as Index.add)."""
         v = self._vectors(vectors)
+        cols = self._attr_cols(attrs, v.shape[0])
         with self._mut:
             arr = self._new_ids(v, ids, self._live)
-            self._all("add", v, arr)
+            self._all("add", v, arr, cols)
+            self._attrs.update(cols)
             self._live.update(arr.tolist())
             if arr.size:
                 self._next_id = max(self._next_id, int(arr.max()) + 1)
@@ -438,21 +501,34 @@ class ReplicatedIndex(_Base):
                     raise KeyError(f"unknown id {i}")
             self._all("update", arr, v)
 
+    def set_attributes(self, ids: Any, attrs: Any) -> None:
+        """Set per-row attribute values on every replica (as Index.set_attributes)."""
+        arr = self._ids(ids)
+        cols = self._attr_cols(attrs, arr.size)
+        with self._mut:
+            for i in arr.tolist():
+                if i not in self._live:
+                    raise KeyError(f"unknown id {i}")
+            self._all("set_attributes", arr, cols)
+            self._attrs.update(cols)
+
     def get(self, ids: Any) -> np.ndarray:
         """Stored vectors (from replica 0)."""
         return self._group.call(self._group.parts[0], "get", ids)
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k: the batch split across replicas, results in query order."""
-        q = np.asarray(queries)
-        self._probe.search(q, k)  # validates shape, NaN and k exactly like Index
-        q = q[None, :] if q.ndim == 1 else q
+    def search(self, queries: Any, k: int, allow: Any = None, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k: the batch split across replicas, results in query order (allow/where as Index.search)."""
+        q, allow_arr, _ = self._queries(queries, k, allow, where)
+        if allow_arr is not None and allow_arr.dtype != np.bool_:
+            for i in allow_arr.tolist():
+                if i not in self._live:
+                    raise KeyError(f"allow-list id {i} is not in the index")
         g = self._group
         n = len(g.parts)
         blocks = np.array_split(np.arange(q.shape[0]), min(n, max(1, q.shape[0])))
         start = self._rr
         self._rr = (self._rr + 1) % n
-        res = g.fan([(g.parts[(start + j) % n], "search", (q[b], k)) for j, b in enumerate(blocks)])
+        res = g.fan([(g.parts[(start + j) % n], "search", (q[b], k, allow, where)) for j, b in enumerate(blocks)])
         return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
 
     def stats(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Used by benchmarks/faery_bench.py, `recmine retrieve bench` and the demo's faery
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from recmine.faery.exact import brute_force_topk, recall
 from recmine.isolate import run_isolated
 
 PROBE = 8  # queries per faiss configuration when picking its fastest for a K
+SHARD_COPY_MAX_BYTES = 2 << 30  # larger corpora: no second in-RAM copy (faiss shards; numpy reads the mapped file)
+NUMPY_BLOCK_FLOATS = 1 << 26  # numpy scores (queries x rows) at most this many floats at a time
 
 
 # ---------------------------------------------------------------------------------------------------- children
@@ -58,26 +61,69 @@ def _removal_ids(n: int, count: int) -> np.ndarray:
     return np.sort(np.random.default_rng(7).choice(n, size=min(count, n // 2), replace=False)).astype(np.int64)
 
 
+def allow_bitmap(n: int, selectivity: float) -> np.ndarray:
+    """The filter of the filtered-search comparison: a boolean bitmap over row ids 0..n-1 allowing about
+    `selectivity` of them at random (fixed seed per selectivity, the same in every process)."""
+    rng = np.random.default_rng(1_000_003 + int(round(selectivity * 1e6)))
+    out = np.empty(n, np.bool_)
+    for lo in range(0, n, 1 << 22):  # in blocks: no n-sized float temporary
+        out[lo: lo + (1 << 22)] = rng.random(min(1 << 22, n - lo)) < selectivity
+    return out
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set so far, bytes (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _warm_and_first(search: Callable[[np.ndarray], np.ndarray], qs: np.ndarray) -> dict[str, float]:
+    """First search after a load, then the median of the next ones, ms."""
+    t = time.perf_counter()
+    search(qs[:1])
+    first = time.perf_counter() - t
+    times, _ = _timed_queries(search, qs[1:6])
+    return {"first_search_ms": first * 1e3, "warm_search_ms": float(np.median(times)) * 1e3}
+
+
+def _dir_bytes(path: str | os.PathLike[str]) -> int:
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
 def run_faery(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k: int, storage: str,
-              removal: int = 0) -> dict[str, Any]:
-    """Child: build a faery Index over the memory-mapped corpus, time single queries per K and a batch; optionally
-    remove `removal` rows (tombstones), time searches, compact(), time again."""
+              removal: int = 0, sels: Sequence[float] = (), filter_k: int = 100,
+              lifecycle: str | None = None) -> dict[str, Any]:
+    """Child: build a faery Index over the memory-mapped corpus (chunk by chunk), time single queries per K, a
+    batch, filtered single queries (an id bitmap per selectivity); optionally remove `removal` rows (tombstones,
+    then compact()); with `lifecycle` (a scratch directory), save, load and time the first search after the load."""
     import numba
 
     from recmine.faery import Index
+    from recmine.faery.index import warm_up
 
+    warm_up(storage)  # the JIT's start-up is the process's, not the index's: outside every timing
     x = np.load(x_path, mmap_mode="r")
     qs, qb = np.load(q_path), np.load(b_path)
+    rss0 = _peak_rss()
     t = time.perf_counter()
     idx = Index(x.shape[1], storage=storage)
     idx.add(x)
     out: dict[str, Any] = {"threads": numba.get_num_threads(), "pid": os.getpid(), "build_s": time.perf_counter() - t,
-                           "single": {}}
+                           "peak_rss_bytes": _peak_rss(), "rss_before_build_bytes": rss0, "single": {},
+                           "filtered": {}}
     for k in ks:
         idx.search(qs[:1], k)
         times, ids = _timed_queries(lambda q, k=k: idx.search(q, k)[1], qs)
         out["single"][k] = {**_stats(times), "ids": ids, "config": storage}
     out["batch_qps"], out["batch_ids"] = _batch_qps(lambda q: idx.search(q, batch_k)[1], qb)
+    for sel in sels:
+        bits = allow_bitmap(x.shape[0], sel)
+        idx.search(qs[:1], filter_k, allow=bits)
+        times, ids = _timed_queries(lambda q, b=bits: idx.search(q, filter_k, allow=b)[1], qs)
+        qps, bids = _batch_qps(lambda q, b=bits: idx.search(q, filter_k, allow=b)[1], qb, reps=2)
+        out["filtered"][sel] = {**_stats(times), "ids": ids, "batch_qps": qps, "batch_ids": bids,
+                                "config": "allow= id bitmap, checked in the scan"}
     if removal:
         gone = _removal_ids(x.shape[0], removal)
         t = time.perf_counter()
@@ -90,52 +136,86 @@ def run_faery(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k:
         times2, ids2 = _timed_queries(lambda q: idx.search(q, batch_k)[1], qs)
         out["removal"] = [{"how": "remove (tombstones)", "op_ms": rem_ms, **_stats(times), "ids": ids},
                           {"how": "remove + compact()", "op_ms": rem_ms + cmp_ms, **_stats(times2), "ids": ids2}]
+    if lifecycle:
+        if removal:  # the saved index is the full corpus again
+            idx = Index(x.shape[1], storage=storage)
+            idx.add(x)
+        path = Path(lifecycle) / f"faery-{storage}-{os.getpid()}"
+        t = time.perf_counter()
+        idx.save(path)
+        save_s = time.perf_counter() - t
+        del idx
+        t = time.perf_counter()
+        back = Index.load(path)
+        load_ms = (time.perf_counter() - t) * 1e3
+        out["lifecycle"] = {"save_s": save_s, "index_bytes": _dir_bytes(path), "load_ms": load_ms,
+                            **_warm_and_first(lambda q: back.search(q, batch_k)[1], qs),
+                            "load": "Index.load (memory-mapped)"}
+        shutil.rmtree(path, ignore_errors=True)
     return out
 
 
 def run_faiss(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k: int,
-              removal: int = 0) -> dict[str, Any]:
-    """Child: faiss.IndexFlatIP at this process's thread count, each K through its fastest configuration; optionally
-    the removal comparison (an IDSelector that hides the rows, then remove_ids)."""
+              removal: int = 0, sels: Sequence[float] = (), filter_k: int = 100,
+              lifecycle: str | None = None) -> dict[str, Any]:
+    """Child: faiss.IndexFlatIP at this process's thread count, each K through its fastest configuration;
+    filtered queries through SearchParameters(sel=IDSelectorBitmap) (its scan or BLAS path, the faster); optionally
+    the removal comparison (an IDSelector that hides the rows, then remove_ids) and write_index / read_index."""
     import faiss
 
     threads = faiss.omp_get_max_threads()
-    x = np.ascontiguousarray(np.load(x_path, mmap_mode="r"), np.float32)
+    x = np.load(x_path, mmap_mode="r")
     qs, qb = np.load(q_path), np.load(b_path)
+    rss0 = _peak_rss()
     t = time.perf_counter()
     flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    out: dict[str, Any] = {"threads": threads, "pid": os.getpid(), "build_s": time.perf_counter() - t, "single": {}}
+    for lo in range(0, x.shape[0], 1 << 20):  # from the memory-mapped file, a block at a time
+        flat.add(np.ascontiguousarray(x[lo: lo + (1 << 20)], np.float32))
+    out: dict[str, Any] = {"threads": threads, "pid": os.getpid(), "build_s": time.perf_counter() - t,
+                           "peak_rss_bytes": _peak_rss(), "rss_before_build_bytes": rss0, "single": {},
+                           "filtered": {}}
     default_thr = faiss.cvar.distance_compute_blas_threshold
     configs: dict[str, tuple[Any, int]] = {"IndexFlatIP": (flat, default_thr), "IndexFlatIP, BLAS": (flat, 0)}
-    if threads > 1:  # a single query runs on one thread; shards run one per thread
+    if threads > 1 and x.nbytes <= SHARD_COPY_MAX_BYTES:  # a single query runs on one thread; shards, one each
         shards = faiss.IndexShards(x.shape[1], True, True)
-        parts = []
-        for part in np.array_split(x, threads):
+        for part in np.array_split(np.arange(x.shape[0]), threads):
             p = faiss.IndexFlatIP(x.shape[1])
-            p.add(part)
-            parts.append(p)
+            p.add(np.ascontiguousarray(x[part[0]: part[-1] + 1], np.float32))
             shards.add_shard(p)
         configs[f"IndexShards x{threads}"] = (shards, default_thr)
 
-    def search(name: str, q: np.ndarray, k: int) -> np.ndarray:
+    def search(name: str, q: np.ndarray, k: int, params: Any = None) -> np.ndarray:
         index, thr = configs[name]
         faiss.cvar.distance_compute_blas_threshold = thr
-        return index.search(q, k)[1]
+        return index.search(q, k, params=params)[1] if params is not None else index.search(q, k)[1]
+
+    def fastest(k: int, names: Sequence[str], params: Any = None) -> str:
+        probe = {}
+        for name in names:
+            search(name, qs[:2], k, params)
+            times, _ = _timed_queries(lambda q, name=name: search(name, q, k, params), qs[:PROBE])
+            probe[name] = float(np.median(times))
+        return min(probe, key=probe.__getitem__)
 
     for k in ks:
-        probe = {}
-        for name in configs:
-            search(name, qs[:2], k)
-            times, _ = _timed_queries(lambda q, name=name, k=k: search(name, q, k), qs[:PROBE])
-            probe[name] = float(np.median(times))
-        best = min(probe, key=probe.__getitem__)
+        best = fastest(k, list(configs))
         times, ids = _timed_queries(lambda q, best=best, k=k: search(best, q, k), qs)
         out["single"][k] = {**_stats(times), "ids": ids, "config": best}
     rates = {name: _batch_qps(lambda q, name=name: search(name, q, batch_k), qb) for name in configs}
     best = max(rates, key=lambda n: rates[n][0])
     out["batch_qps"], out["batch_ids"] = rates[best]
     out["batch_config"] = best
+    flat_names = ["IndexFlatIP", "IndexFlatIP, BLAS"]  # a selector holds global ids: shards would misread them
+    for sel in sels:
+        packed = np.packbits(allow_bitmap(x.shape[0], sel), bitorder="little")
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(x.shape[0], faiss.swig_ptr(packed)))
+        name = fastest(filter_k, flat_names, params)
+        times, ids = _timed_queries(lambda q, name=name, p=params: search(name, q, filter_k, p), qs)
+        bq = {n: _batch_qps(lambda q, n=n, p=params: search(n, q, filter_k, p), qb, reps=2) for n in flat_names}
+        bname = max(bq, key=lambda n: bq[n][0])
+        out["filtered"][sel] = {**_stats(times), "ids": ids, "batch_qps": bq[bname][0], "batch_ids": bq[bname][1],
+                                "config": f"IDSelectorBitmap, {name}"}
+        del params, packed
     if removal:
         gone = _removal_ids(x.shape[0], removal)
         t = time.perf_counter()
@@ -149,29 +229,70 @@ def run_faiss(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k:
         times2, ids2 = _timed_queries(lambda q: remaining[flat.search(q, batch_k)[1]], qs)
         out["removal"] = [{"how": "IDSelectorNot (tombstones)", "op_ms": sel_ms, **_stats(times), "ids": ids},
                           {"how": "remove_ids", "op_ms": rem_ms, **_stats(times2), "ids": ids2}]
+    if lifecycle:
+        if removal:
+            flat.reset()
+            for lo in range(0, x.shape[0], 1 << 20):
+                flat.add(np.ascontiguousarray(x[lo: lo + (1 << 20)], np.float32))
+        configs.clear()
+        path = str(Path(lifecycle) / f"faiss-{os.getpid()}.index")
+        t = time.perf_counter()
+        faiss.write_index(flat, path)
+        save_s = time.perf_counter() - t
+        del flat
+        t = time.perf_counter()
+        back = faiss.read_index(path)
+        load_ms = (time.perf_counter() - t) * 1e3
+        faiss.cvar.distance_compute_blas_threshold = default_thr
+        out["lifecycle"] = {"save_s": save_s, "index_bytes": os.path.getsize(path), "load_ms": load_ms,
+                            **_warm_and_first(lambda q: back.search(q, batch_k)[1], qs), "load": "faiss.read_index"}
+        os.unlink(path)
     return out
 
 
-def run_numpy(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k: int) -> dict[str, Any]:
+def run_numpy(x_path: str, q_path: str, b_path: str, ks: Sequence[int], batch_k: int,
+              sels: Sequence[float] = (), filter_k: int = 100) -> dict[str, Any]:
     """Child: numpy float32 matrix-vector product + argpartition + sort of the top k (BLAS at this process's
-    thread count)."""
-    x = np.ascontiguousarray(np.load(x_path, mmap_mode="r"), np.float32)
+    thread count) over the memory-mapped corpus; a batch in blocks of rows (bounded memory); a filter as a mask
+    applied to the scores before argpartition."""
+    x = np.load(x_path, mmap_mode="r")
+    if x.nbytes <= SHARD_COPY_MAX_BYTES:
+        x = np.ascontiguousarray(x, np.float32)
     qs, qb = np.load(q_path), np.load(b_path)
 
-    def topk(q: np.ndarray, k: int) -> np.ndarray:
-        s = q @ x.T
-        k = min(k, s.shape[1])
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, axis=1)
+    def topk(q: np.ndarray, k: int, keep: np.ndarray | None = None) -> np.ndarray:
+        best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
+        best_i = np.zeros((q.shape[0], 0), np.int64)
+        block = max(1, NUMPY_BLOCK_FLOATS // max(1, q.shape[0]))
+        for lo in range(0, x.shape[0], block):
+            s = q @ x[lo: lo + block].T
+            if keep is not None:
+                s[:, ~keep[lo: lo + block]] = -np.inf
+            kk = min(k, s.shape[1])
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            best_s = np.concatenate([best_s, np.take_along_axis(s, part, axis=1)], axis=1)
+            best_i = np.concatenate([best_i, part + lo], axis=1)
+            if best_s.shape[1] > k:
+                sel = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s, best_i = np.take_along_axis(best_s, sel, 1), np.take_along_axis(best_i, sel, 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        return np.take_along_axis(best_i, order, axis=1)
 
     threads = int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
-    out: dict[str, Any] = {"threads": threads, "pid": os.getpid(), "build_s": 0.0, "single": {}}
+    out: dict[str, Any] = {"threads": threads, "pid": os.getpid(), "build_s": 0.0, "single": {}, "filtered": {},
+                           "peak_rss_bytes": _peak_rss()}
     for k in ks:
         topk(qs[:1], k)
         times, ids = _timed_queries(lambda q, k=k: topk(q, k), qs)
         out["single"][k] = {**_stats(times), "ids": ids, "config": "matmul + argpartition"}
     out["batch_qps"], out["batch_ids"] = _batch_qps(lambda q: topk(q, batch_k), qb)
+    for sel in sels:
+        keep = allow_bitmap(x.shape[0], sel)
+        times, ids = _timed_queries(lambda q, m=keep: topk(q, filter_k, m), qs)
+        qps, bids = _batch_qps(lambda q, m=keep: topk(q, filter_k, m), qb, reps=2)
+        out["filtered"][sel] = {**_stats(times), "ids": ids, "batch_qps": qps, "batch_ids": bids,
+                                "config": "masked matmul + argpartition"}
+    out["peak_rss_bytes"] = _peak_rss()
     return out
 
 
@@ -184,17 +305,49 @@ def _faiss_available() -> bool:
     return True
 
 
-def compare(x: np.ndarray, queries: np.ndarray, ks: Sequence[int], *, batch: np.ndarray | None = None,
-            batch_k: int = 100, threads: Sequence[int] | None = None, storages: Sequence[str] = ("int8",),
-            with_faiss: bool = True, with_numpy: bool = True, removal: int = 0, timeout: float = 3600.0,
-            omp_wait_policy: str | None = "PASSIVE", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def oracle(x: np.ndarray, queries: np.ndarray, k: int, keep: np.ndarray | None = None,
+           block: int = 1 << 21) -> np.ndarray:
+    """The float64 oracle's top-k ids (rows 0..n-1, only rows where keep), block by block for a large corpus:
+    each block's exact top-k, then an exact merge (score, then smaller id; scores are per-row float64 sums, the
+    same whatever else is in the block)."""
+    n = x.shape[0]
+    parts_s, parts_i = [], []
+    for lo in range(0, n, block):
+        rows = np.arange(lo, min(n, lo + block))
+        if keep is not None:
+            rows = rows[keep[lo: lo + block]]
+        if rows.size == 0:
+            continue
+        xb = x[rows] if keep is not None else x[lo: lo + block]
+        s, i = brute_force_topk(xb, rows, queries, min(k, rows.size))
+        parts_s.append(s)
+        parts_i.append(i)
+    if not parts_s:
+        return np.full((queries.shape[0], k), -1, np.int64)
+    s, i = np.concatenate(parts_s, axis=1), np.concatenate(parts_i, axis=1)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), np.where(i < 0, np.inf, -s)), axis=-1)[:, :k]
+    out = np.take_along_axis(i, order, axis=1)
+    if out.shape[1] < k:
+        out = np.concatenate([out, np.full((out.shape[0], k - out.shape[1]), -1, np.int64)], axis=1)
+    return out
+
+
+def compare(x: np.ndarray | str | os.PathLike[str], queries: np.ndarray, ks: Sequence[int], *,
+            batch: np.ndarray | None = None, batch_k: int = 100, threads: Sequence[int] | None = None,
+            storages: Sequence[str] = ("int8",), with_faiss: bool = True, with_numpy: bool = True, removal: int = 0,
+            selectivities: Sequence[float] = (), filter_k: int = 100, lifecycle: bool = False,
+            check_queries: int | None = None, timeout: float = 3600.0, omp_wait_policy: str | None = "PASSIVE",
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time faery, faiss and numpy each alone in its own process on the same data and check every result against
     the float64 oracle (inner product; row ids are 0..n-1).
 
     Parameters
     ----------
-    x, queries
-        (n, dim) corpus and (nq, dim) single queries, float32.
+    x
+        (n, dim) float32 corpus, or the path of a .npy holding it (used in place: a corpus larger than RAM is
+        never loaded whole; every child memory-maps it).
+    queries
+        (nq, dim) single queries, float32.
     ks
         K values for the single-query latencies.
     batch
@@ -208,6 +361,17 @@ def compare(x: np.ndarray, queries: np.ndarray, ks: Sequence[int], *, batch: np.
     removal
         When > 0, also remove this many rows in faery (tombstones, then compact()) and in faiss (an IDSelector
         that hides them, then remove_ids), at the largest thread count, and check searches (K = batch_k) after.
+    selectivities
+        Filtered search: for each fraction, an id bitmap allowing about that share of the rows (`allow_bitmap`),
+        through faery's allow= and faiss's SearchParameters(sel=IDSelectorBitmap) and a numpy mask, at K =
+        filter_k; single queries and the batch.
+    filter_k
+        K of the filtered searches.
+    lifecycle
+        Also save and load each engine's index at the largest thread count (faery: Index.save / Index.load, faiss:
+        write_index / read_index) and time the first search after the load.
+    check_queries
+        Check only the first this many queries (and batch queries) against the oracle (a large corpus).
     timeout
         Seconds each child may take.
     omp_wait_policy
@@ -220,15 +384,15 @@ def compare(x: np.ndarray, queries: np.ndarray, ks: Sequence[int], *, batch: np.
     Returns
     -------
     dict
-        "runs" (one per process: engine, storage/config, threads, build_s, batch_qps, per-K p50/p99, check),
-        "latency", "ratios", "engines" and "removal" rows (see `latency_rows` and co.), "all_exact" (every faery
-        result equals the oracle), and "faiss_threads" / "threads".
+        "runs" (one per process: engine, storage/config, threads, build_s, peak_rss_bytes, batch_qps, per-K
+        p50/p99, filtered, lifecycle, check), "latency", "ratios", "engines", "filtered", "lifecycle" and
+        "removal" rows (see `latency_rows` and co.), "all_exact" (every faery result checked equals the oracle),
+        and "threads".
     """
-    x = np.ascontiguousarray(x, np.float32)
     qs = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
     qb = qs if batch is None else np.ascontiguousarray(batch, np.float32)
     ks = [int(k) for k in ks]
-    n = x.shape[0]
+    sels = [float(v) for v in selectivities]
     if threads is None:
         threads = sorted({1, os.cpu_count() or 1})
     threads = sorted({int(t) for t in threads})
@@ -237,62 +401,86 @@ def compare(x: np.ndarray, queries: np.ndarray, ks: Sequence[int], *, batch: np.
     say = progress or (lambda _msg: None)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="faery-compare-") as tmp:
-        paths = [str(Path(tmp) / name) for name in ("x.npy", "q.npy", "b.npy")]
-        for p, arr in zip(paths, (x, qs, qb), strict=True):
-            np.save(p, arr)
+        if isinstance(x, (str, os.PathLike)):
+            x_path = str(x)
+        else:
+            x_path = str(Path(tmp) / "x.npy")
+            np.save(x_path, np.ascontiguousarray(x, np.float32))
+        paths = [x_path, str(Path(tmp) / "q.npy"), str(Path(tmp) / "b.npy")]
+        np.save(paths[1], qs)
+        np.save(paths[2], qb)
+        xm = np.load(x_path, mmap_mode="r")
+        n = xm.shape[0]
+        life = tmp if lifecycle else None
         jobs: list[tuple[str, str, int, Callable[..., dict[str, Any]], tuple]] = []
         for storage in storages:
             for t in threads:
-                rm = removal if (t == top and storage == storages[0]) else 0
-                jobs.append(("faery", storage, t, run_faery, (*paths, ks, batch_k, storage, rm)))
+                first = t == top and storage == storages[0]
+                jobs.append(("faery", storage, t, run_faery, (*paths, ks, batch_k, storage, removal if first else 0,
+                                                              sels, filter_k, life if first else None)))
         if with_faiss:
             for t in threads:
-                jobs.append(("faiss", "IndexFlatIP", t, run_faiss, (*paths, ks, batch_k, removal if t == top else 0)))
+                jobs.append(("faiss", "IndexFlatIP", t, run_faiss, (*paths, ks, batch_k, removal if t == top else 0,
+                                                                    sels, filter_k, life if t == top else None)))
         if with_numpy:
-            jobs.append(("numpy", "matmul", top, run_numpy, (*paths, ks, batch_k)))
+            jobs.append(("numpy", "matmul", top, run_numpy, (*paths, ks, batch_k, sels, filter_k)))
         for engine, config, t, fn, args in jobs:
             say(f"{engine} {config if engine == 'faery' else ''} at {t} thread{'s' * (t > 1)}".replace("  ", " "))
             env = {"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else None
             res = run_isolated(fn, *args, threads=t, timeout=timeout, env=env)
             runs.append({"engine": engine, "storage": config if engine == "faery" else None, "threads_asked": t,
                          **res})
-    # the oracle, after every child has finished (its BLAS threads never run beside a timed engine)
-    say("float64 oracle")
-    kmax = max([*ks, batch_k])
-    _, want = brute_force_topk(x, None, qs, min(kmax, n))
-    _, want_b = brute_force_topk(x, None, qb, batch_k)
-    all_exact = True
-    for r in runs:
-        for k, s in r["single"].items():
-            got = s.pop("ids")
-            kk = min(k, n)
-            s["exact"] = bool(np.array_equal(got[:, :kk], want[:, :kk]))
-            s["recall"] = recall(got[:, :kk], want[:, :kk])
-        got_b = r.pop("batch_ids")
-        r["batch_exact"] = bool(np.array_equal(got_b, want_b))
-        r["batch_recall"] = recall(got_b, want_b)
-        if r["engine"] == "faery":
-            all_exact = all_exact and r["batch_exact"] and all(s["exact"] for s in r["single"].values())
-    removal_rows: list[dict[str, Any]] = []
-    if removal:
-        gone = _removal_ids(n, removal)
-        keep = np.delete(np.arange(n), gone)
-        _, want_r = brute_force_topk(x[keep], keep, qs, batch_k)
+        # the oracle, after every child has finished (its BLAS threads never run beside a timed engine)
+        say("float64 oracle")
+        m = qs.shape[0] if check_queries is None else min(check_queries, qs.shape[0])
+        mb = qb.shape[0] if check_queries is None else min(check_queries, qb.shape[0])
+        kmax = max([*ks, batch_k])
+        want = oracle(xm, qs[:m], min(kmax, n))
+        want_b = oracle(xm, qb[:mb], batch_k)
+        want_f = {sel: (oracle(xm, qs[:m], filter_k, allow_bitmap(n, sel)),
+                        oracle(xm, qb[:mb], filter_k, allow_bitmap(n, sel))) for sel in sels}
+        all_exact = True
         for r in runs:
-            for rem in r.pop("removal", []):
-                got = rem.pop("ids")
-                rem["exact"] = bool(np.array_equal(got, want_r))
-                rem["recall"] = recall(got, want_r)
-                if r["engine"] == "faery":
-                    all_exact = all_exact and rem["exact"]
-                removal_rows.append({"engine": r["engine"], "threads": r["threads"], **rem})
-    result = {"n": n, "dim": x.shape[1], "queries": qs.shape[0], "batch": qb.shape[0], "batch_k": batch_k,
-              "ks": ks, "threads": threads, "omp_wait_policy": omp_wait_policy or "default", "runs": runs,
-              "all_exact": all_exact, "removal_raw": removal_rows}
+            for k, st in r["single"].items():
+                got = st.pop("ids")[:m]
+                kk = min(k, n)
+                st["exact"] = bool(np.array_equal(got[:, :kk], want[:, :kk]))
+                st["recall"] = recall(got[:, :kk], want[:, :kk])
+            got_b = r.pop("batch_ids")[:mb]
+            r["batch_exact"] = bool(np.array_equal(got_b, want_b))
+            r["batch_recall"] = recall(got_b, want_b)
+            for sel, st in r.get("filtered", {}).items():
+                got, got_fb = st.pop("ids")[:m], st.pop("batch_ids")[:mb]
+                st["exact"] = bool(np.array_equal(got, want_f[sel][0]) and np.array_equal(got_fb, want_f[sel][1]))
+                st["recall"] = min(recall(got, want_f[sel][0]), recall(got_fb, want_f[sel][1]))
+            if r["engine"] == "faery":
+                all_exact = all_exact and r["batch_exact"] and all(st["exact"] for st in r["single"].values()) \
+                    and all(st["exact"] for st in r.get("filtered", {}).values())
+        removal_rows: list[dict[str, Any]] = []
+        if removal:
+            gone = _removal_ids(n, removal)
+            keep = np.ones(n, np.bool_)
+            keep[gone] = False
+            want_r = oracle(xm, qs[:m], batch_k, keep)
+            for r in runs:
+                for rem in r.pop("removal", []):
+                    got = rem.pop("ids")[:m]
+                    rem["exact"] = bool(np.array_equal(got, want_r))
+                    rem["recall"] = recall(got, want_r)
+                    if r["engine"] == "faery":
+                        all_exact = all_exact and rem["exact"]
+                    removal_rows.append({"engine": r["engine"], "threads": r["threads"], **rem})
+        del xm
+    result = {"n": n, "dim": qs.shape[1], "queries": qs.shape[0], "batch": qb.shape[0], "batch_k": batch_k,
+              "ks": ks, "selectivities": sels, "filter_k": filter_k, "checked_queries": m, "threads": threads,
+              "omp_wait_policy": omp_wait_policy or "default", "runs": runs, "all_exact": all_exact,
+              "removal_raw": removal_rows}
     result["latency"] = latency_rows(result)
     result["ratios"] = ratio_rows(result)
     result["engines"] = engine_rows(result)
     result["removal"] = removal_table(result)
+    result["filtered"] = filter_rows(result)
+    result["lifecycle"] = lifecycle_rows(result)
     return result
 
 
@@ -363,7 +551,7 @@ def engine_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             check = f"recall {min([r['batch_recall'], *(s['recall'] for s in r['single'].values())]):.4f}"
         rows.append({"engine": name, "threads": r["threads"], "build s": r["build_s"],
-                     f"batch {result['batch']} q/s": r["batch_qps"], "check": check})
+                     f"batch {result['batch']} qps": r["batch_qps"], "check": check})
     return rows
 
 
@@ -372,3 +560,42 @@ def removal_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"engine": f"{r['engine']} {r['threads']}t", "removal": r["how"], "op ms": r["op_ms"],
              f"K={result['batch_k']} p50 ms": r["p50_ms"],
              "check": "exact" if r["exact"] else f"recall {r['recall']:.4f}"} for r in result["removal_raw"]]
+
+
+def filter_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per selectivity: each engine's best single-query median ms and batch q/s at K = filter_k, faiss time /
+    faery time best against best, and whether faery's results equal the oracle over the allowed rows."""
+    rows = []
+    for sel in result.get("selectivities", []):
+        row: dict[str, Any] = {"allowed": f"{sel:.0%}"}
+        best_ms: dict[str, float] = {}
+        for engine in ("faery", "faiss", "numpy"):
+            cands = [(r["filtered"][sel]["p50_ms"], r["filtered"][sel]["batch_qps"], r["threads"])
+                     for r in result["runs"] if r["engine"] == engine and sel in r.get("filtered", {})]
+            if cands:
+                ms = min(c[0] for c in cands)
+                best_ms[engine] = ms
+                row[f"{engine} ms"] = ms
+                row[f"{engine} batch qps"] = max(c[1] for c in cands)
+        if "faery" in best_ms and "faiss" in best_ms:
+            row["x faiss"] = best_ms["faiss"] / best_ms["faery"]
+        row["faery exact"] = all(r["filtered"][sel]["exact"] for r in result["runs"]
+                                 if r["engine"] == "faery" and sel in r.get("filtered", {}))
+        rows.append(row)
+    return rows
+
+
+def lifecycle_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per process: build time and peak RSS; where measured, save, load and the first search after the load
+    beside a warm one."""
+    rows = []
+    for r in result["runs"]:
+        name = f"faery {r['storage']}" if r["engine"] == "faery" else r["engine"]
+        row: dict[str, Any] = {"engine": f"{name} {r['threads']}t", "build s": r["build_s"],
+                               "peak RSS GB": r.get("peak_rss_bytes", float("nan")) / 1e9}
+        life = r.get("lifecycle")
+        if life:
+            row.update({"index GB": life["index_bytes"] / 1e9, "save s": life["save_s"], "load ms": life["load_ms"],
+                        "1st search ms": life["first_search_ms"], "warm ms": life["warm_search_ms"]})
+        rows.append(row)
+    return rows

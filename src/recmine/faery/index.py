@@ -1,30 +1,29 @@
 """The faery Index: exact top-K retrieval by inner product, cosine or L2 over a packed, updatable corpus.
 
 A drop-in for faiss.IndexFlatIP / IndexFlatL2 with ids: search(queries, k) -> (scores, ids), same shapes; results
-equal brute force (ties broken by the smaller id), only much less memory is read per query."""
+equal brute force (ties broken by the smaller id), only much less memory is read per query. Searches can be limited
+to an allow-list of ids or to rows whose integer attributes satisfy predicates (`allow=`, `where=`), exactly."""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numba
 import numpy as np
 
-from recmine.faery import kernels
-from recmine.faery.corpus import STORAGES, Corpus
+from recmine.faery import filters, kernels, simd
+from recmine.faery.corpus import CHUNK_ROWS, STORAGES, Corpus, check_attr_name
 
 METRICS = ("ip", "cosine", "l2")
-BATCH_BLOCK = 16384  # rows per block of the batched path
-BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 32}  # batches at least this large take the batched path
-
-
-def scan_chunks(n: int, k: int, threads: int | None = None) -> int:
-    """Chunks a single-query scan splits n rows into: a few per thread, each much larger than k so that its
-    running K-th bound becomes selective early."""
-    t = numba.get_num_threads() if threads is None else threads
-    return max(1, min(64, t * 4, n // max(2048, 16 * k)))
+BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 8}  # batches at least this large take the tile (GEMM) path
+PARALLEL_MIN_ROWS = 32_768  # fewer rows to scan: one lane (no thread hand-off)
+RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups whose reservoirs fit this
+SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
+SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32
+SORT_IN_NUMPY = 2048  # re-ranked groups larger than this are ordered by numpy's (vectorised) sort
 
 
 def check_queries(queries: Any, k: Any, dim: int) -> np.ndarray:
@@ -45,34 +44,84 @@ def check_queries(queries: Any, k: Any, dim: int) -> np.ndarray:
     return q
 
 
-def check_ids(ids: Any) -> np.ndarray:
-    """ids as a 1-D int64 array; ValueError for a wrong shape or dtype, or an id given twice (named)."""
+def as_id_array(ids: Any) -> np.ndarray:
+    """ids as a 1-D int64 array; ValueError for a wrong shape or dtype."""
     arr = np.asarray(ids)
     if arr.ndim == 0:
         arr = arr[None]
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"ids must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
-    arr = arr.astype(np.int64)
+    return arr.astype(np.int64)
+
+
+def check_ids(ids: Any) -> np.ndarray:
+    """ids as a 1-D int64 array; ValueError for a wrong shape or dtype, or an id given twice (named)."""
+    arr = as_id_array(ids)
     if np.unique(arr).size != arr.size:
         srt = np.sort(arr)
         raise ValueError(f"duplicate id {int(srt[np.flatnonzero(np.diff(srt) == 0)[0]])} in the call")
     return arr
 
+
+def check_attrs(attrs: Mapping[str, Any] | None, n: int | None) -> dict[str, np.ndarray]:
+    """attrs as {name: int64 (n,)}; ValueError naming a bad column."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping):
+        raise ValueError(f"attrs must map attribute names to integer arrays, got {type(attrs).__name__}")
+    out = {}
+    for name, col in attrs.items():
+        arr = np.asarray(col)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"attribute {name!r} must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+        if n is not None and arr.shape[0] != n:
+            raise ValueError(f"attribute {name!r} has {arr.shape[0]} values for {n} vectors")
+        out[name] = arr.astype(np.int64)
+    return out
+
+
+def warm_up(storage: str = "int8", metric: str = "ip") -> None:
+    """Load the compiled kernels a search and a write use (numba's JIT start-up and its on-disk cache: ~0.5-1 s
+    once per process), so the first real request does not pay for them. Servers call it before they listen."""
+    rng = np.random.default_rng(0)
+    idx = Index(16, metric=metric, storage=storage)
+    idx.add(rng.standard_normal((300, 16)).astype(np.float32))
+    idx.add(rng.standard_normal((4, 16)), ids=[10_000, 10_001, 10_002, 10_003], attrs={"a": [1, 2, 3, 4]})
+    idx.remove([0, 10_003])
+    idx.search(rng.standard_normal((1, 16)), 5, where={"a": [1, 2]})
+    idx.search(rng.standard_normal((1, 16)), 5)
+    idx.search(rng.standard_normal((BATCH_MIN_QUERIES[storage], 16)), 5)
+    idx.compact()
+
+
 class Index:
     """Exact retrieval over int64-identified vectors; see module docstring.
+
+    Parameters
+    ----------
+    dim
+        Vector width.
+    metric
+        "ip" (inner product), "cosine" (rows and queries normalised) or "l2" (squared Euclidean distance).
+    storage
+        The scan tier: "int8" (per-row scale, 1 byte per element; the default), "fp16" or "fp32".
+    master_path
+        When given, the fp32 master copy (read only by the exact re-rank) lives in this file, memory-mapped, and
+        grows in place; RAM then holds the scan tier and 21 bytes of row metadata per row. None: in RAM.
 
     Threading: searches may run concurrently from many threads; mutations (add/remove/update/compact) must not
     overlap searches — the faery service layers snapshots on top for that."""
 
-    def __init__(self, dim: int, metric: str = "ip", storage: str = "int8") -> None:
+    def __init__(self, dim: int, metric: str = "ip", storage: str = "int8",
+                 master_path: str | os.PathLike[str] | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-        if not isinstance(dim, (int, np.integer)) or dim < 1:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         self._metric = metric
-        self.corpus = Corpus(int(dim), storage, l2=metric == "l2")
+        self.corpus = Corpus(int(dim), storage, l2=metric == "l2", master_path=master_path)
         self._next_id = 0
         self._last_pass_rate = float("nan")
         self._lock = threading.Lock()
@@ -93,77 +142,155 @@ class Index:
         """int8, fp16 or fp32: the scan tier's format."""
         return self.corpus.storage
 
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """Names of the per-row integer attributes (filterable with `where=`)."""
+        return tuple(sorted(self.corpus.attrs))
+
+    def attributes_tuple(self) -> tuple[str, ...]:
+        """`attributes` as a method (what a Ray actor can call)."""
+        return self.attributes
+
     def __len__(self) -> int:
         return len(self.corpus)
 
     def contains(self, id_: int) -> bool:
         """True when the id is live in the index."""
-        return int(id_) in self.corpus.slot_of
+        return self.corpus.slot_of(int(id_)) >= 0
 
     def ids(self) -> np.ndarray:
         """Live ids in slot order."""
         c = self.corpus
         return np.asarray(c.ids[: c.size])[np.asarray(c.live[: c.size])].copy()
 
+    def _slots(self, ids: np.ndarray) -> np.ndarray:
+        slots = self.corpus.slots_of(ids)
+        if (slots < 0).any():
+            raise KeyError(f"unknown id {int(ids[np.flatnonzero(slots < 0)[0]])}")
+        return slots
+
     def get(self, ids: Any) -> np.ndarray:
         """The stored fp32 vectors (normalised for cosine) of live ids; KeyError naming an unknown id."""
-        arr = self._check_ids(ids)
-        self._require_known(arr)
-        slots = np.fromiter((self.corpus.slot_of[i] for i in arr.tolist()), np.int64, count=arr.size)
+        slots = self._slots(check_ids(ids))
         return np.array(self.corpus.master[slots], np.float32)
 
+    def get_attributes(self, ids: Any) -> dict[str, np.ndarray]:
+        """{attribute: int64 values} of live ids; KeyError naming an unknown id."""
+        slots = self._slots(check_ids(ids))
+        return {name: np.array(col[slots]) for name, col in self.corpus.attrs.items()}
+
     def stats(self) -> dict[str, Any]:
-        """Size, bytes read per row by the scan, and the filter pass rate of the last search."""
+        """Size, bytes read per row by the scan, and the fraction of rows the last search re-ranked exactly."""
         c = self.corpus
         return {"live": len(c), "slots": c.size, "dim": c.dim, "metric": self._metric, "storage": c.storage,
                 "bytes_per_row": c.bytes_per_row(), "fp32_bytes_per_row": 4 * c.dim,
-                "filter_pass_rate": self._last_pass_rate}
+                "master": str(c.master_path) if c.master_path is not None else "ram",
+                "attributes": list(self.attributes), "vnni": simd.HAS_VNNI, "filter_pass_rate": self._last_pass_rate}
 
     # ---- validation helpers (every check happens before any change)
     def _check_ids(self, ids: Any) -> np.ndarray:
         return check_ids(ids)
 
-    def _require_known(self, ids: np.ndarray) -> None:
-        for i in ids.tolist():
-            if i not in self.corpus.slot_of:
-                raise KeyError(f"unknown id {i}")
-
     def _prepare(self, x: Any) -> np.ndarray:
+        """Rows as the index stores them (float32; normalised for cosine), validated."""
         v = self.corpus.check_vectors(x)
-        if self._metric == "cosine":
-            n = np.linalg.norm(v.astype(np.float64), axis=1)
-            if np.any(n == 0):
-                raise ValueError(f"vector {int(np.flatnonzero(n == 0)[0])} has zero norm (undefined for cosine)")
-            v = (v / n[:, None]).astype(np.float32)
-        return v
+        return self._normalised(v)
+
+    def _normalised(self, v: np.ndarray, offset: int = 0) -> np.ndarray:
+        """Cosine: rows rounded to float32, then divided by their float64 norm and rounded again (exactly as the
+        oracle stores them); other metrics: v unchanged. ValueError naming a zero row (numbered from offset)."""
+        if self._metric != "cosine":
+            return v
+        v = v.astype(np.float32, copy=False)
+        n = np.linalg.norm(v.astype(np.float64), axis=1)
+        if np.any(n == 0):
+            raise ValueError(f"vector {offset + int(np.flatnonzero(n == 0)[0])} has zero norm (undefined for cosine)")
+        return (v / n[:, None]).astype(np.float32)
+
+    def _chunks(self, vectors: Any) -> tuple[Iterator[np.ndarray], int | None]:
+        """(chunks of at most CHUNK_ROWS validated-shape rows, total rows or None for an iterator)."""
+        if isinstance(vectors, Iterator):
+            def gen() -> Iterator[np.ndarray]:
+                for part in vectors:
+                    arr = self.corpus.check_shape(part)
+                    for lo in range(0, arr.shape[0], CHUNK_ROWS):
+                        yield arr[lo: lo + CHUNK_ROWS]
+            return gen(), None
+        arr = self.corpus.check_shape(vectors)
+        return (arr[lo: lo + CHUNK_ROWS] for lo in range(0, arr.shape[0], CHUNK_ROWS)), arr.shape[0]
 
     # ---- mutations
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Append vectors; ids default to consecutive new integers. Returns the ids. Rejected calls change nothing."""
-        v = self._prepare(vectors)
-        if ids is None:
-            arr = np.arange(self._next_id, self._next_id + v.shape[0], dtype=np.int64)
-            while any(i in self.corpus.slot_of for i in arr[:1].tolist()):
-                arr += v.shape[0]
-        else:
-            arr = self._check_ids(ids)
-        if arr.size != v.shape[0]:
-            raise ValueError(f"{arr.size} ids for {v.shape[0]} vectors")
-        clash = [i for i in arr.tolist() if i in self.corpus.slot_of]
-        if clash:
-            raise ValueError(f"id {clash[0]} is already in the index (use update)")
+    def add(self, vectors: Any, ids: Any = None, attrs: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Append vectors; all or nothing (a rejected call changes nothing).
+
+        Parameters
+        ----------
+        vectors
+            (n, dim) array of any real dtype (a memory-mapped .npy is read chunk by chunk, so a corpus larger than
+            RAM can be added with `master_path`), or an iterator (e.g. a generator) of (m, dim) chunks.
+        ids
+            (n,) int64 ids; default: consecutive new integers.
+        attrs
+            {name: (n,) integer values}: per-row attributes for `search(where=...)`. A new name adds a column (0
+            for rows added before); columns not given are 0 for these rows.
+
+        Returns
+        -------
+        numpy.ndarray
+            The ids of the added rows.
+
+        Raises
+        ------
+        ValueError
+            A wrong shape or dtype, a NaN/Inf (the row is named), an fp16 overflow, a zero vector under cosine, an
+            id given twice or already present, or a count mismatch between vectors, ids and attrs.
+        """
+        chunks, total = self._chunks(vectors)
+        arr = None if ids is None else as_id_array(ids)
+        if arr is not None and total is not None and arr.size != total:
+            raise ValueError(f"{arr.size} ids for {total} vectors")
+        cols = check_attrs(attrs, total)
+        for name in cols:
+            check_attr_name(name)
+        c = self.corpus
         with self._lock:
-            self.corpus.append(arr, v)
-            if arr.size:
+            at0 = at = c.size
+            if total is not None:
+                c._grow(at0 + total)
+            for part in chunks:
+                part = self._normalised(np.ascontiguousarray(part), offset=at - at0)
+                c.stage(part, at, offset=at - at0)
+                at += part.shape[0]
+            n = at - at0
+            if arr is None:
+                arr = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            elif arr.size != n:
+                raise ValueError(f"{arr.size} ids for {n} vectors")
+            for name, col in cols.items():
+                if col.shape[0] != n:
+                    raise ValueError(f"attribute {name!r} has {col.shape[0]} values for {n} vectors")
+            status, where = c.claim(arr, at0)
+            if status:
+                if status == 1:
+                    raise ValueError(f"id {int(arr[where])} is already in the index (use update)")
+                if status == 2:
+                    raise ValueError(f"duplicate id {int(arr[where])} in the call")
+            for name in cols:
+                if name not in c.attrs:
+                    c.add_attribute(name)
+            c.publish(arr, at0, cols)
+            if n:
                 self._next_id = max(self._next_id, int(arr.max()) + 1)
         return arr
 
     def remove(self, ids: Any) -> int:
         """Delete ids (O(1) each: a tombstone). KeyError naming an unknown id; then nothing is removed."""
         arr = self._check_ids(ids)
-        self._require_known(arr)
         with self._lock:
-            self.corpus.tombstone(arr)
+            slots, where = self.corpus.release(arr)
+            if where >= 0:
+                raise KeyError(f"unknown id {int(arr[where])}")
+            self.corpus.tombstone(slots)
         return int(arr.size)
 
     def update(self, ids: Any, vectors: Any) -> None:
@@ -172,9 +299,36 @@ class Index:
         v = self._prepare(vectors)
         if arr.size != v.shape[0]:
             raise ValueError(f"{arr.size} ids for {v.shape[0]} vectors")
-        self._require_known(arr)
         with self._lock:
-            self.corpus.overwrite(arr, v)
+            self.corpus.overwrite(self._slots(arr), v)
+
+    def set_attributes(self, ids: Any, attrs: Mapping[str, Any]) -> None:
+        """Set per-row attribute values of existing ids (a new name adds a column, 0 for every other row).
+
+        Parameters
+        ----------
+        ids
+            Live ids.
+        attrs
+            {name: (len(ids),) integer values}.
+
+        Raises
+        ------
+        KeyError
+            An unknown id (nothing is changed).
+        ValueError
+            A bad name, dtype or length.
+        """
+        arr = self._check_ids(ids)
+        cols = check_attrs(attrs, arr.size)
+        for name in cols:
+            check_attr_name(name)
+        with self._lock:
+            slots = self._slots(arr)
+            for name in cols:
+                if name not in self.corpus.attrs:
+                    self.corpus.add_attribute(name)
+            self.corpus.set_attributes(slots, cols)
 
     def compact(self) -> None:
         """Reclaim tombstoned rows."""
@@ -182,130 +336,215 @@ class Index:
             self.corpus.compact()
 
     # ---- search
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k for each query: (scores float32 (nq, k), ids int64 (nq, k)), best first, ties by smaller id.
+    def search(self, queries: Any, k: int, allow: Any = None,
+               where: Mapping[str, range | Iterable[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for each query, exactly (equal to float64 brute force over the allowed rows).
 
-        ip/cosine: larger scores first; l2: squared distances, smaller first. With fewer than k live rows the tail
-        is padded with id -1 and score -inf (+inf for l2)."""
+        Parameters
+        ----------
+        queries
+            (nq, dim) or (dim,) queries.
+        k
+            Results per query.
+        allow
+            Only these rows may be returned: an id set (iterable of ints or an integer array; every id must be in
+            the index) or a boolean bitmap over ids (id i allowed when i < len(allow) and allow[i]).
+        where
+            {attribute: predicate}: a `range` (lo <= value < hi) or a set of values; every predicate must hold.
+
+        Returns
+        -------
+        (scores, ids)
+            float32 (nq, k) and int64 (nq, k), best first, ties by smaller id (ip/cosine: larger scores first; l2:
+            squared distances, smaller first). With fewer than k allowed rows the tail is padded with id -1 and
+            score -inf (+inf for l2).
+
+        Raises
+        ------
+        ValueError
+            A bad k, query shape, NaN/Inf query, allow-list or predicate, or an unknown attribute.
+        KeyError
+            An allow-list id that is not in the index.
+        """
         q = check_queries(queries, k, self.dim)
+        allow_arr = filters.check_allow(allow)
+        preds = filters.check_where(where, self.corpus.attrs)
         if self._metric == "cosine":
             n = np.linalg.norm(q.astype(np.float64), axis=1)
             q = (q / np.where(n > 0, n, 1.0)[:, None]).astype(np.float32)
         k = int(k)
         nq = q.shape[0]
-        pad = np.inf if self._metric == "l2" else -np.inf
-        scores = np.full((nq, k), pad, np.float32)
+        l2 = self._metric == "l2"
+        scores = np.full((nq, k), np.inf if l2 else -np.inf, np.float32)
         out_ids = np.full((nq, k), -1, np.int64)
-        live = len(self.corpus)
-        if live == 0:
+        rows = filters.resolve(self.corpus, allow_arr, preds)
+        if rows[3] == 0 or nq == 0:
+            self._last_pass_rate = 0.0
             return scores, out_ids
-        kk = min(k, live)
-        passed = 0
-        if nq >= BATCH_MIN_QUERIES[self.storage]:
-            res = self._search_batch(q, kk)
-        else:
-            res = [self._search_one(q[i], kk) for i in range(nq)]
-        for i, (s, ids_i, npass) in enumerate(res):
-            scores[i, :kk] = s
-            out_ids[i, :kk] = ids_i
-            passed += npass
+        kk = min(k, rows[3])
+        keys, ids, passed = self._scan(q, kk, *rows[:3])
+        scores[:, :kk] = keys if l2 else -keys
+        out_ids[:, :kk] = ids
         self._last_pass_rate = passed / (nq * max(1, self.corpus.size))
         return scores, out_ids
 
-    def _alpha(self) -> float:
-        return 2.0 if self._metric == "l2" else 1.0
-
-    def _finish(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Exact float64 re-rank of candidate slots; top k by (score desc, id asc)."""
+    def _query_terms(self, q: np.ndarray, batch: bool) -> dict[str, np.ndarray]:
+        """Per-query arrays of the scan core: the quantised or float query, its score multiplier u and its bound
+        coefficients ca, cb, cc (see kernels' module docstring). int8 tier: the batch path quantises queries to int8
+        (the GEMM kernel multiplies bytes); the single path keeps 16 bits (two bytes), so the query's own rounding
+        adds almost nothing to the bound."""
         c = self.corpus
+        alpha = 2.0 if self._metric == "l2" else 1.0
         q64 = q.astype(np.float64)
-        ids = np.asarray(c.ids)[slots]
-        key = kernels.exact_l2(q64, c.master, slots) if self._metric == "l2" else -kernels.exact_scores(
-            q64, c.master, slots)
-        if key.size > 2 * k:  # keep everything tied with the k-th best, then order that small set exactly
-            kth = np.partition(key, k - 1)[k - 1]
-            sel = np.flatnonzero(key <= kth)
-            key, ids = key[sel], ids[sel]
-        order = np.lexsort((ids, key))[:k]
-        out = key[order] if self._metric == "l2" else -key[order]
-        return out.astype(np.float32), ids[order], int(slots.size)
-
-    def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        c = self.corpus
-        n = c.size
-        nchunks = scan_chunks(n, k)
-        alpha = self._alpha()
-        live = c.live[:n]
-        bias = c.bias[:n]
-        if c.storage == "int8":
-            cand, ubs, counts, heaps, chunk = kernels.scan_int8(
-                q, c.packed[:n, : c.dim], c.scale[:n], bias, live, k, alpha, float(np.abs(q).sum()), nchunks)
-        else:
-            rel = 2.0 ** -11 if c.storage == "fp16" else 0.0
-            absr = float(np.abs(q).sum()) * alpha * 2.0 ** -24 if c.storage == "fp16" else 0.0
-            packed = c.packed[:n, : c.dim]
-            qn = float(np.linalg.norm(q.astype(np.float64))) * 1.000001
-            if c.storage == "fp16":
-                cand, ubs, counts, heaps, chunk = kernels.scan_half(
-                    q, packed, c.norms[:n], bias, live, k, alpha, qn, rel, absr, nchunks, kernels.HALF_TABLE)
-            else:
-                cand, ubs, counts, heaps, chunk = kernels.scan_float(
-                    q, packed, c.norms[:n], bias, live, k, alpha, qn, rel, absr, nchunks)
-        theta = kernels.kth_largest(heaps, k)
-        slots = kernels.gather_candidates(cand, ubs, counts, chunk, np.float32(theta))
-        return self._finish(q, slots, k)
-
-    def _search_batch(self, q: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        """Tiles of queries x corpus blocks: decode a block to fp32, sgemm for approximate scores, per-query filter
-        against the running K-th lower bound, exact re-rank of the survivors."""
-        c = self.corpus
-        n = c.size
         nq = q.shape[0]
-        alpha = np.float32(self._alpha())
-        eps = np.float32(np.finfo(np.float32).eps)
-        qabs = np.abs(q).sum(axis=1).astype(np.float32)
-        qn = np.linalg.norm(q.astype(np.float64), axis=1).astype(np.float32) * np.float32(1.000001)
-        best = np.full((nq, k), -np.inf, np.float32)  # running K largest lower bounds per query
-        cands: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nq)]
-        for lo in range(0, n, BATCH_BLOCK):
-            hi = min(n, lo + BATCH_BLOCK)
-            live = np.asarray(c.live[lo:hi])
-            if c.storage == "int8":
-                scale = np.asarray(c.scale[lo:hi])
-                block = np.asarray(c.packed[lo:hi, : c.dim], np.float32)
-                approx = (q @ block.T) * (alpha * scale)[None, :]
-                bound = (alpha * qabs)[:, None] * (scale * np.float32(0.5 + 127 * (c.dim + 2) * eps * 1.01))[None, :]
+        qabs = np.abs(q64).sum(axis=1)
+        up = 1.0 + 1e-5  # rounds every coefficient up past float32 rounding
+        if c.storage == "int8":
+            levels = 127.0 if batch else 127.0 * 257.0  # 16 bits: hi * 256 + lo with hi in [-127, 127]
+            qs = (np.abs(q64).max(axis=1) / levels).astype(np.float32).astype(np.float64)
+            qhat = np.clip(np.rint(q64 / np.where(qs > 0, qs, 1.0)[:, None]), -levels, levels)
+            fnorm = np.sqrt(((q64 - qs[:, None] * qhat) ** 2).sum(axis=1))
+            hi = np.zeros((nq, c.pdim), np.int8)
+            lo = np.zeros((nq, c.pdim), np.int8)
+            if batch:
+                hi[:, : c.dim] = qhat
             else:
-                raw = np.asarray(c.packed[lo:hi, : c.dim])
-                block = raw.view(np.float16).astype(np.float32) if c.storage == "fp16" else raw
-                approx = alpha * (q @ block.T)
-                rel = np.float32((2.0 ** -11 if c.storage == "fp16" else 0.0) + (c.dim + 2) * eps * 1.01)
-                bound = (alpha * qn)[:, None] * (np.asarray(c.norms[lo:hi]) * rel)[None, :]
-                if c.storage == "fp16":
-                    bound += (alpha * qabs * np.float32(2.0 ** -24))[:, None]
-            approx += np.asarray(c.bias[lo:hi])[None, :]
-            bound += np.float32(4) * eps * (np.abs(approx) + np.abs(np.asarray(c.bias[lo:hi]))[None, :]) \
-                + np.float32(1e-30)
-            lb = np.where(live[None, :], approx - bound, -np.inf)
-            ub = np.where(live[None, :], approx + bound, -np.inf)
-            both = np.concatenate([best, lb], axis=1)
-            best = -np.partition(-both, k - 1, axis=1)[:, :k]
-            theta = best.min(axis=1)
-            keep = ub >= theta[:, None]
-            for i in np.flatnonzero(keep.any(axis=1)).tolist():
-                cols = np.flatnonzero(keep[i])
-                cands[i].append((cols + lo, ub[i, cols]))
-        out = []
-        theta = best.min(axis=1)
-        for i in range(nq):
-            if cands[i]:
-                slots = np.concatenate([s for s, _ in cands[i]])
-                ubs = np.concatenate([u for _, u in cands[i]])
-                slots = slots[ubs >= theta[i]]
-            else:
-                slots = np.zeros(0, np.int64)
-            out.append(self._finish(q[i], slots.astype(np.int64), k))
-        return out
+                h = np.floor((qhat + 128.0) / 256.0)
+                hi[:, : c.dim], lo[:, : c.dim] = h, qhat - 256.0 * h
+            return {"q8": hi, "q8lo": lo, "corr": (128 * qhat.sum(axis=1)).astype(np.int64),
+                    "u": (alpha * qs).astype(np.float32),
+                    "ca": (alpha * (0.5 * qabs + 0.5 * np.sqrt(c.dim) * fnorm) * up).astype(np.float32),
+                    "cb": (alpha * fnorm * up).astype(np.float32), "cc": np.zeros(nq, np.float32)}
+        eps = float(np.finfo(np.float32).eps)
+        qn = np.linalg.norm(q64, axis=1)
+        rel = (2.0 ** -11 if c.storage == "fp16" else 0.0) + (c.dim + 2) * eps * 1.01
+        cc = alpha * qabs * 2.0 ** -24 * up if c.storage == "fp16" else np.zeros(nq)
+        return {"qf": np.ascontiguousarray(q, np.float32), "corr": np.zeros(nq, np.int64),
+                "u": np.full(nq, alpha, np.float32), "ca": np.zeros(nq, np.float32),
+                "cb": (alpha * qn * rel * up).astype(np.float32), "cc": np.asarray(cc, np.float32)}
+
+    @staticmethod
+    def _tiles(q: np.ndarray, lanes: int) -> np.ndarray:
+        """Query tiles of the batch kernel: int8 (ntiles, dim/4, lanes*4) or float32 (ntiles, dim, lanes)."""
+        nq = q.shape[0]
+        nt = -(-nq // lanes)
+        if q.dtype == np.int8:
+            d4 = -(-q.shape[1] // 4)
+            pad = np.zeros((nt * lanes, d4 * 4), np.int8)
+            pad[:nq, : min(q.shape[1], d4 * 4)] = q[:, : d4 * 4]
+            return np.ascontiguousarray(pad.reshape(nt, lanes, d4, 4).transpose(0, 2, 1, 3).reshape(nt, d4, lanes * 4))
+        pad = np.zeros((nt * lanes, q.shape[1]), np.float32)
+        pad[:nq] = q
+        return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
+
+    def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
+             theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
+        thresholds, failed) as kernels.merge."""
+        c = self.corpus
+        nq = t["u"].shape[0]
+        int8 = c.storage == "int8"
+        space = rowlist.shape[0] if rowlist.shape[0] else c.size
+        nlanes = numba.get_num_threads() if space >= PARALLEL_MIN_ROWS else 1
+        cap_r = max(2 * k, k + 256)
+        lanes = min(64, 16 * -(-nq // 16)) if batch else 1
+        q8 = t.get("q8", np.zeros((0, c.pdim), np.int8))
+        q8lo = t.get("q8lo", q8)
+        qf = t.get("qf", np.zeros((0, c.dim), np.float32))
+        qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
+        qtf = self._tiles(qf, lanes) if batch and not int8 else np.zeros((0, 1, 1), np.float32)
+        nt = -(-nq // lanes) if batch else 0
+        qv = np.zeros((nt, 4, lanes), np.float32)  # the micro-kernel epilogue's view of the queries' terms
+        corr32 = np.zeros((nt, lanes), np.int32)
+        if batch:
+            for j, name in enumerate(("u", "ca", "cb", "cc")):
+                pad = np.zeros(nt * lanes, np.float32)
+                pad[:nq] = t[name]
+                qv[:, j, :] = pad.reshape(nt, lanes)
+            corr32.reshape(-1)[:nq] = t["corr"]
+        cap_c = nq * (2 * cap_r + 4096)
+        while True:
+            out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
+                               c.ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, kernels.HALF_TABLE, t["corr"], t["u"],
+                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
+            if not out[3][:, 1].any():
+                return kernels.merge(*out, theta0, k)
+            cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more
+
+    def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
+                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
+        """A starting threshold per query for large K, from every SAMPLE_STRIDE-th block of rows: the r-th largest
+        lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
+        are expected above it. The scan then passes few more than the final candidates from its first row on; if
+        the guess was too high (fewer than K rows reach it), merge reports it and the query is scanned again."""
+        nq = t["u"].shape[0]
+        none = np.full(nq, -np.inf, np.float32)
+        space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
+        if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
+            return none
+        starts = np.arange(0, space, SAMPLE_STRIDE * 64)
+        pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
+        pos = pos[pos < space]
+        expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too
+        sample = rowlist[pos] if rowlist.shape[0] else pos
+        if mask.shape[0]:
+            sample = sample[mask[sample] != 0]
+        if bitmap.shape[0]:
+            sid = np.asarray(self.corpus.ids)[sample]
+            sample = sample[(sid >= 0) & (sid < bitmap.shape[0]) & bitmap[np.clip(sid, 0, bitmap.shape[0] - 1)]]
+        r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
+        if expect < 16 or r > sample.shape[0] // 2:
+            return none
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample.astype(np.int64), np.zeros(0, np.bool_),
+                                        none, batch)
+        return np.where(failed, -np.inf, theta).astype(np.float32)
+
+    def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Scan core + merge + exact re-rank for every query: (keys (nq, k) ascending-better, padded with inf / id
+        -1 when fewer rows are allowed, ids, candidates)."""
+        c = self.corpus
+        nq = q.shape[0]
+        batch = nq >= BATCH_MIN_QUERIES[c.storage]
+        terms = self._query_terms(q, batch)
+        q64 = q.astype(np.float64)
+        keys = np.full((nq, k), np.inf)
+        ids = np.full((nq, k), -1, np.int64)
+        passed = 0
+        nlanes = numba.get_num_threads()
+        group = max(1, RESERVOIR_BYTES // (4 * nlanes * max(2 * k, k + 256)))
+        if batch:
+            group = max(64, group // 64 * 64)
+        for g0 in range(0, nq, group):
+            sl = slice(g0, min(nq, g0 + group))
+            t = {name: v[sl] for name, v in terms.items()}
+            theta0 = self._sampled_threshold(t, k, mask, rowlist, bitmap, batch)
+            offsets, slots, _, failed = self._run(t, k, mask, rowlist, bitmap, theta0, batch)
+            if failed.any():  # a sampled threshold was too high: those queries again, from -inf
+                redo = np.flatnonzero(failed)
+                t2 = {name: v[redo] for name, v in t.items()}
+                o2, s2, _, _ = self._run(t2, k, mask, rowlist, bitmap, np.full(redo.size, -np.inf, np.float32),
+                                         batch and redo.size >= BATCH_MIN_QUERIES[c.storage])
+                parts = [slots[offsets[i]: offsets[i + 1]] for i in range(sl.stop - sl.start)]
+                for j, i in enumerate(redo.tolist()):
+                    parts[i] = s2[o2[j]: o2[j + 1]]
+                offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
+                slots = np.concatenate(parts).astype(np.int64)
+            big = int(np.diff(offsets).max(initial=0)) > SORT_IN_NUMPY
+            kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big)
+            for j in range(sl.stop - sl.start):
+                gk, gi = kg[og[j]: og[j + 1]], ig[og[j]: og[j + 1]]
+                if big:  # a large group: numpy's vectorised sort, then equal keys by id
+                    order = np.argsort(gk)
+                    gk, gi = gk[order], gi[order]
+                    tie = np.flatnonzero(gk[1:] == gk[:-1])
+                    if tie.size:
+                        order = np.lexsort((gi, gk))
+                        gk, gi = gk[order], gi[order]
+                m = min(k, gk.shape[0])
+                keys[g0 + j, :m], ids[g0 + j, :m] = gk[:m], gi[:m]
+            passed += int(slots.shape[0])
+        return keys, ids, passed
 
     # ---- persistence
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -314,10 +553,30 @@ class Index:
             self.corpus.save(directory, {"metric": self._metric, "next_id": self._next_id})
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], mmap: bool = True) -> Index:
-        """Open a saved index; arrays are memory-mapped (a large corpus opens instantly). ValueError naming a
-        truncated or corrupt file."""
-        corpus, manifest = Corpus.load(directory, mmap=mmap, verify=True)
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = False,
+             master_path: str | os.PathLike[str] | None = None) -> Index:
+        """Open a saved index: every array is memory-mapped, nothing is read until a search touches it (instant at
+        any size; the ids -> slots table is built on first use).
+
+        Parameters
+        ----------
+        directory
+            What `save` wrote (format 1 or 2).
+        mmap
+            False reads every array into RAM.
+        verify
+            Also check every file's CRC32 (reads everything; see `verify`).
+        master_path
+            Where the master copy goes once the index is modified (default: RAM).
+
+        Raises
+        ------
+        ValueError
+            A missing, truncated (or, with verify, corrupt) file, or a directory that holds no index.
+        """
+        if verify:
+            cls.verify(directory)
+        corpus, manifest = Corpus.load(directory, mmap=mmap, master_path=master_path)
         idx = cls.__new__(cls)
         idx._metric = manifest["metric"]
         idx.corpus = corpus
@@ -326,3 +585,18 @@ class Index:
         idx._lock = threading.Lock()
         return idx
 
+    @staticmethod
+    def verify(directory: str | os.PathLike[str]) -> dict[str, int]:
+        """Check the size and CRC32 of every file of a saved index against its manifest.
+
+        Returns
+        -------
+        dict
+            {file name: bytes} of every file checked.
+
+        Raises
+        ------
+        ValueError
+            Naming the first missing, truncated or corrupt file.
+        """
+        return Corpus.verify(directory)

@@ -1,60 +1,48 @@
-"""FAERY's fused scan: approximate scores from the packed tier, a rigorous per-row error bound, a filter against the
-running K-th best lower bound, and a size-K heap — then an exact re-rank of the few survivors.
+"""FAERY's scan as one core shared by every path: approximate scores from the packed tier, a rigorous per-row error
+bound, a filter against each query's running K-th best lower bound, then an exact re-rank of the few survivors.
 
-Exactness: for every row, |exact - approx| <= bound, where exact = q·x in float64 from the fp32 master. The bound
-covers quantisation (int8: scale/2 per element, fp16: 2^-11 relative) and float32 accumulation in any order
-(dim · 2^-23 · Σ|q_j||x̂_j|), which is why `fastmath` reassociation is allowed in the dot products: it changes
-only the summation order, and the bound holds for every order. A row is dropped only when its upper bound is below
-the K-th largest lower bound, so the true top K always survive to the exact re-rank."""
+One scan core (`scan`) serves single queries and batches, every storage tier (int8, fp16, fp32) and every row set
+(all rows, live rows, an allow-mask, a list of allowed rows); only the kernel that produces the dot products of a
+block differs: `simd.rowdot` (one int8 query, rows in the vector lanes), `simd.tile` (a tile of up to 64 queries
+against a few rows: the batch path's int8 VNNI or fp32-FMA GEMM micro-kernel) or a plain fp32 dot (fp16/fp32 tiers,
+one query). Every score and bound then goes through the same filter and selection.
+
+Exactness: for every (query, row), |exact - approx| <= bound, exact = q.x in float64 from the fp32 master, with
+
+    approx = ds_r * (u_q * dot) + bias_r
+    bound  = ds_r * ca_q + rn_r * cb_q + cc_q + 4 eps32 (|approx| + |bias_r|) + 1e-30
+
+int8 tier (ds = per-row scale s, rn = |x|): the query is quantised too (q = qs q^ + f) and the int8 dot is exact, so
+|q.x - s qs q^.x^| <= s |f.x^| + |q.e| <= |f| (|x| + s sqrt(dim)/2) + s sum|q|/2. fp16/fp32 tiers (ds = 1):
+|q| |x| ((dim + 2) eps32 (any summation order) + 2^-11 for fp16) + sum|q| 2^-24 (fp16 subnormals). The last two terms
+cover float32 rounding in forming approx (and the l2 bias -|x|^2). A row is dropped only when its upper bound is below
+the K-th largest lower bound seen, so the true top K always reach the exact re-rank.
+
+Selection: each lane (thread) keeps, per query, a reservoir of lower bounds (capacity 2K): when full, one
+partition keeps the K largest and raises the threshold. That is O(1) per surviving row at any K (a heap costs
+log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from recmine.faery import simd
+
 FM = {"reassoc", "contract", "nsz"}
 EPS32 = float(np.finfo(np.float32).eps)
+E4 = np.float32(4 * EPS32)
+TINY = np.float32(1e-30)
+INT8, FP16, FP32 = 0, 1, 2
+TIERS = {"int8": INT8, "fp16": FP16, "fp32": FP32}
+BLOCK_SINGLE = 4096  # rows per block of the single-query path
+PREFETCH = 16  # rows of the exact re-rank loaded ahead of the one being scored
+PARALLEL_MIN_QUERIES = 8  # fewer queries: merge / rerank loop over them without a parallel region
+PARALLEL_MIN_CANDIDATES = 4096  # fewer candidate rows: scored without a parallel region
+BLOCK_BATCH = 510  # rows per block of the batch path (a multiple of simd.RT; the score tile stays in L2)
 
-
-@njit(cache=True, nogil=True, inline="always")
-def _heap_push_min(heap, n, value):
-    """Push into a min-heap of n items (capacity > n); returns new n."""
-    i = n
-    heap[i] = value
-    while i > 0:
-        p = (i - 1) >> 1
-        if heap[p] <= heap[i]:
-            break
-        heap[p], heap[i] = heap[i], heap[p]
-        i = p
-    return n + 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _heap_replace_min(heap, n, value):
-    """Replace the minimum of a full min-heap with value and sift down."""
-    heap[0] = value
-    i = 0
-    while True:
-        l = 2 * i + 1  # noqa: E741
-        if l >= n:
-            break
-        c = l
-        r = l + 1
-        if r < n and heap[r] < heap[l]:
-            c = r
-        if heap[i] <= heap[c]:
-            break
-        heap[i], heap[c] = heap[c], heap[i]
-        i = c
-
-
-@njit(cache=True, nogil=True, fastmath=FM)
-def _dot_i8(q, row):
-    acc = np.float32(0.0)
-    for j in range(q.shape[0]):
-        acc += q[j] * np.float32(row[j])
-    return acc
+HALF_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+HALF_TABLE[~np.isfinite(HALF_TABLE)] = 0.0  # never stored: fp16 rows are range-checked on add
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
@@ -65,176 +53,454 @@ def _dot_f(q, row):
     return acc
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def scan_int8(q, packed, scale, bias, live, k, alpha, qabs_sum, nchunks):
-    """Single-query fused scan over an int8 tier.
-
-    approx_i = alpha * scale_i * (q · packed_i) + bias_i; bound_i = alpha * scale_i * Σ|q| * (0.5 + 127·dim·eps).
-    Returns per-chunk (candidate slots, their upper bounds, counts) and each chunk's K largest lower bounds."""
-    n = packed.shape[0]
-    dim = q.shape[0]
-    chunk = (n + nchunks - 1) // nchunks
-    cand = np.empty(n, np.int64)
-    ubs = np.empty(n, np.float32)
-    counts = np.zeros(nchunks, np.int64)
-    heaps = np.full((nchunks, k), -np.inf, np.float32)
-    coef = np.float32(alpha * qabs_sum * (0.5 + 127.0 * (dim + 2) * EPS32 * 1.01))
-    for c in prange(nchunks):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        heap = heaps[c]
-        hn = 0
-        theta = -np.inf
-        m = 0
-        for i in range(lo, hi):
-            if not live[i]:
-                continue
-            s = scale[i]
-            approx = np.float32(alpha) * s * _dot_i8(q, packed[i]) + bias[i]
-            b = coef * s + np.float32(4 * EPS32) * (abs(approx) + abs(bias[i])) + np.float32(1e-30)
-            ub = approx + b
-            if ub < theta:
-                continue
-            cand[lo + m] = i
-            ubs[lo + m] = ub
-            m += 1
-            lb = approx - b
-            if hn < k:
-                hn = _heap_push_min(heap, hn, lb)
-                if hn == k:
-                    theta = heap[0]
-            elif lb > heap[0]:
-                _heap_replace_min(heap, hn, lb)
-                theta = heap[0]
-        counts[c] = m
-    return cand, ubs, counts, heaps, chunk
-
-
-HALF_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-HALF_TABLE[~np.isfinite(HALF_TABLE)] = 0.0  # never stored: fp16 rows are range-checked on add
-
-
 @njit(cache=True, nogil=True, fastmath=FM)
 def _dot_h(q, row, table):
     acc = np.float32(0.0)
     for j in range(q.shape[0]):
-        acc += q[j] * table[row[j]]
+        acc += q[j] * table[np.int64(row[j]) & 0xFFFF]  # (compiled for every tier, run for fp16)
     return acc
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def scan_half(q, packed, norms, bias, live, k, alpha, qnorm, rel_err, abs_err, nchunks, table):
-    """scan_float for an fp16 tier stored as raw uint16 (decoded through a 64K-entry table)."""
-    n = packed.shape[0]
-    dim = q.shape[0]
-    chunk = (n + nchunks - 1) // nchunks
-    cand = np.empty(n, np.int64)
-    ubs = np.empty(n, np.float32)
-    counts = np.zeros(nchunks, np.int64)
-    heaps = np.full((nchunks, k), -np.inf, np.float32)
-    coef = np.float32(alpha * qnorm * (rel_err + (dim + 2) * EPS32 * 1.01))
-    for c in prange(nchunks):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        heap = heaps[c]
-        hn = 0
-        theta = -np.inf
-        m = 0
-        for i in range(lo, hi):
-            if not live[i]:
-                continue
-            approx = np.float32(alpha) * _dot_h(q, packed[i], table) + bias[i]
-            b = coef * norms[i] + np.float32(abs_err) + np.float32(4 * EPS32) * (abs(approx) + abs(bias[i])) \
-                + np.float32(1e-30)
-            ub = approx + b
-            if ub < theta:
-                continue
-            cand[lo + m] = i
-            ubs[lo + m] = ub
-            m += 1
-            lb = approx - b
-            if hn < k:
-                hn = _heap_push_min(heap, hn, lb)
-                if hn == k:
-                    theta = heap[0]
-            elif lb > heap[0]:
-                _heap_replace_min(heap, hn, lb)
-                theta = heap[0]
-        counts[c] = m
-    return cand, ubs, counts, heaps, chunk
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def scan_float(q, packed, norms, bias, live, k, alpha, qnorm, rel_err, abs_err, nchunks):
-    """Single-query fused scan over an fp32 or fp16 tier:
-    bound_i = alpha·|q|·|x_i|·(rel_err + dim·eps) + abs_err (fp16 subnormal rounding) + rounding of the sum."""
-    n = packed.shape[0]
-    dim = q.shape[0]
-    chunk = (n + nchunks - 1) // nchunks
-    cand = np.empty(n, np.int64)
-    ubs = np.empty(n, np.float32)
-    counts = np.zeros(nchunks, np.int64)
-    heaps = np.full((nchunks, k), -np.inf, np.float32)
-    coef = np.float32(alpha * qnorm * (rel_err + (dim + 2) * EPS32 * 1.01))
-    for c in prange(nchunks):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        heap = heaps[c]
-        hn = 0
-        theta = -np.inf
-        m = 0
-        for i in range(lo, hi):
-            if not live[i]:
-                continue
-            approx = np.float32(alpha) * _dot_f(q, packed[i]) + bias[i]
-            b = coef * norms[i] + np.float32(abs_err) + np.float32(4 * EPS32) * (abs(approx) + abs(bias[i])) \
-                + np.float32(1e-30)
-            ub = approx + b
-            if ub < theta:
-                continue
-            cand[lo + m] = i
-            ubs[lo + m] = ub
-            m += 1
-            lb = approx - b
-            if hn < k:
-                hn = _heap_push_min(heap, hn, lb)
-                if hn == k:
-                    theta = heap[0]
-            elif lb > heap[0]:
-                _heap_replace_min(heap, hn, lb)
-                theta = heap[0]
-        counts[c] = m
-    return cand, ubs, counts, heaps, chunk
+@njit(cache=True, nogil=True, inline="always")
+def _tile(lanes, x, rows, r0, qt, out):
+    if lanes == 16:
+        simd.tile16(x, rows, r0, qt, out)
+    elif lanes == 32:
+        simd.tile32(x, rows, r0, qt, out)
+    elif lanes == 48:
+        simd.tile48(x, rows, r0, qt, out)
+    else:
+        simd.tile64(x, rows, r0, qt, out)
 
 
 @njit(cache=True, nogil=True)
-def gather_candidates(cand, ubs, counts, chunk, theta):
-    """Survivors of every chunk whose upper bound reaches the global K-th lower bound."""
-    total = 0
-    for c in range(counts.shape[0]):
-        total += counts[c]
-    out = np.empty(total, np.int64)
+def _compact_reservoir(res, k):
+    """Keep the k largest of res (full) at its front; returns the new threshold (the k-th largest)."""
+    cap = res.shape[0]
+    part = np.partition(res, cap - k)
+    res[:k] = part[cap - k:]
+    return part[cap - k]
+
+
+@njit(cache=True, nogil=True)
+def _compact_candidates(cslot, cq, cub, count, theta):
+    """Drop candidates whose upper bound fell below their query's threshold; returns the new count."""
     m = 0
-    for c in range(counts.shape[0]):
-        lo = c * chunk
-        for t in range(counts[c]):
-            if ubs[lo + t] >= theta:
-                out[m] = cand[lo + t]
+    for e in range(count):
+        if cub[e] >= theta[cq[e]]:
+            cslot[m] = cslot[e]
+            cq[m] = cq[e]
+            cub[m] = cub[e]
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bounds(v, dsr, rnr, br, abr, u, ca, cb, cc):
+    """(upper, lower) bound of one exact score from its dot product v: the one formula every path uses."""
+    approx = dsr * (u * v) + br
+    bound = dsr * ca + rnr * cb + cc + E4 * (abs(approx) + abr) + TINY
+    return approx + bound, approx - bound
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _value(tier, tile_i, tile_f, t, qq, corr):
+    """The dot product of tile row t, column qq: int8 sums minus their +128 offset (exact), or the float sum."""
+    if tier == INT8:
+        return np.float32(tile_i[t, qq] - corr)
+    return tile_f[t, qq]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
+    """Row r passed query q's filter: record the candidate, feed the reservoir (raising the threshold when it
+    fills). False when the candidate buffer overflowed."""
+    cap_c = cslot.shape[0]
+    if cstate[0] == cap_c:
+        cstate[0] = _compact_candidates(cslot, cq, cub, cstate[0], theta)
+        if cstate[0] > (3 * cap_c) // 4:
+            cstate[1] = 1
+            return False
+    e = cstate[0]
+    cslot[e] = r
+    cq[e] = q
+    cub[e] = ub
+    cstate[0] = e + 1
+    if lb > theta[q]:
+        n = res_n[q]
+        res[q, n] = lb
+        n += 1
+        if n == res.shape[1]:
+            theta[q] = _compact_reservoir(res[q], k)
+            n = k
+        elif n == k and theta[q] == -np.inf:
+            theta[q] = res[q, :k].min()
+        res_n[q] = n
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, q, u, ca, cb, cc, k, theta, res, res_n, cslot, cq, cub,
+                 cstate):
+    """The filter for one query over block rows (vals: their dot products; rds/rrn/rb: their scale, norm, bias):
+    a vectorised pass computes every upper bound, a scalar pass compares them with the running threshold, and only
+    rows that pass get their lower bound."""
+    uq, caq, cbq, ccq = u[q], ca[q], cb[q], cc[q]
+    for t in range(m):
+        ubuf[t], _ = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
+    for t in range(m):
+        if ubuf[t] >= theta[q]:
+            ub, lb = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
+            if not _accept(rowbuf[t], q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
+                return
+
+
+@njit(cache=True, nogil=True)
+def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias, corr, u, ca, cb, cc, k, theta, res,
+                 res_n, cslot, cq, cub, cstate):
+    """The filter for a query tile (q0..q0+nqt) over block rows, second pass: the GEMM micro-kernel's epilogue
+    (`simd._hits_epilogue`) marked in hitbuf[t] the queries whose upper bound reached their threshold; only those
+    are examined, with `_bounds` against the current (possibly risen) threshold."""
+    for t in range(m):
+        h = hitbuf[t]
+        if h == 0:
+            continue
+        r = rowbuf[t]
+        dsr = ds[r] if tier == INT8 else np.float32(1.0)
+        rnr, br = rn[r], bias[r]
+        abr = abs(br)
+        while h != 0:  # the set bits only: after the first rows, one or two per hit row
+            qq = simd.ctz(h)
+            h &= h - 1
+            if qq >= nqt:
+                break
+            q = q0 + qq
+            ub, lb = _bounds(_value(tier, tile_i, tile_f, t, qq, np.int32(corr[q])), dsr, rnr, br, abr, u[q], ca[q],
+                             cb[q], cc[q])
+            if ub >= theta[q] and not _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
+                return
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_hits(lanes, x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits):
+    if lanes == 16:
+        simd.tile_hits16(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    elif lanes == 32:
+        simd.tile_hits32(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    elif lanes == 48:
+        simd.tile_hits48(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+    else:
+        simd.tile_hits64(x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits)
+
+
+@njit(cache=True, nogil=True)
+def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
+          u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n):
+    """One lane of the scan: its share of the rows, block by block, with its own thresholds and reservoirs."""
+    nq = corr.shape[0]
+    blk = BLOCK_BATCH if batch else BLOCK_SINGLE
+    rt = simd.RT
+    width = lanes if batch else 1
+    lo = lane * space // nlanes
+    hi = (lane + 1) * space // nlanes
+    ntiles = (nq + lanes - 1) // lanes if batch else 1
+    theta = np.full(max(nq, ntiles * lanes), np.inf, np.float32)  # padding lanes never pass
+    theta[:nq] = theta0
+    hitbuf = np.empty(blk + rt, np.int64)
+    rowbuf = np.empty(blk + rt, np.int64)
+    tile_i = np.empty((blk + rt, width), np.int32)
+    tile_f = np.empty((blk + rt, width), np.float32)
+    rds = np.empty(blk, np.float32)
+    rrn = np.empty(blk, np.float32)
+    rb = np.empty(blk, np.float32)
+    ubuf = np.empty(blk, np.float32)
+    vals = np.empty(blk, np.float32)
+    st = cstate[lane]
+    for b0 in range(lo, hi, blk):
+        if st[1]:
+            break
+        b1 = min(hi, b0 + blk)
+        m = 0
+        if rowlist.shape[0]:
+            for t in range(b0, b1):
+                rowbuf[m] = rowlist[t]
                 m += 1
-    return out[:m]
+        elif bitmap.shape[0]:
+            nb = bitmap.shape[0]
+            for r in range(b0, b1):
+                i = ids[r]
+                rowbuf[m] = r
+                m += (mask.shape[0] == 0 or mask[r] != 0) and 0 <= i < nb and bitmap[i]
+        elif mask.shape[0]:
+            for r in range(b0, b1):
+                rowbuf[m] = r
+                m += mask[r] != 0
+        else:
+            for r in range(b0, b1):
+                rowbuf[m] = r
+                m += 1
+        if m == 0:
+            continue
+        if batch:
+            mp = (m + rt - 1) // rt * rt
+            for t in range(m, mp):
+                rowbuf[t] = rowbuf[m - 1]
+            for ti in range(ntiles):
+                q0 = ti * lanes
+                th = theta[q0: q0 + lanes]
+                for r0 in range(0, mp, rt):
+                    if tier == INT8:
+                        _tile_hits(lanes, packed, rowbuf, r0, qt8[ti], tile_i[r0:], ds, rn, bias, qv[ti],
+                                   corr32[ti], th, hitbuf[r0:])
+                    else:
+                        _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
+                                   corr32[ti], th, hitbuf[r0:])
+                _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
+                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                if st[1]:
+                    break
+        else:
+            for t in range(m):
+                r = rowbuf[t]
+                rds[t] = ds[r] if tier == INT8 else np.float32(1.0)
+                rrn[t] = rn[r]
+                rb[t] = bias[r]
+            for qi in range(nq):
+                if tier == INT8:
+                    for t in range(m):
+                        vals[t] = np.float32(simd.rowdot(packed, rowbuf[t], q8[qi], q8lo[qi]) - corr[qi])
+                elif tier == FP16:
+                    for t in range(m):
+                        vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
+                else:
+                    for t in range(m):
+                        vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, qi, u, ca, cb, cc, k, theta, res[lane],
+                             res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                if st[1]:
+                    break
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
+         ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
+    """The scan core (see module docstring). Rows scanned: rowlist (sorted slots) when non-empty, else the rows
+    whose mask byte is set (every row when mask is empty) and, when bitmap is non-empty, whose id it allows
+    (bitmap[ids[r]]). Queries: q8/q8lo (int8 tier, single
+    path: the high and low bytes of a 16-bit query), qf (float tiers, single path) or the query tiles qt8 / qtf
+    (batch path, `lanes` queries per tile, with their score and bound coefficients qv (ntiles, 4, lanes) and int8
+    offsets corr32 (ntiles, lanes) as the micro-kernel's epilogue reads them). theta0: each query's starting
+    threshold (-inf, or a sampled one that `merge` verifies).
+
+    Returns per lane: candidates (slot, query, upper bound) and their count, each query's reservoir of lower bounds
+    and its fill, and an overflow flag (the candidate buffer was too small: the caller retries with a larger one)."""
+    nq = corr.shape[0]
+    space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
+    cslot = np.empty((nlanes, cap_c), np.int64)
+    cq = np.empty((nlanes, cap_c), np.int32)
+    cub = np.empty((nlanes, cap_c), np.float32)
+    cstate = np.zeros((nlanes, 2), np.int64)
+    res = np.empty((nlanes, nq, cap_r), np.float32)
+    res_n = np.zeros((nlanes, nq), np.int64)
+    if nlanes == 1:  # no parallel region for one lane (a thread hand-off costs a time slice on a busy machine)
+        _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
+              u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n)
+    else:
+        for lane in prange(nlanes):
+            _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32,
+                  table, corr, u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res,
+                  res_n)
+    return cslot, cq, cub, cstate, res, res_n
+
+
+@njit(cache=True, nogil=True)
+def _merge_one(res, res_n, theta0, k, q, theta, failed):
+    """Query q's global threshold from every lane's reservoir (see merge)."""
+    nlanes = res_n.shape[0]
+    total = 0
+    for lane in range(nlanes):
+        total += res_n[lane, q]
+    if total >= k:
+        vals = np.empty(total, np.float32)
+        m = 0
+        for lane in range(nlanes):
+            c = res_n[lane, q]
+            vals[m: m + c] = res[lane, q, :c]
+            m += c
+        theta[q] = np.partition(vals, total - k)[total - k]
+    elif theta0[q] > -np.inf:
+        failed[q] = True
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
+    """Each query's global threshold (the K-th largest lower bound over every lane's reservoir: a valid lower bound
+    of the K-th best exact score) and its candidates at or above it: (offsets (nq + 1), slots grouped by query,
+    thresholds, failed). failed[q]: a sampled starting threshold theta0[q] proved too high (fewer than K rows had a
+    lower bound above it), so query q must be scanned again from -inf."""
+    nlanes, nq = res_n.shape
+    theta = np.full(nq, -np.inf, np.float32)
+    failed = np.zeros(nq, np.bool_)
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            _merge_one(res, res_n, theta0, k, q, theta, failed)
+    else:  # no parallel region for a few queries: each costs a thread hand-off (a time slice on a busy machine)
+        for q in range(nq):
+            _merge_one(res, res_n, theta0, k, q, theta, failed)
+    counts = np.zeros(nq + 1, np.int64)
+    for lane in range(nlanes):
+        for e in range(cstate[lane, 0]):
+            q = cq[lane, e]
+            if cub[lane, e] >= theta[q]:
+                counts[q + 1] += 1
+    offsets = np.cumsum(counts)
+    fill = offsets[:-1].copy()
+    slots = np.empty(offsets[-1], np.int64)
+    for lane in range(nlanes):
+        for e in range(cstate[lane, 0]):
+            q = cq[lane, e]
+            if cub[lane, e] >= theta[q]:
+                slots[fill[q]] = cslot[lane, e]
+                fill[q] += 1
+    return offsets, slots, theta, failed
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _term(q64, row, j, l2):
+    if l2:
+        d = q64[j] - np.float64(row[j])
+        return d * d
+    return q64[j] * np.float64(row[j])
+
+
+@njit(cache=True, nogil=True)
+def _exact_key(q64, row, l2):
+    """Sort key of one row (ascending = better): -q.x, or |q - x|^2 for l2; in float64 with one fixed summation
+    order (eight interleaved partial sums, then their pairwise sum), so identical rows get identical keys."""
+    dim = q64.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    j = 0
+    while j + 8 <= dim:
+        a0 += _term(q64, row, j, l2)
+        a1 += _term(q64, row, j + 1, l2)
+        a2 += _term(q64, row, j + 2, l2)
+        a3 += _term(q64, row, j + 3, l2)
+        a4 += _term(q64, row, j + 4, l2)
+        a5 += _term(q64, row, j + 5, l2)
+        a6 += _term(q64, row, j + 6, l2)
+        a7 += _term(q64, row, j + 7, l2)
+        j += 8
+    while j < dim:
+        a0 += _term(q64, row, j, l2)
+        j += 1
+    acc = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    return acc if l2 else -acc
+
+
+@njit(cache=True, nogil=True)
+def order_topk(keys, ids, k):
+    """Indices of the k best of keys/ids in order: key ascending, then id ascending (fewer when fewer exist)."""
+    order = np.argsort(keys)
+    i = 0
+    while i < order.shape[0]:  # equal keys: smaller id first
+        j = i + 1
+        while j < order.shape[0] and keys[order[j]] == keys[order[i]]:
+            j += 1
+        if j - i > 1:
+            run = order[i:j].copy()
+            order[i:j] = run[np.argsort(ids[run])]
+        i = j
+    return order[: min(k, order.shape[0])]
+
+
+@njit(cache=True, nogil=True)
+def _kept(keys, offsets, q, k, sort):
+    """How many of query q's candidates rerank returns (see rerank)."""
+    m = offsets[q + 1] - offsets[q]
+    if m > k and not sort:
+        kth = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
+        m = 0
+        for c in range(offsets[q], offsets[q + 1]):
+            m += keys[c] <= kth
+    return min(m, k) if sort else m
+
+
+@njit(cache=True, nogil=True)
+def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
+    """Query q's returned candidates into out_k/out_i at out_off[q] (see rerank)."""
+    lo, hi, o = offsets[q], offsets[q + 1], out_off[q]
+    if sort:
+        cid = ids[slots[lo:hi]]
+        best = order_topk(keys[lo:hi], cid, k)
+        for t in range(best.shape[0]):
+            out_k[o + t] = keys[lo + best[t]]
+            out_i[o + t] = cid[best[t]]
+        return
+    kth = np.inf
+    if hi - lo > k:
+        kth = np.partition(keys[lo:hi], k - 1)[k - 1]
+    for c in range(lo, hi):
+        if keys[c] <= kth:
+            out_k[o] = keys[c]
+            out_i[o] = ids[slots[c]]
+            o += 1
+
+
+@njit(cache=True, nogil=True)
+def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
+    """keys[c] = exact key of candidate c for c in lo..hi, rows fetched a group ahead (their latencies overlap)."""
+    for c0 in range(lo, hi, PREFETCH):
+        c1 = min(hi, c0 + PREFETCH)
+        for c in range(c0, c1):
+            simd.prefetch_row(master, slots[c])
+        for c in range(c0, c1):
+            keys[c] = _exact_key(q64[qof[c]], master[slots[c]], l2)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rerank(master, q64, offsets, slots, ids, l2, k, sort):
+    """Exact float64 keys of every candidate (parallel over candidates, rows fetched a group ahead), then per
+    query the candidates that can still be among its k best (key <= the k-th smallest key: ties kept).
+
+    Returns (keys, ids, offsets) of those, grouped by query; with sort, each group is in final order (key, then id)
+    and cut to k (done here for small groups; `numpy.argsort` sorts a large group several times faster)."""
+    nq = q64.shape[0]
+    total = slots.shape[0]
+    qof = np.empty(total, np.int64)
+    for q in range(nq):
+        qof[offsets[q]: offsets[q + 1]] = q
+    keys = np.empty(total, np.float64)
+    nchunks = max(1, min(256, total // 256))
+    if total >= PARALLEL_MIN_CANDIDATES:
+        for ch in prange(nchunks):
+            _score_range(master, q64, qof, slots, l2, keys, ch * total // nchunks, (ch + 1) * total // nchunks)
+    else:  # a few rows: no parallel region (see merge)
+        _score_range(master, q64, qof, slots, l2, keys, 0, total)
+    counts = np.zeros(nq + 1, np.int64)
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+    else:
+        for q in range(nq):
+            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+    out_off = np.cumsum(counts)
+    out_k = np.empty(out_off[-1], np.float64)
+    out_i = np.empty(out_off[-1], np.int64)
+    if nq >= PARALLEL_MIN_QUERIES:
+        for q in prange(nq):
+            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+    else:
+        for q in range(nq):
+            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+    return out_k, out_i, out_off
 
 
 @njit(cache=True, nogil=True)
 def exact_scores(q64, master, slots):
-    """Exact float64 inner products q·x for the candidate slots (fp32 master rows)."""
+    """Exact float64 inner products q.x for the candidate slots (fp32 master rows)."""
     out = np.empty(slots.shape[0], np.float64)
-    dim = q64.shape[0]
     for t in range(slots.shape[0]):
-        row = master[slots[t]]
-        acc = 0.0
-        for j in range(dim):
-            acc += q64[j] * np.float64(row[j])
-        out[t] = acc
+        out[t] = -_exact_key(q64, master[slots[t]], False)
     return out
 
 
@@ -242,29 +508,92 @@ def exact_scores(q64, master, slots):
 def exact_l2(q64, master, slots):
     """Exact float64 squared L2 distances to the candidate slots."""
     out = np.empty(slots.shape[0], np.float64)
-    dim = q64.shape[0]
     for t in range(slots.shape[0]):
-        row = master[slots[t]]
-        acc = 0.0
-        for j in range(dim):
-            d = q64[j] - np.float64(row[j])
-            acc += d * d
-        out[t] = acc
+        out[t] = _exact_key(q64, master[slots[t]], True)
     return out
 
 
-def kth_largest(heaps: np.ndarray, k: int) -> float:
-    """The K-th largest value over every chunk's heap (-inf when fewer than K rows exist)."""
-    flat = heaps.ravel()
-    if flat.size < k:
-        return -np.inf
-    return float(np.partition(flat, flat.size - k)[flat.size - k])
+# ---------------------------------------------------------------------------------------------------- build
+@njit(cache=True, nogil=True)
+def _row_ok(row, fp16):
+    """Every element finite once rounded to float32 (and within fp16's range when fp16); strict IEEE, no fast-math,
+    so a NaN can never be optimised away."""
+    ok = True
+    for j in range(row.shape[0]):
+        v = np.float32(row[j])
+        ok = ok & (abs(v) <= (np.float32(65504.0) if fp16 else np.float32(np.inf)))
+    return ok
 
 
-def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8 quantisation: x ≈ scale · q, |q| ≤ 127, error ≤ scale/2 per element."""
-    amax = np.abs(x).max(axis=1)
-    scale = (amax / 127.0).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
-    return q, scale
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "nnan", "ninf"})
+def _row_copy_stats(row, out):
+    """out[:] = float32(row); (sum of squares in float64, max |element|) in any summation order: they only size the
+    bounds (norms carry a 1e-6 margin). Only called on rows _row_ok accepted."""
+    sq = 0.0
+    amax = np.float32(0.0)
+    for j in range(row.shape[0]):
+        v = np.float32(row[j])
+        out[j] = v
+        sq += np.float64(v) * np.float64(v)
+        amax = max(amax, abs(v))
+    return sq, amax
+
+
+@njit(cache=True, nogil=True)
+def _quantize_row(row, inv, out):
+    """out[j] = round(row[j] * inv) clipped to +-127, in float64 (|x - s x^| <= s/2 up to 2^-50 relative)."""
+    for j in range(row.shape[0]):
+        t = np.floor(np.float64(row[j]) * inv + 0.5)
+        out[j] = np.int8(min(127.0, max(-127.0, t)))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def encode(x, dst, master, packed, scale, norms, bias, tier, l2, check_fp16):
+    """Write rows x (any float dtype) into slots dst.. of every tier array in one parallel pass: fp32 master copy,
+    int8 rows with their per-row scale (|x - s x^| <= s/2 per element) or fp32 (fp16 rows are written by the
+    caller), norm, and the l2 bias. Returns the first row that is not finite (or beyond fp16's range), else -1;
+    rows are validated before anything is published, so a rejected call leaves the index as it was."""
+    n, dim = x.shape
+    nchunks = max(1, min(256, n // 512))
+    bad = np.full(nchunks, -1, np.int64)
+    for c in prange(nchunks):
+        lo = c * n // nchunks
+        hi = (c + 1) * n // nchunks
+        for i in range(lo, hi):
+            if not _row_ok(x[i], check_fp16):
+                if bad[c] < 0:
+                    bad[c] = i
+                continue
+            s = dst + i
+            sq, amax = _row_copy_stats(x[i], master[s])
+            norms[s] = np.float32(np.sqrt(sq)) * np.float32(1.0 + 1e-6)
+            bias[s] = np.float32(-sq) if l2 else np.float32(0.0)
+            if tier == INT8:
+                sc = np.float32(np.float64(amax) / 127.0)
+                scale[s] = sc
+                _quantize_row(master[s], 1.0 / np.float64(sc) if sc > 0 else 0.0, packed[s, :dim])
+                packed[s, dim:] = 0
+    for c in range(nchunks):
+        if bad[c] >= 0:
+            return bad[c]
+    return -1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def copy_rows(src, dst, lo, hi):
+    """dst[:hi-lo] = src[lo:hi] in parallel (growth copies and compaction at memory speed)."""
+    n = hi - lo
+    nchunks = max(1, min(64, n // 4096))
+    for c in prange(nchunks):
+        a = lo + c * n // nchunks
+        b = lo + (c + 1) * n // nchunks
+        dst[a - lo: b - lo] = src[a:b]
+
+
+@njit(cache=True, nogil=True)
+def gather_rows_down(arr, keep):
+    """arr[i] = arr[keep[i]] for ascending keep: rows only move down, so in place and in order is safe."""
+    for i in range(keep.shape[0]):
+        s = keep[i]
+        if s != i:
+            arr[i] = arr[s]

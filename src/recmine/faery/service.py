@@ -32,9 +32,9 @@ import numpy as np
 if TYPE_CHECKING:
     from recmine.auth import Auth
 
-from recmine.faery import durable, kernels
-from recmine.faery.corpus import ARRAYS, Corpus
-from recmine.faery.index import Index, check_ids, check_queries
+from recmine.faery import durable, filters, kernels
+from recmine.faery.corpus import check_attr_name
+from recmine.faery.index import Index, check_attrs, check_ids, check_queries, warm_up
 from recmine.faery.wal import (
     CURRENT,
     OP_DELETE,
@@ -57,17 +57,8 @@ LOCK_FILE = "LOCK"
 # immutable snapshots
 def _clone(index: Index) -> Index:
     """A private, writable copy of an index (the published one is shared with searches and never mutated)."""
-    c = index.corpus
     new = Index(index.dim, index.metric, index.storage)
-    nc: Corpus = new.corpus
-    for name in ARRAYS:
-        if name == "packed" and c.storage == "fp32":
-            continue
-        setattr(nc, name, np.array(getattr(c, name)[: c.size]))
-    if c.storage == "fp32":
-        nc.packed = nc.master
-    nc.size = c.size
-    nc.slot_of = dict(c.slot_of)
+    new.corpus = index.corpus.copy()
     new._next_id = getattr(index, "_next_id", 0)
     return new
 
@@ -84,6 +75,7 @@ class Snapshot:
     buf_ids: np.ndarray  # append-only delta buffer (shared along a chain of snapshots; rows < m are frozen)
     buf_raw: np.ndarray  # vectors as written (what a fold adds to the base)
     buf_vecs: np.ndarray  # vectors as stored (normalised for cosine; the same array otherwise)
+    buf_attrs: dict[str, np.ndarray]  # per-row integer attributes of the buffer rows (0 where not given)
     m: int  # buffer rows this snapshot may read
     rows: np.ndarray  # live delta rows (int64 indices into the buffer)
     delta_pos: dict[int, int]  # live delta id -> buffer row
@@ -93,7 +85,7 @@ class Snapshot:
     def of_base(cls, base: Index, version: int) -> Snapshot:
         """A snapshot that is just `base` at `version`."""
         return cls(base, version, version, {}, np.zeros(0, np.int64), np.zeros(0, np.int64),
-                   np.zeros((0, base.dim), np.float32), np.zeros((0, base.dim), np.float32), 0,
+                   np.zeros((0, base.dim), np.float32), np.zeros((0, base.dim), np.float32), {}, 0,
                    np.zeros(0, np.int64), {}, len(base))
 
     def contains(self, id_: int) -> bool:
@@ -113,15 +105,26 @@ class Snapshot:
         tomb = np.concatenate([self.tomb, np.array(fresh, np.int64)]) if fresh else self.tomb
         return overlay, tomb
 
-    def with_upsert(self, ids: np.ndarray, raw: np.ndarray, vecs: np.ndarray, lsn: int) -> Snapshot:
-        """The next version: ids inserted or replaced."""
+    @property
+    def attributes(self) -> set[str]:
+        """Attribute names of this version (the base's and the delta's)."""
+        return set(self.base.attributes) | set(self.buf_attrs)
+
+    def with_upsert(self, ids: np.ndarray, raw: np.ndarray, vecs: np.ndarray, lsn: int,
+                    attrs: dict[str, np.ndarray] | None = None) -> Snapshot:
+        """The next version: ids inserted or replaced (a replaced row takes the attributes given now, 0 for the
+        others, like a new one)."""
         id_list = ids.tolist()
         n = len(id_list)
         added = sum(1 for i in id_list if not self.contains(i))
         overlay, tomb = self._touch(id_list, lsn)
         buf_ids, buf_raw, buf_vecs = self.buf_ids, self.buf_raw, self.buf_vecs
+        cols = dict(self.buf_attrs)
         if self.m + n > buf_ids.shape[0]:  # grow into new arrays: older snapshots keep the old ones
             cap = max(64, 2 * (self.m + n))
+            for name, col in cols.items():
+                cols[name] = np.zeros(cap, np.int64)
+                cols[name][: self.m] = col[: self.m]
             buf_ids = np.zeros(cap, np.int64)
             buf_ids[: self.m] = self.buf_ids[: self.m]
             buf_raw = np.zeros((cap, raw.shape[1]), np.float32)
@@ -135,13 +138,19 @@ class Snapshot:
         buf_raw[self.m: self.m + n] = raw
         if buf_vecs is not buf_raw:
             buf_vecs[self.m: self.m + n] = vecs
+        for name in attrs or {}:
+            if name not in cols:
+                cols[name] = np.zeros(buf_ids.shape[0], np.int64)
+        for name, col in cols.items():
+            col[self.m: self.m + n] = (attrs or {}).get(name, 0)
         replaced = [self.delta_pos[i] for i in id_list if i in self.delta_pos]
         rows = self.rows[~np.isin(self.rows, replaced)] if replaced else self.rows
         rows = np.concatenate([rows, np.arange(self.m, self.m + n, dtype=np.int64)])
         delta_pos = dict(self.delta_pos)
         delta_pos.update(zip(id_list, range(self.m, self.m + n), strict=True))
         return replace(self, version=lsn, overlay=overlay, tomb=tomb, buf_ids=buf_ids, buf_raw=buf_raw,
-                       buf_vecs=buf_vecs, m=self.m + n, rows=rows, delta_pos=delta_pos, live=self.live + added)
+                       buf_vecs=buf_vecs, buf_attrs=cols, m=self.m + n, rows=rows, delta_pos=delta_pos,
+                       live=self.live + added)
 
     def with_delete(self, ids: np.ndarray, lsn: int) -> Snapshot:
         """The next version: ids (all live) removed."""
@@ -163,7 +172,8 @@ class Snapshot:
         if self.tomb.size:
             idx.remove(self.tomb)
         if self.rows.size:
-            idx.add(self.buf_raw[self.rows], self.buf_ids[self.rows])
+            idx.add(self.buf_raw[self.rows], self.buf_ids[self.rows],
+                    attrs={name: col[self.rows] for name, col in self.buf_attrs.items()})
         c = idx.corpus
         if c.size - len(c) > max(1024, c.size // 4):
             idx.compact()
@@ -186,11 +196,15 @@ class Snapshot:
         else:
             buf_vecs = np.zeros((cap, base.dim), np.float32)
             buf_vecs[:n] = self.buf_vecs[keep]
+        cols = {}
+        for name, col in self.buf_attrs.items():
+            cols[name] = np.zeros(cap, np.int64)
+            cols[name][:n] = col[keep]
         delta_pos = {int(i): r for r, i in enumerate(buf_ids[:n].tolist())}
         # a delete of an id the new base does not hold is already reflected in it
         overlay = {i: v for i, v in overlay.items() if i in delta_pos or base.contains(i)}
         tomb = np.array([i for i in overlay if base.contains(i)], np.int64)
-        snap = Snapshot(base, base_version, self.version, overlay, tomb, buf_ids, buf_raw, buf_vecs, n,
+        snap = Snapshot(base, base_version, self.version, overlay, tomb, buf_ids, buf_raw, buf_vecs, cols, n,
                         np.arange(n, dtype=np.int64), delta_pos, self.live)
         expect = len(base) - tomb.size + n
         if expect != self.live:
@@ -216,21 +230,58 @@ class Snapshot:
                 raise KeyError(f"unknown id {i}")
         return out
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over this version; q is (nq, dim) finite float32, k >= 1 (validated by the caller)."""
+    def _split_filter(self, allow: np.ndarray | None, where: dict[str, Any]
+                      ) -> tuple[bool, np.ndarray | None, dict[str, Any], np.ndarray]:
+        """The filter as the base and the delta see it: (does the base contribute, its allow, its predicates,
+        the allowed delta rows). KeyError naming an allow-list id that is not live in this version."""
+        d_rows = self.rows
+        d_ids = self.buf_ids[d_rows]
+        keep = np.ones(d_rows.size, np.bool_)
+        base_allow = allow
+        if allow is not None and allow.dtype == np.bool_:
+            keep &= (d_ids >= 0) & (d_ids < allow.size) & allow[np.clip(d_ids, 0, max(0, allow.size - 1))]
+        elif allow is not None:
+            in_delta = np.isin(allow, d_ids)
+            rest = allow[~in_delta]
+            for i in rest.tolist():
+                if i in self.overlay or not self.base.contains(i):
+                    raise KeyError(f"allow-list id {i} is not in the index")
+            base_allow = rest
+            keep &= np.isin(d_ids, allow)
+        contributes, base_where = True, {}
+        have = set(self.base.attributes)
+        for name, pred in where.items():
+            col = self.buf_attrs.get(name)
+            vals = col[d_rows] if col is not None else np.zeros(d_rows.size, np.int64)
+            keep &= ((vals >= pred[0]) & (vals < pred[1])) if isinstance(pred, tuple) else np.isin(vals, pred)
+            if name in have:
+                base_where[name] = range(*pred) if isinstance(pred, tuple) else pred
+            else:  # the base has no such column: its rows hold 0
+                zero_ok = (pred[0] <= 0 < pred[1]) if isinstance(pred, tuple) else bool(np.isin(0, pred))
+                contributes = contributes and zero_ok
+        return contributes, base_allow, base_where, d_rows[keep]
+
+    def search(self, q: np.ndarray, k: int, allow: Any = None, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over this version (q: (nq, dim) finite float32, k >= 1, validated by the caller); allow and
+        where as Index.search, over the base and the delta alike."""
         base = self.base
-        if self.rows.size == 0 and self.tomb.size == 0:
-            return base.search(q, k)
-        _, base_ids = base.search(q, k + int(self.tomb.size))
+        allow_arr = filters.check_allow(allow)
+        preds = filters.check_where(where, self.attributes)
+        if self.rows.size == 0 and self.tomb.size == 0 and not self.buf_attrs:
+            return base.search(q, k, allow=allow_arr, where=preds or None)
+        contributes, base_allow, base_where, d_rows = self._split_filter(allow_arr, preds)
+        nq = q.shape[0]
+        if contributes:
+            _, base_ids = base.search(q, k + int(self.tomb.size), allow=base_allow, where=base_where or None)
+        else:
+            base_ids = np.full((nq, 0), -1, np.int64)
         metric = base.metric
         if metric == "cosine":  # exactly as Index.search prepares queries
             n = np.linalg.norm(q.astype(np.float64), axis=1)
             q = (q / np.where(n > 0, n, 1.0)[:, None]).astype(np.float32)
-        nq = q.shape[0]
         pad = np.inf if metric == "l2" else -np.inf
         scores = np.full((nq, k), pad, np.float32)
         out = np.full((nq, k), -1, np.int64)
-        d_rows = self.rows
         d_ids = self.buf_ids[d_rows]
         exact = kernels.exact_l2 if metric == "l2" else kernels.exact_scores
         sign = 1.0 if metric == "l2" else -1.0  # sort key: ascending
@@ -253,6 +304,94 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# request coalescing
+COALESCE_MAX_QUERIES = 64  # requests with fewer queries may be coalesced; a batch stops growing past this
+
+
+class _Request:
+    __slots__ = ("q", "k", "wake", "lead", "result", "error")
+
+    def __init__(self, q: np.ndarray, k: int) -> None:
+        self.q, self.k = q, k
+        self.wake = threading.Event()
+        self.lead = False
+        self.result: tuple[np.ndarray, np.ndarray, int] | None = None
+        self.error: BaseException | None = None
+
+
+class _Coalescer:
+    """Concurrent unfiltered searches answered by one batched search (the GEMM path of the scan core).
+
+    The first request to arrive while none runs leads: it takes every queued request and runs them as one batch,
+    with the largest k (each request gets its prefix: results are ordered, ties by id, so a top-k is a prefix of a
+    larger top-k), from one snapshot; requests arriving meanwhile queue, and when the batch ends the first of them
+    leads the next. A lone client therefore waits for nothing. Once requests have been seen to overlap, a leader
+    also waits up to `window_s` (<= 1 ms) for more to join, or until COALESCE_MAX_QUERIES queries are queued."""
+
+    def __init__(self, core: RetrievalCore, window_s: float) -> None:
+        self.core = core
+        self.window_s = min(max(0.0, float(window_s)), 0.001)
+        self._lock = threading.Lock()
+        self._queue: list[_Request] = []
+        self._busy = False
+        self._crowd = False
+        self.batches = 0
+        self.coalesced = 0
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        req = _Request(q, k)
+        with self._lock:
+            self._queue.append(req)
+            if not self._busy:
+                self._busy = req.lead = True
+        while req.result is None and req.error is None:
+            if req.lead:
+                self._run()
+            else:
+                req.wake.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result  # type: ignore[return-value]
+
+    def _queued(self) -> int:
+        with self._lock:
+            return sum(r.q.shape[0] for r in self._queue)
+
+    def _run(self) -> None:
+        if self._crowd and self.window_s > 0:
+            deadline = time.perf_counter() + self.window_s
+            while time.perf_counter() < deadline and self._queued() < COALESCE_MAX_QUERIES:
+                time.sleep(self.window_s / 8)
+        with self._lock:
+            batch, self._queue = self._queue, []
+        self._crowd = len(batch) > 1
+        try:
+            snap = self.core._published  # one version for the whole batch
+            q = np.concatenate([r.q for r in batch]) if len(batch) > 1 else batch[0].q
+            scores, ids = snap.search(q, max(r.k for r in batch))
+            self.core.searches += len(batch)
+            self.batches += 1
+            self.coalesced += len(batch)
+            lo = 0
+            for r in batch:
+                hi = lo + r.q.shape[0]
+                r.result = (scores[lo:hi, : r.k], ids[lo:hi, : r.k], snap.version)
+                lo = hi
+        except BaseException as exc:  # every waiter learns of it
+            for r in batch:
+                r.error = exc
+        finally:
+            with self._lock:
+                if self._queue:  # arrived while this batch ran: the first of them leads the next one
+                    self._queue[0].lead = True
+                    self._queue[0].wake.set()
+                else:
+                    self._busy = False
+            for r in batch:
+                r.wake.set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the core: snapshots + log + background fold/checkpoint, no network
 class RetrievalCore:
     """A live, crash-safe retrieval index in a directory (snapshots + CURRENT + wal.log); see module docstring.
@@ -262,7 +401,7 @@ class RetrievalCore:
     def __init__(self, index_dir: str | os.PathLike[str], dim: int | None = None, metric: str | None = None,
                  storage: str | None = None, *, fold_rows: int = 4096, fold_tombstones: int = 512,
                  checkpoint_bytes: int = 64 << 20, fsync: bool = True, background: bool = True,
-                 checkpoint_on_close: bool = True, poll_s: float = 0.2) -> None:
+                 checkpoint_on_close: bool = True, poll_s: float = 0.2, batch_window_s: float | None = 0.001) -> None:
         self.root = Path(index_dir)
         durable.make_dirs(self.root)
         self.fold_rows = int(fold_rows)
@@ -282,6 +421,7 @@ class RetrievalCore:
             os.close(self._lock_fd)
             raise
         self._closed = False
+        self._coalescer = _Coalescer(self, batch_window_s) if batch_window_s is not None else None
         self.failed: BaseException | None = None
         self.folds = 0
         self.checkpoints = 0
@@ -312,6 +452,7 @@ class RetrievalCore:
             write_checkpoint(self.root, base, 0)
         if dim is not None and int(dim) != base.dim:
             raise ValueError(f"the index in {self.root} has dim {base.dim}, not {dim}")
+        warm_up(base.storage, base.metric)  # the JIT and kernel cache load now, not in the first request
         for name, want, have in (("metric", metric, base.metric), ("storage", storage, base.storage)):
             if want is not None and want != have:
                 log.warning("%s: existing index has %s %s; ignoring %s", self.root, name, have, want)
@@ -343,7 +484,7 @@ class RetrievalCore:
     def _replay(head: Snapshot, rec: WalRecord) -> Snapshot:
         if rec.op == OP_UPSERT:
             raw = head.base.corpus.check_vectors(rec.vectors)
-            return head.with_upsert(rec.ids, raw, head.base._prepare(raw), rec.lsn)
+            return head.with_upsert(rec.ids, raw, head.base._prepare(raw), rec.lsn, rec.attrs)
         known = np.array([i for i in rec.ids.tolist() if head.contains(i)], np.int64)
         if known.size != rec.ids.size:
             log.warning("log record %d deletes %d ids that are not live; skipped", rec.lsn, rec.ids.size - known.size)
@@ -411,23 +552,33 @@ class RetrievalCore:
             raise OSError(f"writes are disabled after a log failure: {self.failed}")
 
     # ---- reads
-    def search_versioned(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Top-k per query from one consistent version: (scores, ids, version)."""
+    def search_versioned(self, queries: Any, k: int, allow: Any = None,
+                         where: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Top-k per query from one consistent version: (scores, ids, version). Unfiltered requests of a few
+        queries that arrive while others run are answered together by one batched search (see _Coalescer)."""
         q, k = self._check_queries(queries, k)
+        if self._coalescer is not None and allow is None and not where and q.shape[0] < COALESCE_MAX_QUERIES:
+            return self._coalescer.search(q, k)
         snap = self._published  # the only shared state a search reads: one reference, taken once
         self.searches += 1
-        scores, ids = snap.search(q, k)
+        scores, ids = snap.search(q, k, allow, where)
         return scores, ids, snap.version
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per query, exactly as Index.search on the live rows."""
-        scores, ids, _ = self.search_versioned(queries, k)
+    def search(self, queries: Any, k: int, allow: Any = None, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query, exactly as Index.search on the live rows (allow/where as Index.search)."""
+        scores, ids, _ = self.search_versioned(queries, k, allow, where)
         return scores, ids
 
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """Attribute names of the published version."""
+        return tuple(sorted(self._published.attributes))
+
     # ---- writes
-    def upsert(self, ids: Any, vectors: Any) -> tuple[np.ndarray, int]:
-        """Insert or replace rows (ids None: new consecutive ids). Returns (ids, LSN) once the write is durable
-        and visible to every later search. ValueError on bad input (then nothing changes)."""
+    def upsert(self, ids: Any, vectors: Any, attrs: Any = None) -> tuple[np.ndarray, int]:
+        """Insert or replace rows (ids None: new consecutive ids; attrs: {name: values}, 0 for names not given).
+        Returns (ids, LSN) once the write is durable and visible to every later search. ValueError on bad input
+        (then nothing changes)."""
         with self._write_lock:
             self._check_writable()
             head = self._head
@@ -441,15 +592,18 @@ class RetrievalCore:
                 arr = self._check_ids(ids)
             if arr.size != raw.shape[0]:
                 raise ValueError(f"{arr.size} ids for {raw.shape[0]} vectors")
-            lsn = self._log(OP_UPSERT, arr, raw)
-            self._advance(head.with_upsert(arr, raw, vecs, lsn))
+            cols = check_attrs(attrs, arr.size)
+            for name in cols:
+                check_attr_name(name)
+            lsn = self._log(OP_UPSERT, arr, raw, cols or None)
+            self._advance(head.with_upsert(arr, raw, vecs, lsn, cols or None))
             self._next_id = max(self._next_id, int(arr.max()) + 1)
         self._commit(lsn)
         return arr, lsn
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, attrs: Any = None) -> np.ndarray:
         """Index-shaped upsert: returns the ids."""
-        return self.upsert(ids, vectors)[0]
+        return self.upsert(ids, vectors, attrs)[0]
 
     def delete(self, ids: Any) -> tuple[int, int]:
         """Remove live ids; returns (count, LSN) once durable. KeyError naming an unknown id (nothing removed)."""
@@ -470,9 +624,10 @@ class RetrievalCore:
         """Index-shaped delete: returns the count."""
         return self.delete(ids)[0]
 
-    def _log(self, op: int, ids: np.ndarray, vectors: np.ndarray | None) -> int:
+    def _log(self, op: int, ids: np.ndarray, vectors: np.ndarray | None,
+             attrs: dict[str, np.ndarray] | None = None) -> int:
         try:
-            return self.wal.append(op, ids, vectors)
+            return self.wal.append(op, ids, vectors, attrs)
         except OSError as exc:
             self.failed = exc
             raise
@@ -565,7 +720,9 @@ class RetrievalCore:
                 "version": s.version, "base_rows": len(s.base), "delta_rows": s.delta_rows,
                 "tombstones": int(s.tomb.size), "checkpoint_lsn": self._checkpoint_lsn,
                 "wal_bytes": self.wal.size_bytes, "wal_records": self.wal.records, "wal_syncs": self.wal.syncs,
-                "folds": self.folds, "checkpoints": self.checkpoints, "searches": self.searches}
+                "folds": self.folds, "checkpoints": self.checkpoints, "searches": self.searches,
+                "search_batches": self._coalescer.batches if self._coalescer else 0,
+                "coalesced_searches": self._coalescer.coalesced if self._coalescer else 0}
 
     def close(self, checkpoint: bool | None = None) -> None:
         """Stop the background thread, optionally fold + checkpoint (default: checkpoint_on_close), close the log
@@ -636,7 +793,8 @@ class _Servicer:
                 raise _TooLarge(f"the reply would be {reply_bytes} bytes (nq={request.nq} x k={request.k}), over "
                                 f"the {self.server.max_message_bytes}-byte message limit; split the batch")
             q = np.frombuffer(request.queries, "<f4").reshape(request.nq, dim)
-            scores, ids, version = self.core.search_versioned(q, int(request.k))
+            allow, where = filter_of(request.filter) if request.HasField("filter") else (None, None)
+            scores, ids, version = self.core.search_versioned(q, int(request.k), allow, where)
             return self.pb2.SearchReply(scores=np.ascontiguousarray(scores, "<f4").tobytes(),
                                         ids=np.ascontiguousarray(ids, "<i8").tobytes(), nq=scores.shape[0],
                                         k=scores.shape[1], version=version)
@@ -656,7 +814,12 @@ class _Servicer:
                 raise ValueError(f"{len(request.ids)} ids for {request.n} vectors")
             vecs = np.frombuffer(request.vectors, "<f4").reshape(request.n, dim)
             ids = np.array(request.ids, np.int64) if len(request.ids) else None
-            out, version = self.core.upsert(ids, vecs)
+            attrs = {}
+            for a in request.attrs:
+                if a.name in attrs:
+                    raise ValueError(f"attribute {a.name!r} given twice")
+                attrs[a.name] = np.array(a.values, np.int64)
+            out, version = self.core.upsert(ids, vecs, attrs or None)
             return self.pb2.UpsertReply(ids=out.tolist(), version=version)
 
         return self._run(context, run)
@@ -675,6 +838,21 @@ class _Servicer:
         status = self.pb2.HealthCheckResponse.SERVING if self.server.serving else \
             self.pb2.HealthCheckResponse.NOT_SERVING
         return self.pb2.HealthCheckResponse(status=status)
+
+
+def filter_of(msg: Any) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """(allow, where) of a Filter message, as Index.search takes them."""
+    allow: np.ndarray | None = None
+    if msg.has_allow_ids:
+        allow = np.array(msg.allow_ids, np.int64)
+    elif msg.allow_bitmap:
+        allow = np.unpackbits(np.frombuffer(msg.allow_bitmap, np.uint8), bitorder="little").astype(np.bool_)
+    where: dict[str, Any] = {}
+    for p in msg.where:
+        if p.attribute in where:
+            raise ValueError(f"attribute {p.attribute!r} has two predicates")
+        where[p.attribute] = range(p.lo, p.hi) if p.is_range else np.array(p.values, np.int64)
+    return allow, where or None
 
 
 class _TooLarge(Exception):

@@ -1,7 +1,8 @@
 """Write-ahead log and checkpoints for the faery service: acknowledged writes survive a crash.
 
 Log file: a sequence of records `[len u32][crc32 u32][payload]` (little-endian, CRC over the payload), payload =
-`[op u8][lsn u64][n u32][dim u32][ids int64 * n][vectors float32 * n * dim]` (deletes carry dim 0, no vectors).
+`[op u8][lsn u64][n u32][dim u32][ids int64 * n][vectors float32 * n * dim]` (deletes carry dim 0, no vectors);
+an upsert with attributes (op 3) continues with `[count u16]` and per attribute `[name length u8][name][int64 * n]`.
 LSNs increase by one per record. On open, a record that is short, fails its CRC or does not decode ends the log:
 it and everything after it are cut off the file (with a logged warning), never loaded.
 
@@ -37,6 +38,7 @@ HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 BODY = struct.Struct("<BQII")  # op, lsn, n, dim
 OP_UPSERT = 1
 OP_DELETE = 2
+OP_UPSERT_ATTRS = 3  # an upsert carrying per-row integer attributes
 MAX_PAYLOAD = 1 << 31
 CURRENT = "CURRENT"
 SNAP_PREFIX = "snap-"
@@ -50,16 +52,27 @@ class WalRecord:
     op: int
     ids: np.ndarray
     vectors: np.ndarray | None = None
+    attrs: dict[str, np.ndarray] | None = None
 
 
 def encode(rec: WalRecord) -> bytes:
     """The record's payload bytes (without the length/CRC header)."""
     ids = np.ascontiguousarray(rec.ids, "<i8")
-    if rec.op == OP_UPSERT:
+    if rec.op in (OP_UPSERT, OP_UPSERT_ATTRS):
         vec = np.ascontiguousarray(rec.vectors, "<f4")
         if vec.ndim != 2 or vec.shape[0] != ids.shape[0]:
             raise ValueError(f"upsert record: {ids.shape[0]} ids for vectors of shape {vec.shape}")
-        return BODY.pack(OP_UPSERT, rec.lsn, ids.shape[0], vec.shape[1]) + ids.tobytes() + vec.tobytes()
+        op = OP_UPSERT_ATTRS if rec.attrs else OP_UPSERT
+        out = BODY.pack(op, rec.lsn, ids.shape[0], vec.shape[1]) + ids.tobytes() + vec.tobytes()
+        if rec.attrs:
+            out += struct.pack("<H", len(rec.attrs))
+            for name, col in rec.attrs.items():
+                raw = name.encode()
+                col = np.ascontiguousarray(col, "<i8")
+                if len(raw) > 255 or col.shape != ids.shape:
+                    raise ValueError(f"upsert record: attribute {name!r} with {col.shape} values for {ids.shape[0]} ids")
+                out += struct.pack("<B", len(raw)) + raw + col.tobytes()
+        return out
     if rec.op == OP_DELETE:
         return BODY.pack(OP_DELETE, rec.lsn, ids.shape[0], 0) + ids.tobytes()
     raise ValueError(f"unknown log op {rec.op}")
@@ -70,17 +83,35 @@ def decode(payload: bytes) -> WalRecord:
     if len(payload) < BODY.size:
         raise ValueError(f"record of {len(payload)} bytes is shorter than its {BODY.size}-byte body header")
     op, lsn, n, dim = BODY.unpack_from(payload)
-    if op not in (OP_UPSERT, OP_DELETE) or (op == OP_DELETE and dim != 0):
+    if op not in (OP_UPSERT, OP_DELETE, OP_UPSERT_ATTRS) or (op == OP_DELETE and dim != 0):
         raise ValueError(f"bad record op {op} (dim {dim})")
     want = BODY.size + 8 * n + 4 * n * dim
-    if len(payload) != want:
+    if len(payload) != want if op != OP_UPSERT_ATTRS else len(payload) < want + 2:
         raise ValueError(f"record holds {len(payload)} bytes, its header implies {want}")
     ids = np.frombuffer(payload, "<i8", count=n, offset=BODY.size).astype(np.int64)
     vecs = None
-    if op == OP_UPSERT:
+    attrs = None
+    if op in (OP_UPSERT, OP_UPSERT_ATTRS):
         vecs = np.frombuffer(payload, "<f4", count=n * dim, offset=BODY.size + 8 * n).reshape(n, dim)
         vecs = vecs.astype(np.float32)
-    return WalRecord(int(lsn), int(op), ids, vecs)
+    if op == OP_UPSERT_ATTRS:
+        attrs = {}
+        (count,) = struct.unpack_from("<H", payload, want)
+        pos = want + 2
+        for _ in range(count):
+            if pos >= len(payload):
+                raise ValueError("attribute section cut short")
+            size = payload[pos]
+            name = payload[pos + 1: pos + 1 + size].decode(errors="replace")
+            pos += 1 + size
+            if pos + 8 * n > len(payload):
+                raise ValueError(f"attribute {name!r} cut short")
+            attrs[name] = np.frombuffer(payload, "<i8", count=n, offset=pos).astype(np.int64)
+            pos += 8 * n
+        if pos != len(payload):
+            raise ValueError(f"record holds {len(payload)} bytes, its attributes end at {pos}")
+        op = OP_UPSERT
+    return WalRecord(int(lsn), int(op), ids, vecs, attrs)
 
 
 def frame(payload: bytes) -> bytes:
@@ -184,12 +215,13 @@ class WriteAheadLog:
             raise OSError(f"write-ahead log {self.path} failed earlier: {self._error}")
 
     # ---- writing
-    def append(self, op: int, ids: np.ndarray, vectors: np.ndarray | None = None) -> int:
+    def append(self, op: int, ids: np.ndarray, vectors: np.ndarray | None = None,
+               attrs: dict[str, np.ndarray] | None = None) -> int:
         """Write one record (not yet synced); returns its LSN. Pair with wait_durable before acknowledging."""
         with self._cond:
             self._check()
             lsn = self._next
-            data = frame(encode(WalRecord(lsn, op, ids, vectors)))
+            data = frame(encode(WalRecord(lsn, op, ids, vectors, attrs)))
             try:
                 view = memoryview(data)
                 while view:

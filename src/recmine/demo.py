@@ -378,16 +378,17 @@ class _Trainer:
     def restart_from(self, read: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
         """The operator's fix: reload every row the trainer knows from a PS (the model being served; a key the PS
         does not hold goes back to the zero prior it serves for it); returns the rows loaded."""
-        from recmine.ekko.rec.model import DENSE_KEY
+        from recmine.ekko.rec.model import DENSE_KEYS
 
         m = self.model
         rows = {}
         for table, keys in (("user", np.array(m.users.keys, np.int64)), ("item", np.array(m.items.keys, np.int64))):
             vals, found, _ = read(table, keys)
             rows[table] = (keys, np.where(found[:, None], vals, 0.0).astype(np.float32))
-        vals, found, _ = read("dense", np.array([DENSE_KEY]))
-        if found[0]:
-            rows["dense"] = (np.array([DENSE_KEY]), vals)
+        keys = np.array(DENSE_KEYS)
+        vals, found, _ = read("dense", keys)
+        if found.any():
+            rows["dense"] = (keys[found], vals[found])
         m.restart(rows)
         return sum(int(k.size) for k, _ in rows.values())
 

@@ -3,7 +3,8 @@
 Topology (JSON): {"dcs": 4, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50, "nic_mbps": 100,
 "mode": "ekko"|"push"|"checkpoint", "topology": "mesh"|"tree", "pull_interval_ms": 0 (or {"<dc>": ms}),
 "wait_ms": 1000, "checkpoint_s": 10, "origin_dc": 0, "delays_ms": {"0,1": 30}, "wal": false,
-"scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps), "round_ms": 50}"""
+"scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps; "+int8" / "+fp16"
+compresses them, e.g. "slo+int8", see ps/compress.py), "round_ms": 50}"""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from recmine.ekko.lab.wan import Route, control
 from recmine.ekko.ps.client import PSClient
+from recmine.ekko.ps.compress import parse_scheduler
 from recmine.ekko.ps.config import PeerConfig, PeerInfo
 
 DEFAULTS: dict[str, Any] = {
@@ -57,8 +59,8 @@ def load_topology(spec: str | os.PathLike[str] | dict[str, Any]) -> dict[str, An
         raise ValueError(f"topology must be mesh or tree, got {topo['topology']!r}")
     if topo["nic_mbps"] <= 0 or topo["rtt_ms"] < 0:
         raise ValueError("nic_mbps must be > 0 and rtt_ms >= 0")
-    if topo["scheduler"] not in ("all", "slo", "fifo"):
-        raise ValueError(f"topology scheduler must be all, slo or fifo, got {topo['scheduler']!r}")
+    if topo["scheduler"] != "all" and parse_scheduler(topo["scheduler"])[0] not in ("slo", "fifo"):  # codec checked
+        raise ValueError(f"topology scheduler must be all, slo or fifo (+fp16 / +int8), got {topo['scheduler']!r}")
     if not 0 < topo["scheduler_share"] <= 1 or topo["round_ms"] <= 0:
         raise ValueError("scheduler_share must be in (0, 1] and round_ms > 0")
     if not topo["traffic_half_life_s"] > 0:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from recmine.ekko.lab.cluster import LocalCluster
-from recmine.ekko.ps.scheduler import ROW_OVERHEAD
+from recmine.ekko.lab.linksim import make_link
+from recmine.ekko.ps.scheduler import ROW_OVERHEAD, Traffic
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.rec.data import Interactions, default_movielens_path, load_movielens, synthetic
 from recmine.ekko.rec.guard import GuardConfig, ModelStateManager
@@ -360,3 +361,58 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
     return {"data": data.source, "events": len(data), "batches": n_batches,
             "dcs": [{"dc": s.name, **s.quality.summary()} for s in servers], "guard_events": events,
             "rollbacks": len(mgr.rollbacks)}
+
+
+def _store_reader(store: ParamStore, traffic: Traffic | None = None) -> Callable:
+    """A RowReader over an in-process store; reads are counted as inference traffic when `traffic` is given."""
+    def read(table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if traffic is not None:
+            traffic.observe(table, keys)
+        return store.get(table, keys)
+    return read
+
+
+def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_per_s: float = 1e12,
+             warm: tuple[OnlineTrainer, int] | None = None) -> dict[str, Any]:
+    """The slo scenario's replay over one simulated link (lab/linksim.py: real stores, scheduler, protocol core
+    and wire encoding; modelled network; simulated time): the far DC scores every batch before the trainer learns
+    from it. `scheduler`: all (unthrottled), checkpoint, or a scheduler spec (slo, fifo, slo+int8, ...). Returns
+    far-DC AUC / logloss, wire bytes and rows produced."""
+    import copy
+
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else _warm(spec, data)
+    link = make_link(tables(spec.dim), "all" if scheduler in ("all", "checkpoint") else scheduler, link_bytes_per_s,
+                     delay_s=spec.rtt_ms / 2000.0, traffic_half_life_s=spec.traffic_half_life_s)
+    state = trainer.full_state()
+    stamp = 1
+    for store in (link.src, link.dst):
+        store.apply([TableUpdate(t, k, v.astype(np.float32), np.full(k.shape[0], stamp, np.int64),
+                                 np.zeros(k.shape[0], np.int32)) for t, (k, v) in state.tables.items()],
+                    {s: {0: stamp} for s in range(link.src.num_shards)})
+    traffic = getattr(link.sender, "traffic", None)
+    local = InferenceServer(_store_reader(link.src, traffic), spec.dim, "dc0", window=len(data))
+    far_read: Callable = _store_reader(link.dst)
+    if scheduler == "checkpoint":
+        far_read = _DictReader(state, stamp)
+    far = InferenceServer(far_read, spec.dim, "far", window=len(data))
+    rest = data.slice(n_warm, len(data))
+    n_batches = (len(rest) + spec.batch - 1) // spec.batch
+    pace = spec.replay_s / n_batches
+    ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
+    rows = 0
+    for b in range(n_batches):
+        ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
+        local.dense_refresh_s = far.dense_refresh_s = 0.0  # simulated time: read the head every batch
+        far.serve(ev.user, ev.item, ev.label)
+        local.serve(ev.user, ev.item, ev.label)
+        up = trainer.step(ev.user, ev.item, ev.label)
+        for table, (k, v) in up.tables.items():
+            link.src.put(table, k, v)
+        rows += up.n_rows
+        if scheduler == "checkpoint" and (b + 1) % ckpt_every == 0:
+            far.read = _DictReader(trainer.full_state(), stamp)
+        link.advance(pace)
+    q = far.quality.summary()
+    return {"variant": scheduler, "far_auc": q["auc"], "far_logloss": q["logloss"], "wire_bytes": link.wire_bytes,
+            "bytes_per_s": link.wire_bytes / spec.replay_s, "rows": rows, "batches": n_batches,
+            "local_auc": local.quality.summary()["auc"]}

@@ -302,7 +302,7 @@ class PeerServer:
         watcher = asyncio.create_task(watch())
         try:
             async for batch in call:
-                rows = [pb_to_rows(r, self.dims) for r in batch.rows]
+                rows = [pb_to_rows(r, self.dims, self.store) for r in batch.rows]  # store: compressed deltas
                 self.rows_received += sum(len(u) for u in rows)
                 if asker.batch(rows, batch.last, batch.complete, pb_to_vv(batch.version_vector), batch.counter,
                                batch.round, batch.incarnation) is not None:

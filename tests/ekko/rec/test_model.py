@@ -169,13 +169,16 @@ def test_rollback_scenario_detects_and_rolls_back_everywhere():
 
 def test_slo_scenario_reports_every_policy():
     res = CliRunner().invoke(app, ["ekko", "bench", "--scenario", "slo", "--data", "synthetic", "--events", "12000",
-                                   "--replay-s", "3", "--dcs", "2", "--json"])
+                                   "--replay-s", "3", "--dcs", "2", "--link-fraction", "0.25", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    for key in ("slo_aware_quality", "fifo_quality", "unthrottled_quality", "checkpoint_quality", "metric"):
+    for key in ("unthrottled_quality", "checkpoint_quality", "fresh_minus_checkpoint", "stream_needs_mbps", "metric"):
         assert key in out
-    assert all(0.0 <= out[k] <= 1.0 for k in ("slo_aware_quality", "fifo_quality", "unthrottled_quality"))
-    assert out["link_mbps"] < out["stream_needs_mbps"]  # the throttled runs really were short of bandwidth
+    (row,) = out["fractions"]
+    assert row["link_fraction"] == 0.25
+    for key in ("slo_aware_quality", "fifo_quality", "slo_compressed_quality"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["link_mbps"] < out["stream_needs_mbps"]  # the throttled runs really were short of bandwidth
 
 
 def test_bad_scenario_input_is_refused(tmp_path):
@@ -185,6 +188,8 @@ def test_bad_scenario_input_is_refused(tmp_path):
     assert res.exit_code == 2 and "bad.inter:2" in res.output
     res = CliRunner().invoke(app, ["ekko", "bench", "--scenario", "nope"])
     assert res.exit_code == 2 and "unknown scenario" in res.output
+    res = CliRunner().invoke(app, ["ekko", "bench", "--scenario", "slo", "--link-fraction", "0.1,2"])
+    assert res.exit_code == 2 and "link fractions must be in (0, 1]" in res.output
 
 
 def test_default_movielens_path_is_the_shared_copy(shared_data):

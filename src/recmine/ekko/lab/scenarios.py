@@ -11,6 +11,7 @@ snapshot before start), so only the live updates cross the WAN."""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,11 +44,25 @@ class ScenarioSpec:
     batch: int = 250
     warm_fraction: float = 0.2
     replay_s: float = 20.0  # wall time the rest of the stream is replayed over
-    link_fraction: float = 0.25  # throttled link: this share of the bandwidth the full update stream needs
+    link_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)  # throttled links: shares of what the update stream needs
     rtt_ms: float = 50.0
     checkpoint_every: float = 0.25  # checkpoint baseline: a checkpoint per this share of the replay
     seed: int = 0
     traffic_half_life_s: float = 30.0  # the SLO-aware scheduler's memory of which keys inference reads
+    codec: str = "int8"  # compressed variants: int8 or fp16 deltas ...
+    significance: float = 0.05  # ... with changes below this share of a row's norm left in the residual
+
+    def __post_init__(self) -> None:
+        self.link_fractions = tuple(float(f) for f in self.link_fractions)
+        if not self.link_fractions or not all(0 < f <= 1 for f in self.link_fractions):
+            raise ValueError(f"link fractions must be in (0, 1], got {self.link_fractions}")
+        if self.codec not in ("int8", "fp16"):
+            raise ValueError(f"codec must be int8 or fp16, got {self.codec!r}")
+
+    @property
+    def compressed(self) -> str:
+        """The codec part of a scheduler spec, e.g. '+int8@0.05'."""
+        return f"+{self.codec}@{self.significance:g}"
 
 
 def load_data(spec: ScenarioSpec) -> Interactions:
@@ -105,12 +120,13 @@ def _update_bytes(up: Update) -> int:
     return sum(k.shape[0] * (ROW_OVERHEAD + 4 * v.shape[1]) for k, v in up.tables.values())
 
 
-def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: float, progress: Progress | None
-            ) -> dict[str, Any]:
-    """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time."""
-    trainer, n_warm = _warm(spec, data)
+def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: float, progress: Progress | None,
+            warm: tuple[OnlineTrainer, int] | None = None) -> dict[str, Any]:
+    """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time.
+    `variant`: unthrottled (send everything) or a scheduler spec (slo, fifo, slo+int8@0.05, ...)."""
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else _warm(spec, data)
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
-            "nic_mbps": nic_mbps, "scheduler": "all" if variant in ("unthrottled", "checkpoint") else variant,
+            "nic_mbps": nic_mbps, "scheduler": "all" if variant == "unthrottled" else variant,
             "traffic_half_life_s": spec.traffic_half_life_s}
     with tempfile.TemporaryDirectory(prefix="ekko-scenario-") as tmp:
         run_dir = Path(tmp)
@@ -126,9 +142,10 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                 n_batches = (len(rest) + spec.batch - 1) // spec.batch
                 pace = spec.replay_s / n_batches
                 ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
-                produced = 0
+                produced = rows = 0
                 items_served: list[np.ndarray] = []
                 ages: list[np.ndarray] = [[] for _ in range(spec.dcs)]  # type: ignore[misc]
+                wan0 = sum(c.wan_bytes().values())
                 t0 = time.monotonic()
                 for b in range(n_batches):
                     ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
@@ -144,6 +161,7 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                     for table, (k, v) in up.tables.items():
                         clients[0].put(table, k, v)
                     produced += _update_bytes(up)
+                    rows += up.n_rows
                     if (b + 1) % ckpt_every == 0:
                         ckpt.read = _DictReader(trainer.full_state(), time.time_ns())
                     if progress and b % 40 == 0:
@@ -152,10 +170,10 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                     if lag > 0:
                         time.sleep(lag)
                 elapsed = time.monotonic() - t0
+                wan = sum(c.wan_bytes().values()) - wan0
             finally:
                 for cl in clients:
                     cl.close()
-            wan = c.wan_bytes()
     items = np.concatenate(items_served)
     uniq, counts = np.unique(items, return_counts=True)
     hot = set(uniq[np.argsort(-counts)[: max(1, uniq.size // 10)]].tolist())
@@ -168,30 +186,75 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
     local = servers[0].quality.summary()
     cq = ckpt.quality.summary()
     return {"variant": variant, "nic_mbps": nic_mbps, "elapsed_s": elapsed, "batches": n_batches,
-            "update_bytes_per_s": produced / elapsed, "wan_bytes": int(sum(wan.values())),
+            "update_bytes_per_s": produced / elapsed, "rows": rows, "wan_bytes": int(wan),
+            "wan_bytes_per_update": wan / max(1, rows * (spec.dcs - 1)),
             "far_auc": float(np.mean([f["auc"] for f in far])), "far_logloss": float(np.mean([f["logloss"] for f in far])),
             "far_hot_age_p50_s": float(np.median([f["hot_age_p50_s"] for f in far])), "local_auc": local["auc"],
             "checkpoint_auc": cq["auc"], "per_dc": far}
 
 
+def _closed(quality: float, fifo: float, full: float) -> float:
+    """Share of the FIFO-to-unthrottled quality gap a variant closes (NaN when FIFO has no gap)."""
+    gap = full - fifo
+    return (quality - fifo) / gap if gap > 0 else float("nan")
+
+
 def run_slo(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, Any]:
-    """SLO-aware vs FIFO vs unthrottled vs checkpoint-only; the throttled link carries `link_fraction` of what the
-    update stream needs (measured on the unthrottled run). Returns the JSON the CLI prints."""
+    """SLO-aware vs FIFO vs unthrottled vs checkpoint-only, and SLO-aware with compressed deltas, at each of the
+    spec's link fractions (shares of the bandwidth the update stream needs, measured on the unthrottled run).
+    Returns the JSON the CLI prints."""
     data = load_data(spec)
-    full = _replay(spec, data, "unthrottled", 1000.0, progress)
+    warm = _warm(spec, data)
+    full = _replay(spec, data, "unthrottled", 1000.0, progress, warm)
     need_mbps = full["update_bytes_per_s"] * (spec.dcs - 1) * 8 / 1e6  # the trainer's PS feeds every other DC
-    nic = max(0.05, need_mbps * spec.link_fraction)
-    slo = _replay(spec, data, "slo", nic, progress)
-    fifo = _replay(spec, data, "fifo", nic, progress)
-    gap = full["far_auc"] - fifo["far_auc"]
-    closed = (slo["far_auc"] - fifo["far_auc"]) / gap if gap > 0 else float("nan")
+    runs, rows = [full], []
+    for f in spec.link_fractions:
+        nic = max(0.05, need_mbps * f)
+        slo, fifo, both = (_replay(spec, data, v, nic, progress, warm) for v in ("slo", "fifo", "slo" + spec.compressed))
+        runs += [slo, fifo, both]
+        rows.append({"link_fraction": f, "link_mbps": nic, "slo_aware_quality": slo["far_auc"],
+                     "fifo_quality": fifo["far_auc"], "slo_compressed_quality": both["far_auc"],
+                     "gap_closed": _closed(slo["far_auc"], fifo["far_auc"], full["far_auc"]),
+                     "gap_closed_compressed": _closed(both["far_auc"], fifo["far_auc"], full["far_auc"]),
+                     "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
+                                            "slo_compressed": both["far_hot_age_p50_s"]},
+                     "wan_mb": {"slo": slo["wan_bytes"] / 1e6, "fifo": fifo["wan_bytes"] / 1e6,
+                                "slo_compressed": both["wan_bytes"] / 1e6}})
     return {"scenario": "slo", "metric": "AUC (far DCs, each event scored before training on it)",
-            "slo_aware_quality": slo["far_auc"], "fifo_quality": fifo["far_auc"],
             "unthrottled_quality": full["far_auc"], "checkpoint_quality": full["checkpoint_auc"],
-            "gap_closed": closed, "link_mbps": nic, "stream_needs_mbps": need_mbps,
-            "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
-                                   "unthrottled": full["far_hot_age_p50_s"]},
-            "runs": [full, slo, fifo], "spec": asdict(spec), "data": data.source, "events": len(data)}
+            "fresh_minus_checkpoint": full["far_auc"] - full["checkpoint_auc"],
+            "unthrottled_hot_item_age_p50_s": full["far_hot_age_p50_s"], "stream_needs_mbps": need_mbps,
+            "compression": spec.compressed[1:], "fractions": rows, "runs": runs, "spec": asdict(spec),
+            "data": data.source, "events": len(data)}
+
+
+def run_compress(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Compressed deltas apart from prioritisation: the same SLO-aware scheduler on a link wide enough for the
+    whole stream, sending float32 rows vs int8 and fp16 deltas (WAN bytes per row update, far-DC AUC); then the
+    short link (the spec's first link fraction): FIFO, FIFO compressed, SLO-aware compressed."""
+    data = load_data(spec)
+    warm = _warm(spec, data)
+    full = _replay(spec, data, "unthrottled", 1000.0, progress, warm)
+    need_mbps = full["update_bytes_per_s"] * (spec.dcs - 1) * 8 / 1e6
+    sig = f"@{spec.significance:g}"
+    wide = {name: _replay(spec, data, v, 1000.0, progress, warm)
+            for name, v in (("fp32", "slo"), ("int8", "slo+int8" + sig), ("fp16", "slo+fp16" + sig))}
+    nic = max(0.05, need_mbps * spec.link_fractions[0])
+    short = {name: _replay(spec, data, v, nic, progress, warm)
+             for name, v in (("fifo", "fifo"), ("fifo_compressed", "fifo" + spec.compressed),
+                             ("slo_compressed", "slo" + spec.compressed))}
+    base = wide["fp32"]
+    return {"scenario": "compress", "metric": "WAN bytes per row update (all links) and far-DC AUC",
+            "significance": spec.significance, "unthrottled_quality": full["far_auc"],
+            "wide_link": {name: {"auc": r["far_auc"], "wan_bytes_per_update": r["wan_bytes_per_update"],
+                                 "bytes_ratio": base["wan_bytes_per_update"] / max(r["wan_bytes_per_update"], 1e-9),
+                                 "auc_delta": r["far_auc"] - base["far_auc"]} for name, r in wide.items()},
+            "short_link": {"link_fraction": spec.link_fractions[0], "link_mbps": nic,
+                           **{name: {"auc": r["far_auc"], "gap_closed": _closed(r["far_auc"], short["fifo"]["far_auc"],
+                                                                                full["far_auc"])}
+                              for name, r in short.items()}},
+            "runs": [full, *wide.values(), *short.values()], "spec": asdict(spec), "data": data.source,
+            "events": len(data)}
 
 
 def run_rollback(spec: ScenarioSpec, window: int = 4, inject_window: int = 10, windows: int = 16,
@@ -281,7 +344,7 @@ def _wait_rows(clients: list, restored: dict[str, tuple[np.ndarray, np.ndarray]]
                 time.sleep(0.005)
 
 
-__all__ = ["ScenarioSpec", "run_rollback", "run_slo", "auc", "QualityWindow"]
+__all__ = ["ScenarioSpec", "run_compress", "run_rollback", "run_slo", "simulate", "auc", "QualityWindow"]
 
 
 def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_at: int | None = None,
@@ -378,8 +441,6 @@ def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_
     and wire encoding; modelled network; simulated time): the far DC scores every batch before the trainer learns
     from it. `scheduler`: all (unthrottled), checkpoint, or a scheduler spec (slo, fifo, slo+int8, ...). Returns
     far-DC AUC / logloss, wire bytes and rows produced."""
-    import copy
-
     trainer, n_warm = copy.deepcopy(warm) if warm is not None else _warm(spec, data)
     link = make_link(tables(spec.dim), "all" if scheduler in ("all", "checkpoint") else scheduler, link_bytes_per_s,
                      delay_s=spec.rtt_ms / 2000.0, traffic_half_life_s=spec.traffic_half_life_s)

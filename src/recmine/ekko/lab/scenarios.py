@@ -26,8 +26,8 @@ from recmine.ekko.lab.linksim import make_link
 from recmine.ekko.ps.scheduler import ROW_OVERHEAD, Traffic
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.rec.data import Interactions, default_movielens_path, load_movielens, synthetic
-from recmine.ekko.rec.guard import GuardConfig, ModelStateManager
-from recmine.ekko.rec.model import OnlineTrainer, Update, score_rows, tables
+from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
+from recmine.ekko.rec.model import DENSE_KEYS, OnlineTrainer, Update, heads, score_rows, tables
 from recmine.ekko.rec.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
 
 Progress = Callable[[str], None]
@@ -257,78 +257,227 @@ def run_compress(spec: ScenarioSpec, progress: Progress | None = None) -> dict[s
             "events": len(data)}
 
 
-def run_rollback(spec: ScenarioSpec, window: int = 4, inject_window: int = 10, windows: int = 16,
-                 guard: GuardConfig | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """A clean stretch of `inject_window` windows (false rollbacks counted), then a faulty trainer whose row changes
-    are x50 until the guard rolls back; returns detection and rollback times (rollback: until every DC serves the
-    restored rows). Each window is judged on the interactions served next, which no model has trained on."""
-    guard_cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=3 * window)
+HARMS = ("scale50", "label_flip", "label_flip_unsliced", "nan_rows", "exploding_head", "stale_replay",
+         "stale_replay_unmarked")
+SLICES = 8  # the guard watches -logloss per user cohort (user id mod 8) besides the whole window
+COHORT = 5  # the cohort whose labels the label-flip harm inverts
+
+
+def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int = 4, inject_window: int = 8,
+                 fix_window: int = 14, windows: int = 20, guard: GuardConfig | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Every kind of harm, each in its own run on a fresh cluster: a clean stretch, then from window
+    `inject_window` a faulty trainer that keeps sending until the operator fixes it at `fix_window`; the guard
+    screens every batch, compares the far DC's live rows with its witness per window (per user cohort too), rolls
+    back in every DC and quarantines the trainer (held updates judged in shadow, released after healthy windows).
+    Plus a clean run of the same length (false rollbacks). Harms: scale50 (row changes x50), label_flip (one
+    cohort's labels inverted; _unsliced: the guard without cohort slices), nan_rows (NaN/Inf rows), exploding_head
+    (dense heads x1000), stale_replay (the trainer restarts from the warm checkpoint and pushes it; _unmarked: no
+    model step sent along, so only quality can tell)."""
+    unknown = set(harms) - set(HARMS)
+    if unknown:
+        raise ValueError(f"unknown harm(s) {sorted(unknown)}; choose from {list(HARMS)}")
+    cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=6 * window, slice_margin=0.03, slice_z=3.0,
+                               to_witness=True)
     data = load_data(spec)
-    trainer, n_warm = _warm(spec, data)
+    warm = _warm(spec, data)
+    clean = _guard_run(spec, data, warm, None, window, inject_window, fix_window, windows, cfg, progress)
+    out: dict[str, Any] = {"scenario": "rollback", "data": data.source, "dcs": spec.dcs, "guard": asdict(cfg),
+                           "metric": "-logloss of the interactions served next (whole window and per user cohort)",
+                           "window_batches": window, "inject_window": inject_window, "fix_window": fix_window,
+                           "windows": windows, "clean": clean, "harms": {}}
+    for harm in harms:
+        r = _guard_run(spec, data, warm, harm, window, inject_window, fix_window, windows, cfg, progress)
+        same = clean["auc_by_window"][r["detect_window"] + 1:] if r["detected"] else []
+        r["clean_quality_same_windows"] = float(np.mean(same)) if same else None
+        same = clean["auc_by_window"][r["released_window"] + 1:] if r["released_window"] is not None else []
+        r["clean_quality_after_release"] = float(np.mean(same)) if same else None
+        out["harms"][harm] = r
+    first = out["harms"].get("scale50") or next(iter(out["harms"].values()), None)
+    out.update({"detected": bool(first and first["detected"]), "detect_s": first and first["detect_s"],
+                "rollback_s": first and first["rollback_s"], "false_rollbacks": clean["false_rollbacks"],
+                "recovered": bool(first and first["recovered"])})
+    return out
+
+
+def _harmful_step(harm: str, trainer: OnlineTrainer, ev: Interactions, stale: OnlineTrainer | None
+                  ) -> tuple[Update, OnlineTrainer]:
+    """One step of a faulty trainer (returns its update and the trainer that goes on)."""
+    if harm == "scale50":
+        return trainer.step(ev.user, ev.item, ev.label, scale=50.0), trainer
+    if harm.startswith("label_flip"):
+        cohort = ev.user % SLICES == COHORT
+        return trainer.step(ev.user, ev.item, np.where(cohort, 1.0 - ev.label, ev.label)), trainer
+    if harm.startswith("stale_replay"):
+        if stale is not None:  # restarted from the warm checkpoint: pushes all of it, then trains on from there
+            stale.step(ev.user, ev.item, ev.label)
+            return stale.full_state(), stale
+        return trainer.step(ev.user, ev.item, ev.label), trainer
+    up = trainer.step(ev.user, ev.item, ev.label)
+    if harm == "nan_rows":
+        k, v = up.tables["item"]
+        v = v.copy()
+        v[: max(1, len(v) // 20)] = np.nan
+        v[-1, 0] = np.inf
+        up.tables["item"] = (k, v)
+    elif harm == "exploding_head":
+        up.tables["dense"] = (trainer.dense_rows()[0], trainer.dense_rows()[1] * 1000.0)
+    else:
+        raise ValueError(f"unknown harm {harm!r}")
+    return up, trainer
+
+
+def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer, int], harm: str | None,
+               window: int, inject_window: int, fix_window: int, windows: int, cfg: GuardConfig,
+               progress: Progress | None) -> dict[str, Any]:
+    """One guarded run on a fresh cluster (see run_rollback); harm None: the clean run."""
+    trainer, n_warm = copy.deepcopy(warm)
+    checkpoint = copy.deepcopy(warm[0])  # what a stale replay restarts from
+    sliced = harm != "label_flip_unsliced"
+    marked = harm != "stale_replay_unmarked"
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
             "nic_mbps": 100.0}
-    state = trainer.full_state()
-    mgr = ModelStateManager(state.tables, tables(spec.dim), guard_cfg)
+    mgr = ModelStateManager(trainer.full_state().tables, tables(spec.dim), cfg)
+    gate = Quarantine(margin=cfg.margin, release_after=2, slice_margin=cfg.slice_margin)
+    src = "trainer"
     rest = data.slice(n_warm, len(data))
-    out: dict[str, Any] = {"scenario": "rollback", "metric": "-logloss on the interactions served next",
-                           "data": data.source, "dcs": spec.dcs, "guard": asdict(guard_cfg)}
-    with tempfile.TemporaryDirectory(prefix="ekko-rollback-") as tmp:
+    total = windows * window
+    inject, fix = inject_window * window, fix_window * window
+    res: dict[str, Any] = {"harm": harm or "none", "detected": False, "detected_by": None, "detect_s": None,
+                           "windows_to_detect": None, "detect_window": None, "rollback_s": None, "keys": 0,
+                           "refused": [], "false_rollbacks": 0, "rollbacks": 0, "held_batches": 0,
+                           "discarded_rows": 0, "released_window": None, "harm_served_windows": 0,
+                           "rollback_held": None, "verdicts": []}
+    harm_keys: set[tuple[str, int]] = set()  # rows holding a harmful value at the PS now (ground truth)
+    restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    held_checks: list[bool] = []
+    auc_by_window: list[float] = []
+    t_inject = 0.0
+    last_step = trainer.steps
+    pre_fault = trainer
+    with tempfile.TemporaryDirectory(prefix="ekko-guard-") as tmp:
         run_dir = Path(tmp)
-        _bootstrap(run_dir, topo, state)
+        _bootstrap(run_dir, topo, trainer.full_state())
         with LocalCluster(topo, run_dir=run_dir) as c:
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
             far = clients[-1]
-            try:
-                def quality_of(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], float]:
-                    def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
-                        head = get("dense", np.array([0]))[0].reshape(spec.dim, spec.dim)
-                        z = score_rows(get("user", ev.user), get("item", ev.item), head)
-                        return -logloss(z, ev.label)
-                    return evaluate
+            far_srv = InferenceServer(ps_reader(far), spec.dim, "far", dense_refresh_s=0.0, window=window * spec.batch)
 
-                live = lambda t, k: far.get(t, k)[0]  # noqa: E731 - the far DC's served rows
-                t_inject = rb = None
-                verdicts = []
-                false_rollbacks = 0
-                total = windows * window
+            def written(updates: list[tuple[str, np.ndarray, np.ndarray]], harmful: bool) -> None:
+                for t, k, _ in updates:
+                    keys = {(t, int(x)) for x in k.tolist()}
+                    if harmful:
+                        harm_keys.update(keys)
+                    else:
+                        harm_keys.difference_update(keys)
+
+            def evaluate_on(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], Any]:
+                def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> Any:
+                    z = score_rows(get("user", ev.user), get("item", ev.item),
+                                   heads(get("dense", np.array(DENSE_KEYS)), spec.dim)[0]).astype(np.float64)
+                    per_event = -(np.logaddexp(0.0, z) - ev.label * z)  # -logloss of each event
+                    return (per_event, ev.user % SLICES) if sliced else float(per_event.mean())
+                return evaluate
+
+            def undo(at_window: int, to_witness: bool | None = None) -> list[str]:
+                """Roll back in every DC (see ModelStateManager.rollback); returns who wrote the rows."""
+                nonlocal restored
+                t0 = time.monotonic()
+                rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals), to_witness)
+                _wait_rows(clients, rep.restored)
+                restored = rep.restored
+                written([(t, k, vals) for t, (k, vals) in restored.items()], False)
+                res["rollbacks"] += 1
+                if res["detected"] and res["rollback_s"] is None:
+                    res.update(rollback_s=time.monotonic() - t0, keys=rep.total_keys, rollback_window=at_window)
+                return rep.sources
+
+            try:
                 for b in range(total):
-                    lo = (b * spec.batch) % max(1, len(rest) - spec.batch)
+                    lo = (b * spec.batch) % max(1, len(rest) - (window + 1) * spec.batch)
                     ev = rest.slice(lo, lo + spec.batch)
-                    harmful = b >= inject_window * window and rb is None  # a faulty trainer until rolled back
-                    up = trainer.step(ev.user, ev.item, ev.label, scale=50.0 if harmful else 1.0)
-                    if harmful and t_inject is None:
+                    far_srv.serve(ev.user, ev.item, ev.label)
+                    faulty = harm is not None and inject <= b < fix
+                    if b == inject and harm is not None:
                         t_inject = time.monotonic()
-                    for table, (k, v) in up.tables.items():
-                        clients[0].put(table, k, v)
-                    mgr.record_batch([(t, k, v) for t, (k, v) in up.tables.items()])
-                    if b % window == window - 1:
-                        _wait_rows([far], up.tables)  # serving reads what was written (one WAN delay later)
-                        nxt = rest.slice(lo + spec.batch, lo + 2 * spec.batch)  # the interactions served next
-                        v = mgr.check(quality_of(nxt if len(nxt) else ev), live)
-                        verdicts.append({"window": v.window, "live": v.live, "witness": v.witness, "bad": v.bad})
-                        if v.rollback_due:
-                            t_detect = time.monotonic()
-                            rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals))
-                            trainer.load_rows(rep.restored)
-                            _wait_rows(clients, rep.restored)
-                            t_done = time.monotonic()
-                            if t_inject is None:
-                                false_rollbacks += 1
-                            elif rb is None:
-                                rb = {"detect_s": t_detect - t_inject, "rollback_s": t_done - t_detect,
-                                      "keys": rep.total_keys, "windows_to_detect": v.window - rep.detect_window + 1,
-                                      "model_rows": len(trainer.users) + len(trainer.items) + 1}
-                    if progress and b % window == 0:
-                        progress(f"rollback: batch {b}/{total}")
-                after = verdicts[-1] if verdicts else None
+                        pre_fault = copy.deepcopy(trainer)
+                    if b == fix and harm is not None:  # the operator fixes the trainer: restarted from served rows
+                        trainer = pre_fault if trainer.steps < pre_fault.steps else trainer  # the right checkpoint
+                        trainer.steps = max(trainer.steps, last_step)
+                        served = {t: (k, clients[0].get(t, k)[0]) for t, (k, _) in trainer.full_state().tables.items()}
+                        trainer.restart(served)
+                    if faulty:
+                        stale = checkpoint if (harm or "").startswith("stale_replay") and b == inject else None
+                        up, trainer = _harmful_step(harm, trainer, ev, stale)  # type: ignore[arg-type]
+                    else:
+                        up = trainer.step(ev.user, ev.item, ev.label)
+                    sent = [(t, k, v) for t, (k, v) in up.tables.items()]
+                    scr = mgr.screen(sent, src, trainer.steps if marked else None)
+                    last_step = trainer.steps if not scr.harmful else last_step
+                    if scr.harmful:  # refused before serving: quarantine the source, undo what it wrote lately
+                        res["refused"].extend(scr.refused[:2])
+                        if not faulty:
+                            res["false_rollbacks"] += 1
+                        elif not res["detected"]:
+                            res.update(detected=True, detected_by="screen", detect_s=time.monotonic() - t_inject,
+                                       windows_to_detect=0, detect_window=b // window)
+                        if not gate.quarantined(src):  # what it wrote since the last good window goes back
+                            gate.quarantine(src, reason="; ".join(scr.refused))
+                            undo(b // window, to_witness=False)
+                    applied = gate.submit(src, scr.accepted)
+                    if gate.quarantined(src):
+                        res["held_batches"] += 1
+                    else:
+                        written(applied, faulty)
+                    for t, k, v in applied:
+                        clients[0].put(t, k, v)
+                    mgr.record_batch(applied, src)
+                    if b % window != window - 1:
+                        continue
+                    auc_by_window.append(far_srv.quality.summary()["auc"])
+                    _wait_rows([far], {t: (k, v) for t, k, v in applied})  # serving reads what was written
+                    nxt = rest.slice(lo + spec.batch, lo + (window + 1) * spec.batch)  # served next
+                    evaluate = evaluate_on(nxt)
+                    live = lambda t, k: far.get(t, k)[0]  # noqa: E731
+                    v = mgr.check(evaluate, live)
+                    res["harm_served_windows"] += bool(harm_keys)
+                    if restored and gate.quarantined(src) and faulty:  # does the rollback hold meanwhile?
+                        held_checks.append(all(np.array_equal(live(t, k), vals) for t, (k, vals) in restored.items()
+                                               if k.size))
+                    res["verdicts"].append([v.window, round(v.live, 4), round(v.witness, 4), v.slice])
+                    if v.rollback_due:
+                        if not faulty and not harm_keys:
+                            res["false_rollbacks"] += 1
+                        elif not res["detected"]:
+                            res.update(detected=True, detected_by=f"quality ({v.slice})",
+                                       detect_s=time.monotonic() - t_inject,
+                                       windows_to_detect=v.window - inject_window + 1, detect_window=v.window)
+                        for s_ in undo(v.window):
+                            gate.quarantine(s_, reason=f"rolled back at window {v.window} ({v.slice})")
+                    if gate.quarantined(src) and v.window > (res["detect_window"] or -1):
+                        rev = gate.review(src, evaluate, live)
+                        if rev.action == "released":
+                            for t, k, vals in rev.released:
+                                clients[0].put(t, k, vals)
+                            mgr.record_batch(rev.released, src)
+                            written(rev.released, False)
+                            res["released_window"] = v.window
+                    if progress:
+                        progress(f"guard {harm or 'clean'}: window {v.window + 1}/{windows}")
             finally:
                 for cl in clients:
                     cl.close()
-    out.update({"detected": rb is not None, "detect_s": rb["detect_s"] if rb else None,
-                "rollback_s": rb["rollback_s"] if rb else None, "false_rollbacks": false_rollbacks,
-                "rollback": rb, "windows": verdicts,
-                "recovered": bool(after and after["live"] >= after["witness"] - guard_cfg.margin)})
-    return out
+    res["discarded_rows"] = gate.discarded_rows.get(src, 0)
+    res["rollback_held"] = all(held_checks) if held_checks else None
+    res["auc_by_window"] = auc_by_window
+    after = auc_by_window[res["detect_window"] + 1:] if res["detected"] else []
+    res["quality_after"] = float(np.mean(after)) if after else None  # far-DC AUC from detection to the end
+    released = auc_by_window[res["released_window"] + 1:] if res["released_window"] is not None else []
+    res["quality_after_release"] = float(np.mean(released)) if released else None
+    last = mgr.history[-1] if mgr.history else None
+    res["recovered"] = bool(last and not last.bad) and not harm_keys
+    res["served_bad_rows"] = len(harm_keys)
+    return res
 
 
 def _wait_rows(clients: list, restored: dict[str, tuple[np.ndarray, np.ndarray]], timeout: float = 30.0) -> None:

@@ -13,7 +13,7 @@ two-tower recommender; the WAN links carry 10%, 25% and 50% of what the update s
 (each event scored before training on it) with the SLO-aware updater vs FIFO vs an unthrottled link vs checkpoints
 only, and SLO-aware with int8 deltas; target: SLO-aware closes >= 50% of the FIFO -> unthrottled gap (median of the
 repeats, spread = min..max). Scenario compress: WAN bytes per row update and AUC of float32 rows vs int8 / fp16
-deltas on a wide link (target >= 4x fewer bytes at AUC within 0.002), then the short link. Scenario rollback: each
+deltas on a wide link (target >= 4x fewer bytes at AUC within 0.002). Scenario rollback: each
 kind of harm injected into the trainer's stream: detection delay, rollback time in every DC, false rollbacks on a
 clean stream of the same length, quality after.
 Every PS is its own process on this machine: at 16 DCs that is 32 PS processes on 2 vCPUs, so CPU contention,
@@ -118,9 +118,6 @@ def scenario(args: argparse.Namespace) -> None:
         summary["wide_link"] = {name: {k: _median_spread([r["wide_link"][name][k] for r in runs])
                                        for k in ("auc", "wan_bytes_per_update", "bytes_ratio", "auc_delta")}
                                 for name in runs[0]["wide_link"]}
-        summary["short_link"] = {name: {k: _median_spread([r["short_link"][name][k] for r in runs])
-                                        for k in ("auc", "gap_closed")}
-                                 for name, v in runs[0]["short_link"].items() if isinstance(v, dict)}
     else:
         summary["harms"] = {}
         for name in runs[0]["harms"]:

@@ -421,8 +421,8 @@ class _Servicer:
             for msg in self._batches(rnd, budget, cs):
                 yield msg
             first = False
-            if not rnd.complete:  # the link's budget is spent: the rest waits for the next round
-                await asyncio.sleep(peer.sender.round_s)
+            if not rnd.complete:  # the link's budget is spent (or a residual waits): the next round or change
+                await peer.wait_change(request.shard, peer.sender.round_s)
             if time.monotonic() >= end:
                 return
 

@@ -121,6 +121,9 @@ def bench(
     nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="Egress bandwidth of every PS.")] = 100.0,
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",
+    harms: Annotated[str, typer.Option("--harms", help="Comma list of harms to inject (rollback): scale50, "
+                                       "label_flip, label_flip_unsliced, nan_rows, exploding_head, stale_replay, "
+                                       "stale_replay_unmarked; default all.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
@@ -145,7 +148,7 @@ def bench(
         err_console.print(f"[red]error:[/red] unknown scenario {scenario!r}: latency, slo, compress or rollback")
         raise typer.Exit(2)
     if scenario != "latency":
-        _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json)
+        _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json, harms)
         return
     spec = BenchSpec(dcs=dcs, duration_s=duration, rate=rate, rtt_ms=rtt_ms, nic_mbps=nic_mbps,
                      checkpoint_s=checkpoint_s)
@@ -166,10 +169,10 @@ def bench(
 
 
 def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, link_fraction: str,
-              rtt_ms: float, as_json: bool) -> None:
+              rtt_ms: float, as_json: bool, harms: str = "") -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from recmine.ekko.lab.scenarios import ScenarioSpec, run_compress, run_rollback, run_slo
+    from recmine.ekko.lab.scenarios import HARMS, ScenarioSpec, run_compress, run_rollback, run_slo
 
     try:
         fractions = tuple(float(f) for f in link_fraction.split(",") if f.strip())
@@ -184,7 +187,9 @@ def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, 
                   disable=as_json) as bar:
         task = bar.add_task(f"ekko {scenario}", total=None)
         try:
-            fn = {"slo": run_slo, "compress": run_compress, "rollback": run_rollback}[scenario]
+            wanted = tuple(h.strip() for h in harms.split(",") if h.strip()) or HARMS
+            fn = {"slo": run_slo, "compress": run_compress,
+                  "rollback": lambda sp, progress: run_rollback(sp, wanted, progress=progress)}[scenario]
             res = fn(spec, progress=lambda msg: bar.update(task, description=msg))
         except (FileNotFoundError, ValueError) as exc:
             err_console.print(f"[red]error:[/red] {exc}")
@@ -205,9 +210,12 @@ def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, 
         emit({"wide link": rows, "significance": res["significance"]}, as_json=False,
              title=f"ekko compressed deltas ({res['data']}, {dcs} DCs)")
     else:
-        emit({k: res[k] for k in ("detected", "detect_s", "rollback_s", "false_rollbacks", "recovered", "metric")}
-             | ({"keys_rolled_back": res["rollback"]["keys"], "model_rows": res["rollback"]["model_rows"]}
-                if res["rollback"] else {}), as_json=False, title=f"ekko rollback ({dcs} DCs)")
+        rows = [{"harm": name, "detected by": h["detected_by"] or "not detected", "detect (s)": h["detect_s"],
+                 "windows": h["windows_to_detect"], "rollback (s)": h["rollback_s"], "AUC after": h["quality_after"],
+                 "clean AUC": h["clean_quality_same_windows"], "rollback held": h["rollback_held"]}
+                for name, h in res["harms"].items()]
+        emit({"false rollbacks (clean run)": res["clean"]["false_rollbacks"], "metric": res["metric"],
+              "harms": rows}, as_json=False, title=f"ekko guard ({res['data']}, {dcs} DCs)")
 
 
 @app.command("run")

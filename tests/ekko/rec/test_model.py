@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recmine.cli import app
+from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback
 from recmine.ekko.rec.data import load_movielens, synthetic
 from recmine.ekko.rec.evaluate import prequential, ranking_metrics
 from recmine.ekko.rec.model import OnlineTrainer, score_rows, tables
@@ -157,14 +158,21 @@ def test_synthetic_stream_is_time_ordered():
     assert tables(8) == {"user": 8, "item": 10, "dense": 64}
 
 
-def test_rollback_scenario_detects_and_rolls_back_everywhere():
-    res = CliRunner().invoke(app, ["ekko", "bench", "--scenario", "rollback", "--data", "synthetic",
-                                   "--events", "20000", "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["detected"] and out["false_rollbacks"] == 0 and out["recovered"]
-    assert out["rollback"]["windows_to_detect"] <= 3
-    assert out["rollback_s"] < 10 and out["rollback"]["keys"] > 0
+def test_rollback_scenario_detects_each_harm_and_rolls_back_everywhere():
+    """Small windows (2 batches) on a small stream; the benchmark runs every harm on the full streams."""
+    out = run_rollback(ScenarioSpec(data="synthetic", events=12_000, dcs=2), ("scale50", "nan_rows", "stale_replay"),
+                       window=2, inject_window=4, fix_window=8, windows=12)
+    assert out["clean"]["false_rollbacks"] == 0 and out["clean"]["rollbacks"] == 0  # the clean run of equal length
+    h = out["harms"]
+    assert h["scale50"]["detected"] and h["scale50"]["windows_to_detect"] <= 3 and h["scale50"]["rollback_s"] < 10
+    assert h["scale50"]["recovered"] and h["scale50"]["rollback_held"] is not False
+    for name in ("nan_rows", "stale_replay"):  # refused before anything was served, naming what was wrong
+        assert h[name]["detected_by"] == "screen" and h[name]["windows_to_detect"] == 0, h[name]
+        assert h[name]["served_bad_rows"] == 0 and h[name]["harm_served_windows"] == 0
+    assert "non-finite value (NaN/Inf)" in h["nan_rows"]["refused"][0]
+    assert "went back" in h["stale_replay"]["refused"][0]
+    for r in h.values():  # after the operator's fix the held updates were released
+        assert r["released_window"] is not None
 
 
 def test_slo_scenario_reports_every_policy():

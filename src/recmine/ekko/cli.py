@@ -102,18 +102,18 @@ ScenarioOpt = Annotated[str, typer.Option(
     "short links (and with compressed deltas); compress: int8 / fp16 deltas vs float32 rows; rollback: every kind of "
     "harm detected and rolled back.")]
 DataOpt = Annotated[str, typer.Option("--data", help="movielens (../shared MovieLens-100K), synthetic, or a .inter "
-                                      "file path (slo / rollback / run).")]
+                                      "file path (slo / compress / rollback / run).")]
 
 
 @app.command("bench")
 def bench(
     scenario: ScenarioOpt = "latency",
     data: DataOpt = "movielens",
-    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all; slo / rollback).")] = 0,
-    replay_s: Annotated[float, typer.Option("--replay-s", help="Replay wall time per run (slo).")] = 20.0,
+    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all; scenarios).")] = 0,
+    replay_s: Annotated[float, typer.Option("--replay-s", help="Replay wall time per run (slo, compress).")] = 20.0,
     link_fraction: Annotated[str, typer.Option(
         "--link-fraction", help="Throttled links: comma list of shares of the bandwidth the update stream needs "
-        "(slo; compress uses the first).")] = "0.1,0.25,0.5",
+        "(slo).")] = "0.1,0.25,0.5",
     dcs: Annotated[int, typer.Option("--dcs", help="Number of data centres (2 replicas each).")] = 4,
     duration: Annotated[float, typer.Option("--duration", help="Seconds of update stream per mode.")] = 8.0,
     rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,

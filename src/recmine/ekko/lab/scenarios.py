@@ -88,7 +88,8 @@ def _bootstrap(run_dir: Path, topo: dict[str, Any], state: Update) -> int:
     return stamp
 
 
-def _warm(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, int]:
+def warm_start(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, int]:
+    """The model trained on the stream's first `warm_fraction` (every DC starts from it), and its event count."""
     trainer = OnlineTrainer(dim=spec.dim, seed=spec.seed)
     n_warm = int(len(data) * spec.warm_fraction)
     for lo in range(0, n_warm, spec.batch):
@@ -124,7 +125,7 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
             warm: tuple[OnlineTrainer, int] | None = None) -> dict[str, Any]:
     """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time.
     `variant`: unthrottled (send everything) or a scheduler spec (slo, fifo, slo+int8@0.05, ...)."""
-    trainer, n_warm = copy.deepcopy(warm) if warm is not None else _warm(spec, data)
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else warm_start(spec, data)
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
             "nic_mbps": nic_mbps, "scheduler": "all" if variant == "unthrottled" else variant,
             "traffic_half_life_s": spec.traffic_half_life_s}
@@ -204,7 +205,7 @@ def run_slo(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, A
     spec's link fractions (shares of the bandwidth the update stream needs, measured on the unthrottled run).
     Returns the JSON the CLI prints."""
     data = load_data(spec)
-    warm = _warm(spec, data)
+    warm = warm_start(spec, data)
     full = _replay(spec, data, "unthrottled", 1000.0, progress, warm)
     need_mbps = full["update_bytes_per_s"] * (spec.dcs - 1) * 8 / 1e6  # the trainer's PS feeds every other DC
     runs, rows = [full], []
@@ -233,7 +234,7 @@ def run_compress(spec: ScenarioSpec, progress: Progress | None = None) -> dict[s
     whole stream, sending float32 rows vs int8 and fp16 deltas (WAN bytes per row update, far-DC AUC). Both
     together under the short links: `run_slo`'s compressed column."""
     data = load_data(spec)
-    warm = _warm(spec, data)
+    warm = warm_start(spec, data)
     sig = f"@{spec.significance:g}"
     wide = {name: _replay(spec, data, v, 1000.0, progress, warm)
             for name, v in (("fp32", "slo"), ("int8", "slo+int8" + sig), ("fp16", "slo+fp16" + sig))}
@@ -269,7 +270,7 @@ def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int
     cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=6 * window, slice_margin=0.03, slice_z=3.0,
                                to_witness=True)
     data = load_data(spec)
-    warm = _warm(spec, data)
+    warm = warm_start(spec, data)
     clean = _guard_run(spec, data, warm, None, window, inject_window, fix_window, windows, cfg, progress)
     out: dict[str, Any] = {"scenario": "rollback", "data": data.source, "dcs": spec.dcs, "guard": asdict(cfg),
                            "metric": "-logloss of the interactions served next (whole window and per user cohort)",
@@ -492,7 +493,7 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
     number) starts a faulty trainer (row changes x50) that runs until the guard rolls it back. `on_tick` gets a
     snapshot after every window: per-DC quality and parameter age, and the guard's state."""
     data = load_data(spec)
-    trainer, n_warm = _warm(spec, data)
+    trainer, n_warm = warm_start(spec, data)
     topo = dict(topology or {"dcs": spec.dcs, "replicas": 1, "shards": 2, "rtt_ms": spec.rtt_ms, "nic_mbps": 100.0})
     topo["tables"] = tables(spec.dim)
     from recmine.ekko.lab.cluster import load_topology
@@ -579,7 +580,7 @@ def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_
     and wire encoding; modelled network; simulated time): the far DC scores every batch before the trainer learns
     from it. `scheduler`: all (unthrottled), checkpoint, or a scheduler spec (slo, fifo, slo+int8, ...). Returns
     far-DC AUC / logloss, wire bytes and rows produced."""
-    trainer, n_warm = copy.deepcopy(warm) if warm is not None else _warm(spec, data)
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else warm_start(spec, data)
     link = make_link(tables(spec.dim), "all" if scheduler in ("all", "checkpoint") else scheduler, link_bytes_per_s,
                      delay_s=spec.rtt_ms / 2000.0, traffic_half_life_s=spec.traffic_half_life_s)
     state = trainer.full_state()
@@ -599,10 +600,19 @@ def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_
     pace = spec.replay_s / n_batches
     ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
     rows = 0
+    every = max(1, n_batches // 20)  # batches per point of the AUC series
+    series: list[float] = []
+    window_s: list[np.ndarray] = []
+    window_y: list[np.ndarray] = []
     for b in range(n_batches):
         ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
         local.dense_refresh_s = far.dense_refresh_s = 0.0  # simulated time: read the head every batch
-        far.serve(ev.user, ev.item, ev.label)
+        scored = far.serve(ev.user, ev.item, ev.label)
+        window_s.append(scored.logits)
+        window_y.append(ev.label)
+        if len(window_s) == every:
+            series.append(auc(np.concatenate(window_s), np.concatenate(window_y)))
+            window_s, window_y = [], []
         local.serve(ev.user, ev.item, ev.label)
         up = trainer.step(ev.user, ev.item, ev.label)
         for table, (k, v) in up.tables.items():
@@ -614,4 +624,4 @@ def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_
     q = far.quality.summary()
     return {"variant": scheduler, "far_auc": q["auc"], "far_logloss": q["logloss"], "wire_bytes": link.wire_bytes,
             "bytes_per_s": link.wire_bytes / spec.replay_s, "rows": rows, "batches": n_batches,
-            "local_auc": local.quality.summary()["auc"]}
+            "local_auc": local.quality.summary()["auc"], "auc_series": series, "series_batches": every}

@@ -340,6 +340,8 @@ class SloScheduler:
                                    codec.cost(s.values.shape[1], how) for s, _, _, how in cands])
             order = np.argsort(-prio, kind="stable")
             fits = np.cumsum(cost[order]) <= self._allowance((requester, incarnation, cs.shard), now)
+            if not fits[0] and self._tokens > 0:  # a row bigger than any round's share would block the queue for
+                fits[0] = True  # good: it goes when the link has credit, and the bucket runs into debt
             chosen = order[fits]
             complete = bool(fits.all()) and waiting_rows == 0
             if not bool(fits.all()):

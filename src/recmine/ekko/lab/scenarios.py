@@ -220,11 +220,14 @@ def run_slo(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, A
                      "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
                                             "slo_compressed": both["far_hot_age_p50_s"]},
                      "wan_mb": {"slo": slo["wan_bytes"] / 1e6, "fifo": fifo["wan_bytes"] / 1e6,
-                                "slo_compressed": both["wan_bytes"] / 1e6}})
+                                "slo_compressed": both["wan_bytes"] / 1e6},
+                     "elapsed_s": {"slo": slo["elapsed_s"], "fifo": fifo["elapsed_s"],
+                                   "slo_compressed": both["elapsed_s"]}})
     return {"scenario": "slo", "metric": "AUC (far DCs, each event scored before training on it)",
             "unthrottled_quality": full["far_auc"], "checkpoint_quality": full["checkpoint_auc"],
             "fresh_minus_checkpoint": full["far_auc"] - full["checkpoint_auc"],
             "unthrottled_hot_item_age_p50_s": full["far_hot_age_p50_s"], "stream_needs_mbps": need_mbps,
+            "unthrottled_elapsed_s": full["elapsed_s"],
             "compression": spec.compressed[1:], "fractions": rows, "runs": runs, "spec": asdict(spec),
             "data": data.source, "events": len(data)}
 

@@ -105,9 +105,15 @@ def model_quality(args: argparse.Namespace) -> None:
 
 
 def _median_spread(vals: list[float]) -> dict[str, float]:
+    """Median, min and max over the runs with a number (a NaN, e.g. no FIFO gap to close, is counted apart)."""
+    import math
     import statistics
 
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    ok = [v for v in vals if v is not None and not math.isnan(v)]
+    if not ok:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "runs": 0, "undefined": len(vals)}
+    return {"median": statistics.median(ok), "min": min(ok), "max": max(ok), "runs": len(ok),
+            "undefined": len(vals) - len(ok)}
 
 
 def scenario(args: argparse.Namespace) -> None:

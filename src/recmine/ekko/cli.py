@@ -198,20 +198,21 @@ def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, 
         emit({k: v for k, v in res.items() if k != "runs"}, as_json=True, title="")
         return
     if scenario == "slo":
-        rows = [{"link": f"{r['link_fraction']:.0%}", "Mbit/s": r["link_mbps"], "SLO AUC": r["slo_aware_quality"],
+        rows = [{"link": f"{r['link_fraction']:.0%}", "link_mbps": r["link_mbps"], "SLO AUC": r["slo_aware_quality"],
                  "FIFO AUC": r["fifo_quality"], "SLO+codec AUC": r["slo_compressed_quality"],
-                 "gap closed": r["gap_closed"], "+codec": r["gap_closed_compressed"]} for r in res["fractions"]]
+                 "gap_closed_pct": 100 * r["gap_closed"], "codec_closed_pct": 100 * r["gap_closed_compressed"]}
+                for r in res["fractions"]]
         emit({"unthrottled AUC": res["unthrottled_quality"], "checkpoint-only AUC": res["checkpoint_quality"],
               "codec": res["compression"], "metric": res["metric"], "links": rows}, as_json=False,
              title=f"ekko SLO-aware updater ({res['data']}, {dcs} DCs)")
     elif scenario == "compress":
-        rows = [{"rows as": name, "far AUC": r["auc"], "WAN B/update": r["wan_bytes_per_update"],
-                 "fewer bytes": r["bytes_ratio"], "AUC change": r["auc_delta"]} for name, r in res["wide_link"].items()]
+        rows = [{"rows as": name, "far AUC": r["auc"], "WAN_per_update_bytes": r["wan_bytes_per_update"],
+                 "fewer_bytes_x": r["bytes_ratio"], "AUC change": r["auc_delta"]} for name, r in res["wide_link"].items()]
         emit({"wide link": rows, "significance": res["significance"]}, as_json=False,
              title=f"ekko compressed deltas ({res['data']}, {dcs} DCs)")
     else:
-        rows = [{"harm": name, "detected by": h["detected_by"] or "not detected", "detect (s)": h["detect_s"],
-                 "windows": h["windows_to_detect"], "rollback (s)": h["rollback_s"], "AUC after": h["quality_after"],
+        rows = [{"harm": name, "detected by": h["detected_by"] or "not detected", "detect_s": h["detect_s"],
+                 "windows": h["windows_to_detect"], "rollback_s": h["rollback_s"], "AUC after": h["quality_after"],
                  "clean AUC": h["clean_quality_same_windows"], "rollback held": h["rollback_held"]}
                 for name, h in res["harms"].items()]
         emit({"false rollbacks (clean run)": res["clean"]["false_rollbacks"], "metric": res["metric"],

@@ -18,12 +18,21 @@ and AUC of float32 rows vs int8 / fp16 deltas on a wide link (target >= 4x fewer
 Scenario rollback: each kind of harm injected into the trainer's stream: detection delay, rollback time in every
 DC, false rollbacks on a clean stream of the same length, quality after.
 Every PS is its own process on this machine: at 16 DCs that is 32 PS processes on 2 vCPUs, so CPU contention,
-not the WAN, can dominate there — read those rows with that in mind.
+not the WAN, can dominate there — read those rows with that in mind. By default the two servers of a DC share a
+process (--colocate 2: each still its own gRPC endpoint for clients and other DCs, between them the protocol
+cores talk in memory); --colocate 1 gives every server its own process.
+--simulate: the same protocol core in the discrete-event simulator (recmine.ekko.lab.sim) at 4, 16, 64 and 256
+DCs: 4 servers per DC, 2 shards, 1 Gbit/s WAN NIC per server, the 2,000 keys/s stream in 100 ms batches written in
+DC 0, each server's CPU charged what real PS processes spend per message (measured first, cached). Targets: ekko
+p50 <= 1.3x floor at every size; at 64 DCs central push p99 >= 5x ekko's; WAN bytes <= 1.2x ideal; checkpoint
+>= 10x ekko.
+Usage: python benchmarks/ekko_bench.py --simulate [--dcs 4,16,64,256] [--servers-per-dc 4] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -49,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="movielens")
     ap.add_argument("--traffic-half-life", type=float, default=30.0,
                     help="slo: seconds over which the scheduler forgets which keys inference reads")
+    ap.add_argument("--simulate", action="store_true", help="run the discrete-event simulator instead")
+    ap.add_argument("--servers-per-dc", type=int, default=4)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--nic-mbps", type=float, default=None)
+    ap.add_argument("--batch-ms", type=float, default=None)
+    ap.add_argument("--colocate", type=int, default=2, help="real cluster: servers of a DC per process (each its own "
+                    "endpoint; between them the cores talk in memory)")
     args = ap.parse_args(argv)
     if args.scenario == "model":
         model_quality(args)
@@ -56,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.scenario != "latency":
         scenario(args)
         return
+    if args.simulate:
+        simulate(args)
+        return
     rows = []
     for n in (int(x) for x in args.dcs.split(",")):
-        spec = BenchSpec(dcs=n, duration_s=args.duration, checkpoint_s=args.checkpoint_s)
+        spec = BenchSpec(dcs=n, duration_s=args.duration, checkpoint_s=args.checkpoint_s, colocate=args.colocate)
         t = time.perf_counter()
         r = run_bench(spec, tuple(args.modes.split(",")), progress=lambda m, n=n: console.print(f"  [{n} DCs] {m}"))
         row = {"dcs": n, "floor_s": r["floor_s"]}
@@ -83,6 +102,30 @@ def main(argv: list[str] | None = None) -> None:
         emit({"date": time.strftime("%Y-%m-%d"), "rows": rows}, as_json=True, title="")  # +inf prints as null
     else:
         console.print(rows_table(rows, title="ekko: update latency (trainer Put -> last replica of last DC)"))
+
+
+def simulate(args: argparse.Namespace) -> None:
+    """The scale table from the simulator: one row per DC count, ours vs the baselines with ratios."""
+    from recmine.ekko.lab.sim import SimSpec, measure_cpu, scale_rows
+
+    dcs = [int(x) for x in (args.dcs if args.dcs != "2,4,8,16" else "4,16,64,256").split(",")]
+    base = SimSpec(replicas=args.servers_per_dc, shards=args.shards, nic_mbps=args.nic_mbps or 1000.0,
+                   batch_every_s=(args.batch_ms or 100.0) / 1000.0, duration_s=args.duration if args.duration != 8.0
+                   else 1.5, checkpoint_s=args.checkpoint_s)
+    cpu = measure_cpu(base.dim)
+    console.print(f"CPU costs per message (s): send {cpu.send_msg:.2e}, shared send {cpu.shared_msg:.2e}, "
+                  f"receive {cpu.recv_msg:.2e}, put {cpu.put_msg:.2e} ({cpu.source})")
+    rows = scale_rows(dcs, base, tuple(args.modes.split(",")), cpu,
+                      progress=lambda m: console.print(f"  {m}") if "simulated" not in m else None)
+    if args.json:
+        emit({"date": time.strftime("%Y-%m-%d"), "spec": dataclasses.asdict(base), "cpu": cpu.to_json(), "rows": rows},
+             as_json=True, title="")
+    else:
+        keep = ("dcs", "servers", "floor_s", "ekko_p50_s", "ekko_p99_s", "ekko_p50/floor", "push_p50_s", "push_p99_s",
+                "push_p99/ekko_p99", "checkpoint_p50_s", "ckpt/ekko_p50", "wan/ideal", "push_origin_nic_util",
+                "wall_s")
+        console.print(rows_table([{k: r[k] for k in keep if k in r} for r in rows],
+                                 title="ekko at scale (simulated): update latency, trainer Put -> last server"))
 
 
 def model_quality(args: argparse.Namespace) -> None:

@@ -207,6 +207,10 @@ def test_ekko_latency_and_rollback_reported(demo_run: dict) -> None:
     assert all(0.0 <= a <= 1.0 for a in slo["auc"].values()) and all(len(s) > 0 for s in slo["series"].values())
     assert slo["wire_mb"]["SLO-aware + int8 deltas"] < slo["wire_mb"]["unthrottled"]
     assert "SLO-aware updater under a short link" in (demo_run["out"] / "report.html").read_text()
+    # the simulator's run at scale: every DC count, ekko near its floor, every update visible
+    assert [r["dcs"] for r in sec["scale"]] == [4, 16]
+    for r in sec["scale"]:
+        assert r["ekko_visible"] == r["ekko_updates"] > 0 and r["floor_s"] <= r["ekko_p50_s"] <= 2 * r["floor_s"]
     rb = sec["rollback"]
     if not sec["detected"]:
         assert "guard" in sec["rollback_status"]  # says why no rollback ran

@@ -143,3 +143,19 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert px.std() > 0.05  # not blank
     # the plots are drawn: the band of the page holding the first image has many distinct colours
     assert len(np.unique((px[300:1500] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_ekko_scale_plots_show_every_mode_and_the_saturation_line() -> None:
+    from recmine.report import plot_ekko_scale
+
+    rows = [{"dcs": d, "servers_per_dc": 4, "floor_s": 0.025 + d * 1e-4, "ekko_p50_s": 0.03, "ekko_p99_s": 0.04,
+             "push_p50_s": 0.03 * d, "push_p99_s": None if d == 256 else 0.05 * d, "ekko_origin_nic_util": d / 800,
+             "push_origin_nic_util": d / 60} for d in (64, 4, 256, 16)]
+    plots = plot_ekko_scale(rows)
+    assert [t for t, _ in plots] == ["Simulated update latency vs number of DCs",
+                                     "Origin NIC utilisation vs number of DCs"]
+    for _, uri in plots:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
+        assert img.shape[0] > 200 and img.shape[1] > 400
+    page = render_html({"meta": {}, "ekko": {"scale": rows}})
+    assert page.count("data:image/png;base64,") == 2

@@ -13,7 +13,7 @@ import importlib.util
 from types import ModuleType
 
 EXTRAS: dict[str, str] = {
-    "ekko": "the ekko parameter servers and recommender (PyTorch, gRPC)",
+    "ekko": "the ekko parameter servers, recommender and simulator (PyTorch, gRPC, SimPy)",
     "service": "the faery retrieval service and its client (gRPC)",
     "report": "the demo's HTML report (matplotlib)",
     "bench": "the peers recmine is measured against (faiss-cpu, networkx, igraph)",

@@ -8,7 +8,8 @@ scalar facts (shown as a key/value table), lists of row mappings (shown as table
 - `ekko.latency`: ``[{"dc": str, "t_s": [...], "latency_s": [...]}]`` and `ekko.rollback`
   ``{"injected_at_s", "detected_at_s", "rolled_back_at_s"}`` (optionally "trainer_fixed_at_s", "released_at_s");
   optional `ekko.quality` ``{"t_s": [...], "live": [...], "metric": str}`` with any of the comparison series
-  "popularity", "stale", "baseline";
+  "popularity", "stale", "baseline"; optional `ekko.scale`: the simulator's rows (`lab.sim.scale_rows`: "dcs",
+  "floor_s", "<mode>_p50_s", "<mode>_p99_s", "<mode>_origin_nic_util");
 - `faery.latency_vs_k`: ``[{"k": int, "ours_ms": float, "faiss_ms": float | None, "numpy_ms": float}]``;
 - `g2miner.patterns`: ``[{"pattern": str, "count": int, "ours_s": float, "networkx_s": float, ...}]``.
 """
@@ -158,6 +159,52 @@ def plot_ekko(sec: Mapping[str, Any]) -> list[tuple[str, str]]:
         bx.invert_yaxis()
         fig.tight_layout()
         out.append(("SLO-aware updater under a short link", _png(fig)))
+    if sec.get("scale"):
+        out += plot_ekko_scale(sec["scale"])
+    return out
+
+
+def plot_ekko_scale(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Simulated update latency against the number of DCs (ekko p50/p99, central push p50/p99, the floor), and the
+    origin server's WAN NIC utilisation under each (1.0 = saturated: its queue only grows)."""
+    rows = sorted(rows, key=lambda r: r["dcs"])
+    if not rows:
+        return []
+    dcs = np.array([r["dcs"] for r in rows], float)
+
+    def col(key: str) -> np.ndarray:
+        return np.array([_num(r.get(key)) if _num(r.get(key)) is not None else np.nan for r in rows], float)
+
+    out = []
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
+    ax.plot(dcs, col("floor_s") * 1e3, "k:", lw=1.4, label="floor (one-way delay + serialisation)")
+    for mode, color in (("ekko", "#1d3557"), ("push", "#c0392b"), ("checkpoint", "#7f8c8d")):
+        if f"{mode}_p50_s" in rows[0]:
+            ax.plot(dcs, col(f"{mode}_p50_s") * 1e3, "o-", color=color, label=f"{mode} p50")
+            ax.plot(dcs, col(f"{mode}_p99_s") * 1e3, "s--", color=color, alpha=.7, label=f"{mode} p99")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(dcs, [str(int(d)) for d in dcs])
+    ax.set_xlabel("data centres")
+    ax.set_ylabel("update latency to the last server (ms)")
+    servers = rows[0].get("servers_per_dc")
+    ax.set_title(f"ekko at scale (simulated, {servers} servers per DC): latency vs DCs", fontsize=11)
+    ax.grid(alpha=.3, which="both")
+    ax.legend(fontsize=8, ncol=3)
+    out.append(("Simulated update latency vs number of DCs", _png(fig)))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
+    for mode, color in (("ekko", "#1d3557"), ("push", "#c0392b")):
+        if f"{mode}_origin_nic_util" in rows[0]:
+            ax.plot(dcs, col(f"{mode}_origin_nic_util"), "o-", color=color, label=mode)
+    ax.axhline(1.0, color="#7f8c8d", ls="--", lw=1, label="saturated")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dcs, [str(int(d)) for d in dcs])
+    ax.set_xlabel("data centres")
+    ax.set_ylabel("origin WAN NIC busy / stream time")
+    ax.set_title("origin server's NIC utilisation (simulated)", fontsize=11)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=8)
+    out.append(("Origin NIC utilisation vs number of DCs", _png(fig)))
     return out
 
 

@@ -51,3 +51,13 @@ def test_bad_inputs_exit_with_message(tmp_path):
     np.savetxt(tmp_path / "bad.txt", np.array([["1", "x"]]), fmt="%s")
     res = runner.invoke(app, ["mine", "count", "-g", str(tmp_path / "bad.txt"), "-p", "triangle"])
     assert res.exit_code == 2 and "non-numeric" in res.output
+
+
+def test_count_per_vertex_file(tmp_path):
+    g, path = _write_graph(tmp_path)
+    out = tmp_path / "tri.npy"
+    res = runner.invoke(app, ["mine", "count", "-g", str(path), "-p", "triangle", "--per-vertex", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout.strip().splitlines()[-1])) == {"count", "seconds", "compile_seconds"}
+    tri = nx.triangles(g)
+    assert np.load(out).tolist() == [tri[v] for v in range(40)]

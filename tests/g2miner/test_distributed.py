@@ -1,4 +1,5 @@
-"""Ray backend: identical counts to the local run on every test graph; clear error for an unreachable address."""
+"""Ray backend: identical counts to the local run on every test graph, workers memory-mapping the prepared graph file
+(nothing of the graph in the object store); clear error for an unreachable address."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from recmine.g2miner import CSRGraph, count, load_graph
-from recmine.g2miner.distributed import balanced_splits, count_ray
+from recmine.g2miner.distributed import count_ray
+from recmine.g2miner.prep import slot_bounds
 
 ray = pytest.importorskip("ray")
 
@@ -51,8 +53,23 @@ def test_unreachable_address_is_clear():
         count_ray(g, "triangle", address="nonsense")
 
 
-def test_balanced_splits_cover_everything():
-    work = np.array([1, 1, 1, 50, 1, 1, 1, 1], dtype=float)
-    splits = balanced_splits(work, 3)
-    assert splits[0][0] == 0 and splits[-1][1] == work.size
-    assert all(a[1] == b[0] for a, b in zip(splits, splits[1:], strict=False))
+def test_file_graph_workers_map_the_cached_file(local_ray, tmp_path, monkeypatch):
+    """A graph loaded from a generated text file: 2 workers map its cached prepared form, sums equal local."""
+    monkeypatch.setenv("RECMINE_CACHE", str(tmp_path / "cache"))
+    h = nx.powerlaw_cluster_graph(400, 6, 0.4, seed=15)
+    f = tmp_path / "g.txt"
+    f.write_text("\n".join(f"{u} {v}" for u, v in h.edges()))
+    g = load_graph(f)
+    for pattern, induced in [("triangle", True), ("4-clique", True), ("diamond", False)]:
+        res = count_ray(g, pattern, induced, num_workers=2, return_stats=True)
+        assert res.count == count(g, pattern, induced=induced, threads=1)
+        assert res.graph_file.startswith(str(tmp_path / "cache")) and res.graph_file.endswith(".g2m")
+        assert len(res.worker_mapped) == 2 and all(res.worker_mapped)
+
+
+def test_slot_ranges_cover_everything():
+    g = CSRGraph.from_edges(*np.array(nx.powerlaw_cluster_graph(200, 4, 0.3, seed=1).edges()).T)
+    for parts in (1, 3, 7):
+        b, w = slot_bounds(g.indptr, g.indices, np.int64(0), np.int64(g.indices.shape[0]), parts)
+        assert b[0] == 0 and b[-1] == g.indices.shape[0] and np.all(np.diff(b) > 0) and len(b) <= parts + 1
+        assert w.shape[0] == len(b) - 1 and np.all(w > 0)

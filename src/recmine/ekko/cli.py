@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recmine.output import emit, err_console
+
+if TYPE_CHECKING:
+    from recmine.auth import Auth
 
 app = typer.Typer(
     help=(
@@ -61,6 +64,7 @@ def cluster_status(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = F
     """
     import grpc
 
+    from recmine.auth import Auth
     from recmine.ekko.lab.cluster import read_state
     from recmine.ekko.ps.client import PSClient
 
@@ -72,7 +76,7 @@ def cluster_status(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = F
     rows = []
     for n in st["nodes"]:
         try:
-            with PSClient(n["address"], timeout=2.0) as cl:
+            with PSClient(n["address"], timeout=2.0, auth=Auth.from_mapping(st.get("auth"))) as cl:
                 h = cl.health()
             rows.append({**n, "status": h["status"], "keys": h["keys"], "mode": h["mode"]})
         except grpc.RpcError as exc:
@@ -95,6 +99,140 @@ def cluster_down(state: StateOpt = Path(".ekko-cluster"), as_json: JsonOpt = Fal
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     emit({"stopped_processes": n}, as_json=as_json, title="ekko cluster down")
+
+
+def _auth_from_flags(base: Auth, ca: Path | None, cert: Path | None, key: Path | None, token_file: Path | None,
+                     insecure: bool) -> Auth:
+    """The topology's credentials with the flags given replacing theirs."""
+    from recmine.auth import Auth, read_token
+
+    return Auth(str(ca) if ca else base.ca, str(cert) if cert else base.cert, str(key) if key else base.key,
+                read_token(token_file) if token_file else base.token, insecure or base.insecure, base.server_name)
+
+
+CaOpt = Annotated[Path | None, typer.Option("--tls-ca", help="CA certificate (PEM) that signs every server's and "
+                                            "client's certificate (mutual TLS).")]
+CertOpt = Annotated[Path | None, typer.Option("--tls-cert", help="This server's certificate chain (PEM).")]
+KeyOpt = Annotated[Path | None, typer.Option("--tls-key", help="This server's private key (PEM).")]
+TokenOpt = Annotated[Path | None, typer.Option("--token-file", help="File holding the bearer token every call must "
+                                               "carry.")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Serve plaintext on a non-loopback address.")]
+
+
+@app.command("serve")
+def serve(
+    topology: Annotated[Path, typer.Option("--topology", "-t", help="Topology JSON naming every server "
+                                           "(\"servers\": id, dc, replica, address host:port).")],
+    node: Annotated[int, typer.Option("--node", help="Id of the server to run here.")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder for its snapshot and write-ahead "
+                                                  "log (none: state is lost on exit).")] = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+    token_file: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    for_seconds: Annotated[float | None, typer.Option("--for-seconds", help="Stop after this many seconds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one parameter server of a deployment (one host per server, or several on one host at their own ports):
+    it listens on its address, subscribes to its peers at theirs, and serves until Ctrl-C / SIGTERM. Credentials
+    (mutual TLS, bearer token) come from the topology's "auth" or the flags; a non-loopback address needs TLS or
+    --insecure.
+
+    Example:\n
+      recmine ekko serve --topology deploy.json --node 3 --data-dir /var/lib/ekko
+    """
+    import asyncio
+    import sys
+
+    from recmine.auth import Auth
+    from recmine.ekko.ps.config import deployment_config, load_topology
+    from recmine.ekko.ps.peer import serve as serve_peers
+
+    try:
+        topo = load_topology(topology)
+        me = next((s for s in topo["servers"] or () if s["id"] == node), {})
+        auth = _auth_from_flags(Auth.from_mapping(topo["auth"]).with_identity(me.get("cert"), me.get("key")),
+                                tls_ca, tls_cert, tls_key, token_file, insecure)
+        cfg = deployment_config(topo, node, data_dir, auth)
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    def ready(peers: list) -> None:
+        p = peers[0]
+        emit({"node": node, "dc": p.cfg.dc, "replica": p.cfg.replica, "address": f"{p.cfg.host}:{p.bound_port}",
+              "peers": len(p.cfg.peers), "mode": p.cfg.mode, "tls": auth.tls, "token": bool(auth.token)},
+             as_json=as_json, title="ekko serve")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve_peers([cfg], watch_parent=False, for_seconds=for_seconds, on_ready=ready))
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("simulate")
+def simulate(
+    dcs: Annotated[int, typer.Option("--dcs", help="Number of data centres.")] = 64,
+    servers_per_dc: Annotated[int, typer.Option("--servers-per-dc", help="Parameter servers in every DC.")] = 70,
+    shards: Annotated[int, typer.Option("--shards", help="Shards (each led by one server per DC).")] = 2,
+    duration: Annotated[float, typer.Option("--duration", help="Simulated seconds of update stream.")] = 1.0,
+    rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,
+    batch_ms: Annotated[float, typer.Option("--batch-ms", help="The trainer writes a batch this often.")] = 100.0,
+    rtt_ms: Annotated[float, typer.Option("--rtt-ms", help="Round-trip time between DCs.")] = 50.0,
+    jitter_ms: Annotated[float, typer.Option("--jitter-ms", help="Std. deviation of the one-way delay.")] = 0.0,
+    loss: Annotated[float, typer.Option("--loss", help="Packet loss on WAN links (a loss costs one RTO).")] = 0.0,
+    nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="WAN egress bandwidth of every server.")] = 1000.0,
+    modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push",
+    topo: Annotated[str, typer.Option("--topology", help="mesh or tree (ekko's WAN graph).")] = "mesh",
+    cpu: Annotated[str, typer.Option("--cpu", help="measured: per-message CPU costs measured from real server "
+                                     "processes (cached; the first run starts a few); defaults: built-in figures; "
+                                     "none: free CPU.")] = "measured",
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate ekko (and the baselines) at production scale: a discrete-event model of the network (per-server NIC
+    token bucket, per-DC-pair delay, jitter, loss) and of each server's CPU drives the real protocol core of every
+    server. The trainer writes in DC 0 to its first server; latency is Put -> visible at the last server. A run at
+    64 DCs x 70 servers takes a few minutes and ~2.5 GB.
+
+    Example:\n
+      recmine ekko simulate --dcs 64 --servers-per-dc 70 --json\n
+      recmine ekko simulate --dcs 16 --servers-per-dc 4 --modes ekko,push,checkpoint
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from recmine.ekko.lab.sim import CpuCost, SimSpec, measure_cpu
+    from recmine.ekko.lab.sim import simulate as run_sim
+
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    problems = [f"unknown mode(s) {sorted(set(wanted) - {'ekko', 'push', 'checkpoint'})}"] if set(wanted) - {
+        "ekko", "push", "checkpoint"} else []
+    if dcs < 1 or servers_per_dc < 1 or shards < 1 or duration <= 0 or rate <= 0 or batch_ms <= 0:
+        problems.append("--dcs, --servers-per-dc, --shards, --duration, --rate and --batch-ms must be positive")
+    if not 0 <= loss < 1 or jitter_ms < 0 or nic_mbps <= 0 or rtt_ms < 0:
+        problems.append("need 0 <= --loss < 1, --jitter-ms >= 0, --nic-mbps > 0, --rtt-ms >= 0")
+    if cpu not in ("measured", "defaults", "none") or topo not in ("mesh", "tree"):
+        problems.append("--cpu is measured, defaults or none; --topology is mesh or tree")
+    if problems:
+        err_console.print(f"[red]error:[/red] {'; '.join(problems)}")
+        raise typer.Exit(2)
+    spec = SimSpec(dcs=dcs, replicas=servers_per_dc, shards=shards, duration_s=duration, rate=rate,
+                   batch_every_s=batch_ms / 1000.0, rtt_ms=rtt_ms, jitter_ms=jitter_ms, loss=loss, nic_mbps=nic_mbps,
+                   topology=topo, warmup_s=min(0.5, duration / 2))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  disable=as_json) as bar:
+        task = bar.add_task("ekko simulate", total=None)
+        if cpu == "measured":
+            bar.update(task, description="measuring the real server's CPU costs (cached after the first run)")
+            costs = measure_cpu(spec.dim)
+        else:
+            costs = CpuCost(dim=spec.dim) if cpu == "defaults" else CpuCost(*([0.0] * 11), dim=spec.dim)
+        res = run_sim(spec, wanted, costs, progress=lambda msg: bar.update(task, description=msg))
+    runs = res.pop("runs")
+    res["wall_s"] = sum(r["wall_s"] for r in runs)
+    emit(res, as_json=as_json, title=f"ekko simulate: {dcs} DCs x {servers_per_dc} servers")
 
 
 ScenarioOpt = Annotated[str, typer.Option(
@@ -124,6 +262,8 @@ def bench(
     harms: Annotated[str, typer.Option("--harms", help="Comma list of harms to inject (rollback): scale50, "
                                        "label_flip, label_flip_unsliced, nan_rows, exploding_head, stale_replay, "
                                        "stale_replay_unmarked; default all.")] = "",
+    colocate: Annotated[int, typer.Option("--colocate", help="Servers of one DC per process (each its own gRPC "
+                                          "endpoint; between them the cores talk in memory).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
@@ -150,8 +290,11 @@ def bench(
     if scenario != "latency":
         _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json, harms)
         return
+    if colocate < 1:
+        err_console.print("[red]error:[/red] --colocate must be >= 1")
+        raise typer.Exit(2)
     spec = BenchSpec(dcs=dcs, duration_s=duration, rate=rate, rtt_ms=rtt_ms, nic_mbps=nic_mbps,
-                     checkpoint_s=checkpoint_s)
+                     checkpoint_s=checkpoint_s, colocate=colocate)
     wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
     bad = [m for m in wanted if m not in ("ekko", "push", "checkpoint")]
     if bad:

@@ -159,10 +159,19 @@ def serve_cmd(
     storage: Annotated[str | None, typer.Option("--storage", help="int8, fp16 or fp32 (new index; default int8).")] = None,
     for_seconds: Annotated[float | None, typer.Option("--for-seconds", help="Stop after this many seconds.")] = None,
     max_message_mb: Annotated[float, typer.Option("--max-message-mb", help="Largest request/reply.")] = 64,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA (PEM) that signs server and client "
+                                                "certificates: mutual TLS.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="The server's certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The server's private key (PEM).")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="File with the bearer token every call "
+                                                    "must carry.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve plaintext on a non-loopback address.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Serve an index over gRPC: batched exact search plus live upserts/deletes, crash-safe (write-ahead log,
     checkpoints in the index directory). Runs until Ctrl-C / SIGTERM or --for-seconds, then checkpoints.
+    With --tls-ca/--tls-cert/--tls-key only clients with a certificate from that CA connect; with --token-file
+    every call must carry the token; a non-loopback --host needs TLS or --insecure.
 
     Example:\n
       recmine retrieve serve --index idx/ --port 50061\n
@@ -187,7 +196,11 @@ def serve_cmd(
         sys.stdout.flush()
 
     try:
+        from recmine.auth import Auth, read_token
+
+        auth = Auth(*(str(p) if p else None for p in (tls_ca, tls_cert, tls_key)),
+                    read_token(token_file) if token_file else None, insecure)
         serve(index, port=port, host=host, for_seconds=for_seconds, max_message_mb=max_message_mb,
-              on_ready=ready, dim=dim, metric=metric, storage=storage)
+              on_ready=ready, auth=auth, dim=dim, metric=metric, storage=storage)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))

@@ -18,6 +18,8 @@ from recmine.protos import load_proto
 check("service", "grpc_tools", "google.protobuf")
 grpc = require("grpc", "service")
 
+from recmine.auth import Auth  # noqa: E402 - needs grpc, checked just above
+
 MAX_MESSAGE = 256 * 1024 * 1024
 
 
@@ -77,13 +79,14 @@ def translate(exc: grpc.RpcError) -> RemoteError:
 class Client:
     """Connection to one retrieval server; every call has a deadline of `timeout` seconds. Thread-safe."""
 
-    def __init__(self, address: str, timeout: float = 10.0, max_message_mb: int = MAX_MESSAGE >> 20) -> None:
+    def __init__(self, address: str, timeout: float = 10.0, max_message_mb: int = MAX_MESSAGE >> 20,
+                 auth: Auth | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.pb2, pb2_grpc = stubs()
         limit = int(max_message_mb) << 20
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", limit),
-                                                                ("grpc.max_send_message_length", limit)])
+        self._channel = (auth or Auth()).channel(address, [("grpc.max_receive_message_length", limit),
+                                                           ("grpc.max_send_message_length", limit)])
         self._stub = pb2_grpc.RetrievalStub(self._channel)
 
     def _call(self, method: str, request: Any) -> Any:
@@ -173,9 +176,11 @@ class Client:
         self.close()
 
 
-def connect(address: str, timeout: float = 10.0, max_message_mb: int = MAX_MESSAGE >> 20) -> Client:
-    """A Client for "host:port", after the connection is up (ConnectionError when it is not within `timeout`)."""
-    client = Client(address, timeout=timeout, max_message_mb=max_message_mb)
+def connect(address: str, timeout: float = 10.0, max_message_mb: int = MAX_MESSAGE >> 20,
+            auth: Auth | None = None) -> Client:
+    """A Client for "host:port", after the connection is up (ConnectionError when it is not within `timeout`);
+    `auth` gives its credentials (mutual TLS, bearer token)."""
+    client = Client(address, timeout=timeout, max_message_mb=max_message_mb, auth=auth)
     try:
         client.wait_ready()
     except ConnectionError:

@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recmine.auth import Auth
 
 from recmine.faery import durable, kernels
 from recmine.faery.corpus import ARRAYS, Corpus
@@ -684,10 +687,13 @@ class RetrievalServer:
 
     def __init__(self, index_dir: str | os.PathLike[str], port: int = 0, host: str = "127.0.0.1",
                  max_message_mb: float = 64, workers: int = 16, lifetime_s: float | None = None,
-                 **core_kwargs: Any) -> None:
+                 auth: Auth | None = None, **core_kwargs: Any) -> None:
+        from recmine.auth import Auth as _Auth
         from recmine.faery.client import stubs
 
         self.pb2, self.pb2_grpc = stubs()
+        self.auth = auth or _Auth()
+        self.auth.check_listen(host)  # before opening the index: plaintext beyond loopback needs insecure
         self.host = host
         self.requested_port = int(port)
         self.port = 0
@@ -715,10 +721,10 @@ class RetrievalServer:
         opts = [("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes), ("grpc.so_reuseport", 0)]
         self._server = grpc.server(ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="faery-rpc"),
-                                   options=opts)
+                                   options=opts, interceptors=self.auth.server_interceptors())
         self.pb2_grpc.add_RetrievalServicer_to_server(_Servicer(self), self._server)
         try:
-            self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+            self.port = self.auth.add_port(self._server, f"{self.host}:{self.requested_port}")
         except RuntimeError as exc:
             self.core.close(checkpoint=False)
             raise OSError(f"cannot listen on {self.host}:{self.requested_port}: {exc}") from None
@@ -762,11 +768,12 @@ class RetrievalServer:
 
 def serve(index_dir: str | os.PathLike[str], port: int = 0, host: str = "127.0.0.1",
           for_seconds: float | None = None, max_message_mb: float = 64,
-          on_ready: Callable[[RetrievalServer], None] | None = None, **core_kwargs: Any) -> None:
+          on_ready: Callable[[RetrievalServer], None] | None = None, auth: Auth | None = None,
+          **core_kwargs: Any) -> None:
     """Run a server until SIGTERM/SIGINT (main thread only) or `for_seconds` elapse, then stop cleanly
     (checkpointing). on_ready(server) runs once it listens."""
     server = RetrievalServer(index_dir, port=port, host=host, max_message_mb=max_message_mb,
-                             lifetime_s=for_seconds, **core_kwargs)
+                             lifetime_s=for_seconds, auth=auth, **core_kwargs)
     server.start()
     restore: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

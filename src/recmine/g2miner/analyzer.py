@@ -36,15 +36,25 @@ class SearchPlan:
     levels: tuple[Level, ...]
     num_automorphisms: int
     constraints: tuple[tuple[int, int], ...]  # (a, b): id(a) < id(b), pattern vertices
-    kind: str  # "clique" (dedicated kernel) or "generic"
-    # With wildcard labels, a subgraph may match under several symmetric placements; symmetry breaking then uses
-    # the unlabeled group and each found match is kept when one placement fits: alternatives of (level, label).
+    kind: str  # "clique" (dedicated kernel on the degree-oriented graph) or "generic"
+    # Labeled patterns: symmetry breaking uses the unlabeled group, so each subgraph is found once, and a found match
+    # is kept when its labels fit one placement of the pattern on it. The labels are runtime data of the kernel (one
+    # compiled kernel serves every labeling of a pattern structure): per alternative the (level, label) pairs it needs,
     label_alternatives: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    # per alternative, the pattern vertex each level plays in that placement (a listed match is written so)
+    label_placements: tuple[tuple[int, ...], ...] | None = None
+    # per level, the labels some alternative allows there (empty: any label); prunes the search early
+    label_allow: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def labeled(self) -> bool:
+        """True when the kernel checks vertex labels (runtime data, not part of the generated code)."""
+        return self.label_alternatives is not None
 
     def key(self) -> str:
-        """Stable text identifying the plan (used to cache generated kernels)."""
-        lv = ";".join(f"{lv_.vertex}:{lv_.connected}:{lv_.disconnected}:{lv_.upper}:{lv_.label}" for lv_ in self.levels)
-        return f"{self.kind}|{int(self.induced)}|{lv}|{self.label_alternatives}"
+        """Stable text identifying the generated code: the pattern structure, never its labels (runtime data)."""
+        lv = ";".join(f"{lv_.vertex}:{lv_.connected}:{lv_.disconnected}:{lv_.upper}" for lv_ in self.levels)
+        return f"{self.kind}|{int(self.induced)}|{int(self.labeled)}|{lv}"
 
     def describe(self) -> str:
         """Human-readable plan: one line per level."""
@@ -55,8 +65,12 @@ class SearchPlan:
             if self.induced and lv.disconnected:
                 ops += " − " + " − ".join(f"N(v{j})" for j in lv.disconnected)
             bound = f", v{i} < " + ", ".join(f"v{j}" for j in lv.upper) if lv.upper else ""
-            lab = f", label {lv.label}" if lv.label != WILDCARD else ""
+            allow = self.label_allow[i] if self.label_allow is not None else ()
+            lab = f", label in {{{', '.join(map(str, allow))}}}" if allow else ""
             lines.append(f"  v{i} = pattern vertex {lv.vertex}: {ops}{bound}{lab}")
+        if self.label_alternatives is not None:
+            alts = " | ".join(" ".join(f"v{i}:{lab}" for i, lab in alt) for alt in self.label_alternatives)
+            lines.append(f"  keep a match when its labels fit one placement: {alts}")
         return "\n".join(lines)
 
 
@@ -122,18 +136,31 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
     pos = {v: i for i, v in enumerate(order)}
     adj = p.adjacency()
     group = automorphisms(p)
-    alternatives = None
-    level_label = dict(enumerate(p.labels)) if p.labels is not None else {}
-    if p.labels is not None and WILDCARD in p.labels:
+    alternatives = placements = allow = None
+    level_label: dict[int, int] = {}
+    if p.labels is not None:
+        # each subgraph is found once under the unlabeled symmetry; keep it if some placement fits the labels
         plain = automorphisms(Pattern(p.num_vertices, p.edges))
-        if len(plain) > len(group):
-            # each subgraph is found once under the unlabeled symmetry; keep it if some placement fits the labels
-            group = plain
-            alts = {tuple(sorted((pos[v], p.labels[s[v]]) for v in range(p.num_vertices)
-                                 if p.labels[s[v]] != WILDCARD)) for s in plain}
-            alternatives = tuple(sorted(alts))
-            level_label = {v: (p.labels[v] if len({p.labels[s[v]] for s in plain}) == 1 else WILDCARD)
-                           for v in range(p.num_vertices)}
+        group = plain
+        # placement s: level pos[v] plays pattern vertex s[v], so it must carry that vertex's label
+        alts: dict[tuple[tuple[int, int], ...], tuple[int, ...]] = {}
+        for s in plain:
+            need = tuple(sorted((pos[v], p.labels[s[v]]) for v in range(p.num_vertices)
+                                if p.labels[s[v]] != WILDCARD))
+            alts.setdefault(need, tuple(s[v] for v in order))
+        alternatives = tuple(sorted(alts))
+        placements = tuple(alts[a] for a in alternatives)
+        per_level: list[set[int] | None] = [set() for _ in order]
+        for alt in alternatives:
+            fixed = dict(alt)
+            for i in range(len(order)):
+                if i not in fixed:
+                    per_level[i] = None  # some placement leaves this level free
+                elif per_level[i] is not None:
+                    per_level[i].add(fixed[i])  # type: ignore[union-attr]
+        allow = tuple(tuple(sorted(x)) if x is not None else () for x in per_level)
+        level_label = {v: (p.labels[v] if len({p.labels[s[v]] for s in plain}) == 1 else WILDCARD)
+                       for v in range(p.num_vertices)}
     constraints = symmetry_constraints(p, order, group)
     levels = []
     for i, v in enumerate(order):
@@ -147,4 +174,5 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
                 raise AssertionError("symmetry constraint points the wrong way")
         levels.append(Level(v, conn, disc, tuple(sorted(upper)), level_label.get(v, WILDCARD)))
     kind = "clique" if p.is_clique() and p.labels is None else "generic"
-    return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives)
+    return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives,
+                      placements, allow)

@@ -15,7 +15,9 @@ from recmine.output import console, emit, err_console
 app = typer.Typer(
     help=(
         "Graph pattern mining (g2miner): count and list patterns, motifs, frequent subgraphs.\n\n"
-        "Graphs: SNAP/whitespace edge lists (.txt), Matrix Market (.mtx), GraphMiner binary folders, recmine .npz.\n"
+        "Graphs: SNAP/whitespace edge lists (.txt), Matrix Market (.mtx), GraphMiner binary folders, recmine .g2m\n"
+        "(memory-mapped; `mine convert` writes one), .npz. Parsed and preprocessed forms are cached in\n"
+        "$RECMINE_CACHE/g2miner_graphs (keyed by the input file's identity), so a second run only maps files.\n"
         "Patterns: a builtin name (triangle, 4-clique, diamond, 4-cycle, tailed-triangle, 3-star, 4-path, house, ...)\n"
         "or edges as text, e.g. \"0-1 1-2 2-0 2-3\" (labels: \"0-1 1-2 | 0:5\")."
     ),
@@ -28,14 +30,76 @@ EdgeInducedOpt = Annotated[bool, typer.Option("--edge-induced", help="Count edge
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
-def _load(path: Path, labels: Path | None = None):
+BIG_INPUT = 32 << 20  # inputs from this size on (bytes) get progress bars: they take seconds
+
+
+def _size(path: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+    except OSError:
+        return 0
+
+
+class _Bars:
+    """Progress bars on stderr for load, preprocess and count when the input is big and output is not JSON."""
+
+    def __init__(self, on: bool) -> None:
+        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(),
+                            console=err_console) if on else None
+
+    def __enter__(self) -> _Bars:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def task(self, name: str):
+        """A progress(fraction) callback for a new bar (None when bars are off)."""
+        if self.bar is None:
+            return None
+        bar, tid = self.bar, self.bar.add_task(name, total=1.0)
+        return lambda f: bar.update(tid, completed=f)
+
+
+def _load(path: Path, labels: Path | None = None, progress=None):
     from recmine.g2miner.graph import load_graph
 
     try:
-        return load_graph(path, labels=labels)
+        return load_graph(path, labels=labels, progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+@app.command("convert")
+def convert_cmd(
+    source: Annotated[Path, typer.Argument(help="Input graph: edge list, .mtx, GraphMiner folder, .g2m or .npz.")],
+    target: Annotated[Path, typer.Argument(help="Output: a .g2m file, or a folder with --format graphminer.")],
+    fmt: Annotated[str, typer.Option("--format", help="g2m (ours, memory-mapped) or graphminer (folder).")] = "g2m",
+    labels: Annotated[Path | None, typer.Option("--labels", help="`vertex label` text file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a graph once in a binary form that later runs memory-map (no parsing).
+
+    Examples:\n
+      recmine mine convert edges.txt graph.g2m\n
+      recmine mine convert edges.txt graph_dir --format graphminer --json
+    """
+    from recmine.g2miner.graph import save_graph
+
+    t = time.perf_counter()
+    with _Bars(not as_json and _size(source) >= BIG_INPUT) as bars:
+        g = _load(source, labels, bars.task("load"))
+    try:
+        save_graph(g, target, fmt=fmt)
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    emit({"source": str(source), "target": str(target), "format": fmt, "vertices": g.num_vertices,
+          "edges": g.num_edges, "seconds": time.perf_counter() - t}, as_json=as_json, title="g2miner convert")
 
 
 @app.command("count")
@@ -48,6 +112,8 @@ def count_cmd(
     show_code: Annotated[bool, typer.Option("--show-code", help="Print the search plan and generated kernel.")] = False,
     backend: Annotated[str, typer.Option("--backend", help="local or ray.")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address HOST:PORT.")] = None,
+    per_vertex: Annotated[Path | None, typer.Option(
+        "--per-vertex", help="Also write each vertex's number of matches (int64 .npy, original ids) here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count a pattern's matches, each subgraph once.
@@ -55,7 +121,8 @@ def count_cmd(
     Examples:\n
       recmine mine count --graph facebook_combined.txt --pattern 4-clique\n
       recmine mine count -g graph_dir/ -p "0-1 1-2 2-3 3-0" --edge-induced --json\n
-      recmine mine count -g g.txt -p diamond --show-code
+      recmine mine count -g g.txt -p diamond --show-code\n
+      recmine mine count -g g.g2m -p triangle --per-vertex triangles.npy
     """
     from recmine.g2miner.pattern import get_pattern
     from recmine.g2miner.runtime import count, count_detailed
@@ -65,33 +132,40 @@ def count_cmd(
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    g = _load(graph, labels)
-    try:
-        if backend != "local":
-            t = time.perf_counter()
-            n = count(g, pat, induced=not edge_induced, backend=backend, address=address)
-            result = {"count": n, "seconds": time.perf_counter() - t, "compile_seconds": 0.0}
-        else:
-            show = not as_json and g.num_edges > 200_000
-            if show:
-                with Progress(TextColumn("counting"), BarColumn(), TimeElapsedColumn(), console=err_console) as bar:
-                    task = bar.add_task("count", total=1.0)
-                    res = count_detailed(g, pat, not edge_induced, threads,
-                                         progress=lambda f: bar.update(task, completed=f))
+    with _Bars(not as_json and _size(graph) >= BIG_INPUT) as bars:
+        g = _load(graph, labels, bars.task("load"))
+        try:
+            if backend != "local":
+                if per_vertex is not None:
+                    raise ValueError("--per-vertex runs on the local backend")
+                t = time.perf_counter()
+                n = count(g, pat, induced=not edge_induced, backend=backend, address=address)
+                result = {"count": n, "seconds": time.perf_counter() - t, "compile_seconds": 0.0}
             else:
-                res = count_detailed(g, pat, not edge_induced, threads)
-            result = {"count": res.count, "seconds": res.seconds, "compile_seconds": res.compile_seconds}
-            if show_code and not as_json:
-                console.print(res.plan.describe())
-                console.print(Syntax(res.source, "python"))
-    except (ValueError, ConnectionError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+                from recmine.g2miner.runtime import _plan_for, prepared_for
+
+                prep_bar = bars.task("preprocess")
+                prepared_for(g, _plan_for(pat, not edge_induced, g), threads, prep_bar)
+                res = count_detailed(g, pat, not edge_induced, threads, progress=bars.task("count"),
+                                     per_vertex=per_vertex is not None)
+                result = {"count": res.count, "seconds": res.seconds, "compile_seconds": res.compile_seconds}
+                if per_vertex is not None:
+                    import numpy as np
+
+                    np.save(per_vertex, res.per_vertex)
+                if show_code and not as_json:
+                    console.print(res.plan.describe())
+                    console.print(Syntax(res.source, "python"))
+        except (ValueError, ConnectionError, OSError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     if as_json:
         emit(result, as_json=True, title="count")
         return
+    extra = {"per_vertex": str(per_vertex)} if per_vertex is not None else {}
     emit({"graph": str(graph), "pattern": pat.name or pat.text(),
-          "semantics": "edge-induced" if edge_induced else "vertex-induced", **result}, as_json=False, title="g2miner count")
+          "semantics": "edge-induced" if edge_induced else "vertex-induced", **result, **extra}, as_json=False,
+         title="g2miner count")
 
 
 @app.command("list")
@@ -130,6 +204,7 @@ def motifs_cmd(
     graph: GraphOpt,
     k: Annotated[int, typer.Option("-k", help="Motif size: 3, 4 or 5.")] = 3,
     method: Annotated[str, typer.Option("--method", help="auto, formula (k<=4) or esu.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="Worker threads (default: all cores).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Count every connected vertex-induced k-vertex motif (k = 3: 2 motifs, 4: 6, 5: 21).
@@ -143,7 +218,7 @@ def motifs_cmd(
     g = _load(graph)
     try:
         t = time.perf_counter()
-        res = count_motifs(g, k, method)
+        res = count_motifs(g, k, method, threads)
         seconds = time.perf_counter() - t
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")

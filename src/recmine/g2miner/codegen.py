@@ -1,9 +1,11 @@
-"""Code generation: SearchPlan -> specialised Python source -> numba kernels, cached by plan.
+"""Code generation: SearchPlan -> specialised Python source -> numba kernels, cached by plan structure.
 
-Each plan becomes a module with two kernels: `count_kernel` (edge-parallel over the first two pattern vertices,
-numba prange, count-only last level) and `list_kernel` (serial, resumable, fills a caller's buffer). The module is
-written to a cache folder keyed by the plan and the set-operation source, so numba's on-disk cache (cache=True)
-means a second process does not recompile."""
+Each plan becomes a module with three serial, GIL-free kernels over a range [lo, hi) of CSR slots (start edges
+v0 -> v1): `count_range` (count-only last level), `vertex_range` (per-vertex counts) and `list_range` (resumable,
+fills a caller's buffer). The runtime runs ranges on its own threads (dynamic scheduling, exact int64 sums). Vertex
+labels and label alternatives are arrays passed in, so one compiled kernel serves every labeling of a pattern
+structure. The module is written to a cache folder keyed by its source and the set-operation source, so numba's
+on-disk cache (cache=True) means a second process does not recompile."""
 
 from __future__ import annotations
 
@@ -13,39 +15,44 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import numba
+
 from recmine.g2miner import setops
 from recmine.g2miner.analyzer import SearchPlan
-from recmine.g2miner.pattern import WILDCARD
+from recmine.g2miner.pattern import Pattern
 
 BIG = 2**31 - 1
 _lock = threading.Lock()
-_loaded: dict[str, CompiledPlan] = {}
+_loaded: dict[str, tuple[ModuleType, set]] = {}  # digest -> (module, names of the kernels compiled so far)
 
 
 @dataclass
 class CompiledPlan:
-    """A plan's generated source and its compiled kernels."""
+    """A plan with its generated source and kernel module (shared by every plan of the same structure: labels are
+    runtime data); compile_seconds is what compiling or loading kernels cost through this object."""
 
     plan: SearchPlan
     source: str
     module: ModuleType
     compile_seconds: float = 0.0
-    compiled: bool = False
+    _done: set = field(default_factory=set, repr=False)
 
-    def ensure_compiled(self, sample_args_count: tuple, sample_args_list: tuple) -> float:
-        """Compile (or load from numba's cache) both kernels for the argument types; returns seconds spent."""
-        if self.compiled:
-            return 0.0
-        t = time.perf_counter()
-        self.module.count_kernel.compile(sample_args_count)
-        self.module.list_kernel.compile(sample_args_list)
-        self.compile_seconds = time.perf_counter() - t
-        self.compiled = True
-        return self.compile_seconds
+    def kernel(self, name: str, args: tuple) -> Callable:
+        """The kernel `name` ("count_range", "vertex_range" or "list_range"), compiled (or loaded from numba's
+        cache) for the types of `args` on first use; only the kernels a caller needs are ever compiled."""
+        fn = getattr(self.module, name)
+        if name not in self._done:
+            with _lock:
+                t = time.perf_counter()
+                fn.compile(tuple(numba.typeof(a) for a in args))
+                self.compile_seconds += time.perf_counter() - t
+                self._done.add(name)
+        return fn
 
 
 def _needs_adjacency(plan: SearchPlan) -> set[int]:
@@ -81,7 +88,7 @@ def _reusable(plan: SearchPlan, i: int, cands: dict[int, tuple[str, str]]) -> tu
     lv = plan.levels[i]
     for j, (arr, n) in cands.items():
         lj = plan.levels[j]
-        if lj.connected == lv.connected and set(lj.upper) <= set(lv.upper) and lj.label == WILDCARD:
+        if lj.connected == lv.connected and set(lj.upper) <= set(lv.upper):  # sets are label-free
             if not plan.induced or set(lj.disconnected) <= set(lv.disconnected):
                 return j, arr, n
     return None
@@ -125,8 +132,13 @@ def _emit_filters(w: _Writer, ind: int, plan: SearchPlan, i: int) -> None:
     if excl:
         w(ind, "if " + " or ".join(f"v{i} == v{j}" for j in excl) + ":")
         w(ind + 1, "continue")
-    if lv.label != WILDCARD:
-        w(ind, f"if labels[v{i}] != {lv.label}:")
+    _emit_label_check(w, ind, plan, i)
+
+
+def _emit_label_check(w: _Writer, ind: int, plan: SearchPlan, i: int) -> None:
+    """Labeled plans: skip a vertex whose label no placement allows at this level (runtime data)."""
+    if plan.labeled:
+        w(ind, f"if not label_ok(labels[v{i}], lab_val, lab_ptr[{i}], lab_ptr[{i + 1}]):")
         w(ind + 1, "continue")
 
 
@@ -187,7 +199,7 @@ def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int]
     lv = plan.levels[i]
     last = i == k - 1
     ub = _emit_bound(w, ind, i, lv.upper)
-    if last and mode == "count" and lv.label == WILDCARD and plan.label_alternatives is None:
+    if last and mode == "count" and not plan.labeled:
         _emit_last_count(w, ind, plan, i, ub, cands)
         return
     arr, n = _emit_candidates(w, ind, plan, i, ub, cands)
@@ -205,15 +217,17 @@ def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int]
 
 
 def _emit_clique(w: _Writer, plan: SearchPlan, ind: int, i: int, mode: str) -> None:
-    """k-clique on the degree-ranked graph: candidates of level i are candidates of level i-1 below v(i-1) that are
-    also neighbours of v(i-1) — the oriented-DAG algorithm, one intersection per level."""
+    """k-clique on the degree-oriented graph (ids are degree ranks, out-neighbours have smaller ids): candidates of
+    level i are the candidates of level i-1 that precede v(i-1) (hence below it) and are out-neighbours of v(i-1);
+    one plain merge per level (DAG rows are short: probing lost to merging there), no bounds, each clique once
+    (GraphMiner's DAG algorithm)."""
     k = len(plan.levels)
-    prev = "a0" if i == 2 else f"b{i - 1}[:k{i - 1}]"
+    prev = "a0[:e1 - indptr[v0]]" if i == 2 else f"b{i - 1}[:k{i - 1}]"
     last = i == k - 1
     if last and mode == "count":
-        w(ind, f"local += intersect_count({prev}, a{i - 1}, v{i - 1})")
+        w(ind, f"local += merge_count({prev}, a{i - 1})")
         return
-    w(ind, f"n{i} = intersect({prev}, a{i - 1}, v{i - 1}, b{i})")
+    w(ind, f"n{i} = merge_intersect({prev}, a{i - 1}, b{i})")
     w(ind, f"for k{i} in range(n{i}):")
     w(ind + 1, f"v{i} = b{i}[k{i}]")
     if last:
@@ -224,87 +238,109 @@ def _emit_clique(w: _Writer, plan: SearchPlan, ind: int, i: int, mode: str) -> N
 
 
 def _emit_match(w: _Writer, ind: int, plan: SearchPlan, mode: str) -> None:
-    if plan.label_alternatives is not None:
-        alts = [" and ".join(f"labels[v{i}] == {lab}" for i, lab in alt) or "True" for alt in plan.label_alternatives]
-        w(ind, "if " + " or ".join(f"({a})" for a in alts) + ":")
+    """A full candidate match: keep it if its labels fit one placement (labeled patterns: the alternatives are
+    runtime data), then count it, credit its vertices, or write it (column = pattern vertex, in the placement that
+    fits)."""
+    k = len(plan.levels)
+    if plan.labeled:
+        fits = " and ".join(f"(alts[q, {i}] < 0 or labels[v{i}] == alts[q, {i}])" for i in range(k))
+        w(ind, "fit = -1")
+        w(ind, "for q in range(alts.shape[0]):")
+        w(ind + 1, f"if {fits}:")
+        w(ind + 2, "fit = q")
+        w(ind + 2, "break")
+        w(ind, "if fit >= 0:")
         ind += 1
     if mode == "count":
         w(ind, "local += 1")
         return
+    if mode == "vertex":
+        for i in range(k):
+            w(ind, f"pv[v{i}] += 1")
+        w(ind, "local += 1")
+        return
     w(ind, "if seen >= skip_now:")
     w(ind + 1, "if nout == cap:")
-    w(ind + 2, "return t, seen, nout")
+    w(ind + 2, "return e1, seen, nout")
     for i, lv in enumerate(plan.levels):
-        w(ind + 1, f"out[nout, {lv.vertex}] = v{i}")
+        col = f"place[fit, {i}]" if plan.labeled else str(lv.vertex)
+        w(ind + 1, f"out[nout, {col}] = v{i}")
     w(ind + 1, "nout += 1")
     w(ind, "seen += 1")
 
 
+ARGS = "indptr, indices, labels, lab_ptr, lab_val, alts, place, lo, hi, maxdeg"
+
+
+def _emit_kernel(w: _Writer, plan: SearchPlan, mode: str) -> None:
+    """One kernel over the start edges in CSR slots [lo, hi): walk the rows they fall in, then the search levels."""
+    k = len(plan.levels)
+    name, extra = {"count": ("count_range", ""), "vertex": ("vertex_range", ", pv"),
+                   "list": ("list_range", ", skip, out")}[mode]
+    w(0, "@njit(cache=True, nogil=True)")
+    w(0, f"def {name}({ARGS}{extra}):")
+    if mode == "list":
+        w(1, "cap = out.shape[0]")
+        w(1, "nout = 0")
+    w(1, "local = 0")
+    for i in range(2, k):
+        w(1, f"b{i} = np.empty(maxdeg, np.int32)")
+    w(1, "v0 = row_of(indptr, lo)")
+    w(1, "e = lo")
+    w(1, "while e < hi:")
+    w(2, "while indptr[v0 + 1] <= e:")
+    w(3, "v0 += 1")
+    w(2, "first = e")
+    w(2, "stop = indptr[v0 + 1]")
+    w(2, "if stop > hi:")
+    w(3, "stop = hi")
+    w(2, "e = stop")
+    _emit_label_check(w, 2, plan, 0)
+    w(2, "a0 = indices[indptr[v0]:indptr[v0 + 1]]")
+    if plan.kind != "clique" and 0 in plan.levels[1].upper:  # v1 < v0: a prefix of the sorted row
+        w(2, "lim = indptr[v0] + count_below(a0, v0)")
+        w(2, "if lim < stop:")
+        w(3, "stop = lim")
+    w(2, "for e1 in range(first, stop):")
+    if mode == "list":
+        w(3, "skip_now = skip if e1 == lo else 0")
+        w(3, "seen = 0")
+    w(3, "v1 = indices[e1]")
+    _emit_label_check(w, 3, plan, 1)
+    if k == 2:
+        _emit_match(w, 3, plan, mode)  # the label check of labeled patterns happens here, as for any k
+    else:
+        w(3, "a1 = indices[indptr[v1]:indptr[v1 + 1]]")
+        if plan.kind == "clique":
+            _emit_clique(w, plan, 3, 2, mode)
+        else:
+            _emit_generic(w, plan, 3, 2, _needs_adjacency(plan) | {0, 1}, mode)
+    w(1, "return (hi, 0, nout)" if mode == "list" else "return local")
+    w(0, "")
+    w(0, "")
+
+
 def generate_source(plan: SearchPlan) -> str:
     """The Python source of the plan's kernels (what `recmine mine count --show-code` prints)."""
-    k = len(plan.levels)
-    need = _needs_adjacency(plan) | {0, 1}
+    graph = "degree-oriented graph" if plan.kind == "clique" else "degree-ranked graph"
     head = [
-        f'"""Generated by recmine.g2miner.codegen for {plan.pattern.text()!r} '
-        f'({"vertex" if plan.induced else "edge"}-induced, {plan.kind} kernel). Do not edit."""',
+        f'"""Generated by recmine.g2miner.codegen for {Pattern(plan.pattern.num_vertices, plan.pattern.edges).text()!r} '
+        f'({"vertex" if plan.induced else "edge"}-induced, {plan.kind} kernel on the {graph}'
+        f'{", labels as runtime data" if plan.labeled else ""}). Do not edit."""',
         "import numpy as np",
-        "from numba import njit, prange",
+        "from numba import njit",
         "from recmine.g2miner.setops import (contains, copy_below, count_below, difference_count,",
-        "                                    difference_inplace, intersect, intersect_count, intersect_inplace)",
+        "                                    difference_inplace, intersect, intersect_count, intersect_inplace,",
+        "                                    label_ok, merge_count, merge_intersect, row_of)",
         "",
         f"BIG = {BIG}",
         "",
         "",
     ]
     w = _Writer()
-    # ---- count kernel
-    w(0, "@njit(cache=True, nogil=True, parallel=True)")
-    w(0, "def count_kernel(indptr, indices, labels, esrc, tasks, nchunks, maxdeg):")
-    w(1, "partial = np.zeros(nchunks, np.int64)")
-    w(1, "ntasks = tasks.shape[0]")
-    w(1, "for c in prange(nchunks):")
-    for i in range(2, k):
-        w(2, f"b{i} = np.empty(maxdeg, np.int32)")
-    w(2, "local = 0")
-    w(2, "for t in range(c, ntasks, nchunks):")
-    _emit_task_head(w, 3)
-    if k == 2:
-        w(3, "local += 1")
-    elif plan.kind == "clique":
-        _emit_clique(w, plan, 3, 2, "count")
-    else:
-        _emit_generic(w, plan, 3, 2, need, "count")
-    w(2, "partial[c] = local")
-    w(1, "return partial.sum()")
-    w(0, "")
-    w(0, "")
-    # ---- list kernel
-    w(0, "@njit(cache=True, nogil=True)")
-    w(0, "def list_kernel(indptr, indices, labels, esrc, tasks, t0, skip, out, maxdeg):")
-    w(1, "cap = out.shape[0]")
-    w(1, "nout = 0")
-    for i in range(2, k):
-        w(1, f"b{i} = np.empty(maxdeg, np.int32)")
-    w(1, "for t in range(t0, tasks.shape[0]):")
-    w(2, "skip_now = skip if t == t0 else 0")
-    w(2, "seen = 0")
-    _emit_task_head(w, 2)
-    if k == 2:
-        _emit_match(w, 2, plan, "list")
-    elif plan.kind == "clique":
-        _emit_clique(w, plan, 2, 2, "list")
-    else:
-        _emit_generic(w, plan, 2, 2, need, "list")
-    w(1, "return tasks.shape[0], 0, nout")
-    return "\n".join(head + w.lines) + "\n"
-
-
-def _emit_task_head(w: _Writer, ind: int) -> None:
-    w(ind, "e = tasks[t]")
-    w(ind, "v0 = esrc[e]")
-    w(ind, "v1 = indices[e]")
-    w(ind, "a0 = indices[indptr[v0]:indptr[v0 + 1]]")
-    w(ind, "a1 = indices[indptr[v1]:indptr[v1 + 1]]")
+    for mode in ("count", "vertex", "list"):
+        _emit_kernel(w, plan, mode)
+    return "\n".join(head + w.lines).rstrip() + "\n"
 
 
 def _cache_dir() -> Path:
@@ -321,7 +357,8 @@ def compile_plan(plan: SearchPlan) -> CompiledPlan:
     digest = hashlib.sha256(source.encode() + setops_src).hexdigest()[:20]
     with _lock:
         if digest in _loaded:
-            return _loaded[digest]
+            module, done = _loaded[digest]
+            return CompiledPlan(plan, source, module, _done=done)
         d = _cache_dir()
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"g2k_{digest}.py"
@@ -335,6 +372,6 @@ def compile_plan(plan: SearchPlan) -> CompiledPlan:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        compiled = CompiledPlan(plan, source, module)
-        _loaded[digest] = compiled
-        return compiled
+        done: set = set()
+        _loaded[digest] = (module, done)
+        return CompiledPlan(plan, source, module, _done=done)

@@ -1,15 +1,19 @@
-"""Immutable CSR graphs: loaders (edge list, Matrix Market, GraphMiner binary, .npz), validation and preprocessing."""
+"""Immutable CSR graphs: loaders (edge list, Matrix Market, GraphMiner binary, our .g2m, .npz), validation, and the
+prepared forms the kernels run on (cached beside nothing: in a folder keyed by the input file's identity)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MAX_VERTICES = 2**31 - 2
+from recmine.g2miner import storage
+from recmine.g2miner.prep import Prepared, build_prepared, degree_order, frozen, max_degree, release
+from recmine.g2miner.storage import MAX_VERTICES, NeedsCleaning
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,6 +24,7 @@ class CSRGraph:
     indices: np.ndarray  # int32[2m]
     labels: np.ndarray | None = None  # int32[n] vertex labels
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cache_dir: Path | None = field(default=None, repr=False, compare=False)  # where its prepared forms are cached
 
     @property
     def num_vertices(self) -> int:
@@ -72,8 +77,6 @@ class CSRGraph:
             raise ValueError(f"edge arrays must be 1-D and equally long, got shapes {s.shape} and {d.shape}")
         if s.size and not (np.issubdtype(s.dtype, np.integer) and np.issubdtype(d.dtype, np.integer)):
             raise ValueError("edge endpoints must be integers")
-        s = s.astype(np.int64, copy=False)
-        d = d.astype(np.int64, copy=False)
         if s.size and min(int(s.min()), int(d.min())) < 0:
             bad = int(np.flatnonzero((s < 0) | (d < 0))[0])
             raise ValueError(f"negative vertex id in edge {bad}: ({s[bad]}, {d[bad]})")
@@ -83,25 +86,73 @@ class CSRGraph:
             raise ValueError(f"vertex id {top - 1} out of range for num_vertices={n}")
         if n > MAX_VERTICES:
             raise ValueError(f"too many vertices: {n}")
-        keep = s != d
-        s, d = s[keep], d[keep]
-        u = np.concatenate([s, d])
-        v = np.concatenate([d, s])
-        key = np.unique(u * n + v) if n else np.empty(0, np.int64)
-        u = key // n if n else key
-        v = key - u * n if n else key
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(u, minlength=n), out=indptr[1:])
-        lab = _check_labels(labels, n)
-        return cls(indptr, v.astype(np.int32), lab)
+        s = s.astype(np.int32, copy=False)
+        d = d.astype(np.int32, copy=False)
+        indptr, indices = storage.csr_from_pairs(s, d, n)
+        return cls(indptr, indices, _check_labels(labels, n))
 
     def with_labels(self, labels: Any) -> CSRGraph:
         """The same graph with vertex labels attached (validated: one non-negative int per vertex)."""
-        return CSRGraph(self.indptr, self.indices, _check_labels(labels, self.num_vertices))
+        g = CSRGraph(self.indptr, self.indices, _check_labels(labels, self.num_vertices), cache_dir=self.cache_dir)
+        g._cache.update({k: v for k, v in self._cache.items() if k == "order"})
+        return g
 
     def validate(self) -> None:
-        """Check the CSR invariants; raise ValueError naming the first violation."""
-        _validate_csr(self.indptr, self.indices, self.num_vertices)
+        """Check the CSR invariants (offsets, ids in range, sorted duplicate-free rows, no self loops, symmetric);
+        raise ValueError naming the first violation."""
+        storage.validate_csr(self.indptr, self.indices, self.num_vertices, "graph")
+
+    def prepared(self, kind: str = "ranked", threads: int | None = None,
+                 progress: Callable[[float], None] | None = None) -> Prepared:
+        """The degree-ranked full CSR (kind "ranked") or degree-oriented DAG ("dag") the kernels run on, built once
+        in parallel numba and kept on the graph."""
+        if kind not in ("ranked", "dag"):
+            raise ValueError(f"unknown prepared form {kind!r} (ranked or dag)")
+        if kind not in self._cache:
+            self._cache[kind] = self._cached_form(kind, threads) if self.cache_dir is not None else None
+            if self._cache[kind] is None:
+                self._cache[kind] = build_prepared(kind, self.indptr, self.indices, self.labels, threads,
+                                                   self._order())
+        if progress is not None:
+            progress(1.0)
+        return self._cache[kind]
+
+    def _order(self) -> tuple[np.ndarray, np.ndarray]:
+        if "order" not in self._cache:
+            self._cache["order"] = degree_order(self.indptr)
+        return self._cache["order"]
+
+    def _cached_form(self, kind: str, threads: int | None) -> Prepared | None:
+        """Map the cached `kind` form of this graph's input file, building and writing it first if needed (None
+        when the cache folder cannot be written: the caller builds it in memory)."""
+        assert self.cache_dir is not None
+        f = self.cache_dir / f"{kind}.g2m"
+        if not f.exists():
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_dir / f".{kind}.g2m.tmp{os.getpid()}"
+                order, rank = self._order()
+                held: dict[str, np.ndarray] = {}
+
+                def out(n: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+                    held.update(storage.map_writable(tmp, {"indptr": (np.int64, n + 1), "indices": (np.int32, nnz),
+                                                           "order": (np.int32, n)}, {"kind": kind}))
+                    held["order"][:] = order
+                    return held["indptr"], held["indices"]
+
+                p = build_prepared(kind, self.indptr, self.indices, None, threads, (order, rank), out)
+                for a in held.values():
+                    if isinstance(a, np.memmap):
+                        a.flush()
+                del held, p
+                os.replace(tmp, f)
+            except OSError:
+                return None
+        arrays, _ = storage.map_arrays(f)
+        order = arrays["order"]
+        lab = np.zeros(0, np.int32) if self.labels is None else np.ascontiguousarray(self.labels[order], np.int32)
+        return Prepared(kind, frozen(arrays["indptr"]), frozen(arrays["indices"]), frozen(lab), frozen(order),
+                        max_degree(arrays["indptr"]))
 
     def relabel_by_degree(self) -> tuple[CSRGraph, np.ndarray]:
         """Renumber vertices by descending degree (ties by id); returns (graph, new_to_old), new_to_old[new] = old.
@@ -109,26 +160,15 @@ class CSRGraph:
         Symmetry breaking bounds later pattern vertices below earlier ones, so a bounded scan of N(v) reads only
         the neighbours with a smaller id, i.e. a higher degree — at most O(sqrt(m)) of them: the degree
         orientation of clique-like patterns comes for free, and hubs never drive quadratic scans."""
-        if "relabel" not in self._cache:
-            deg = self.degrees
-            order = np.lexsort((np.arange(self.num_vertices), -deg)).astype(np.int64)  # new -> old
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.shape[0])
-            src, dst = self.edges()
-            lab = None if self.labels is None else self.labels[order]
-            g = CSRGraph.from_edges(rank[src], rank[dst], self.num_vertices, lab)
-            self._cache["relabel"] = (g, order)
-        return self._cache["relabel"]
+        r = self.prepared("ranked")
+        lab = None if self.labels is None else r.labels
+        return CSRGraph(r.indptr, r.indices, lab), r.new_to_old.astype(np.int64)
 
     def oriented(self) -> tuple[np.ndarray, np.ndarray]:
-        """Degree-oriented DAG (u -> v when (deg u, u) > (deg v, v)) as (indptr, indices) out-neighbour CSR."""
-        deg = self.degrees
-        src = self.edge_sources()
-        dst = self.indices
-        keep = (deg[src] > deg[dst]) | ((deg[src] == deg[dst]) & (src > dst))
-        indptr = np.zeros(self.num_vertices + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src[keep], minlength=self.num_vertices), out=indptr[1:])
-        return indptr, dst[keep].copy()
+        """Degree-oriented DAG over degree-rank ids (each vertex keeps its neighbours of higher degree, i.e. smaller
+        rank) as (indptr, indices) out-neighbour CSR."""
+        d = self.prepared("dag")
+        return d.indptr, d.indices
 
 
 def _check_labels(labels: Any, n: int) -> np.ndarray | None:
@@ -144,41 +184,96 @@ def _check_labels(labels: Any, n: int) -> np.ndarray | None:
     return lab.astype(np.int32)
 
 
-def _validate_csr(indptr: np.ndarray, indices: np.ndarray, n: int) -> None:
-    if indptr.shape[0] != n + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-        raise ValueError("CSR row offsets must start at 0 and be non-decreasing")
-    if int(indptr[-1]) != indices.shape[0]:
-        raise ValueError(f"CSR offsets end at {int(indptr[-1])} but there are {indices.shape[0]} column ids")
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
-        raise ValueError(f"CSR column id out of range [0, {n})")
+def load_graph(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
+               threads: int | None = None, cache: bool = True,
+               progress: Callable[[float], None] | None = None) -> CSRGraph:
+    """Load a graph, detecting the format: GraphMiner binary folder, our .g2m file, .npz, Matrix Market .mtx, or an
+    edge list (whitespace- or comma-separated ids, #/% comments, extra columns ignored).
 
-
-def load_graph(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None) -> CSRGraph:
-    """Load a graph, detecting the format: GraphMiner binary folder, Matrix Market .mtx, our .npz, or an edge list.
-
-    `labels` optionally names a `vertex label` text file (one pair per line)."""
+    Binary forms are memory-mapped (zero copy) and validated in parallel numba; text is parsed in parallel numba
+    and its CSR is cached as a .g2m file in a folder keyed by the file's identity, as are the preprocessed forms, so
+    a second run only maps files (cache=False: nothing is read from or written to the cache). `labels` optionally
+    names a `vertex label` text file (one pair per line)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"graph file not found: {p}")
-    if p.is_dir():
-        g = _load_graphminer(p)
+    cdir = storage.identity_dir(p) if cache else None
+    ok = cdir is not None and (cdir / "input.ok").exists()
+    if cdir is not None and (cdir / "csr.g2m").exists():
+        arrays, _ = storage.map_arrays(cdir / "csr.g2m")
+        g = CSRGraph(arrays["indptr"], arrays["indices"], _labels_of(p, arrays["indptr"].shape[0] - 1),
+                     cache_dir=cdir)
+    elif p.is_dir():
+        g = _load_graphminer(p, cdir, ok, threads)
+    elif storage.is_g2m(p):
+        arrays, _ = storage.map_arrays(p)
+        if "indptr" not in arrays or "indices" not in arrays:
+            raise ValueError(f"{p}: a .g2m file without indptr and indices arrays")
+        if not ok:
+            storage.validate_csr(arrays["indptr"], arrays["indices"], arrays["indptr"].shape[0] - 1, str(p),
+                                 threads)
+        g = CSRGraph(arrays["indptr"], arrays["indices"], _check_labels(arrays.get("labels"),
+                                                                          arrays["indptr"].shape[0] - 1), cache_dir=cdir)
     elif p.suffix == ".npz":
         g = _load_npz(p)
-    elif p.suffix == ".mtx":
-        g = _load_mtx(p)
     else:
-        g = _load_edge_list(p)
+        if p.suffix == ".mtx":
+            src, dst, n = _read_mtx(p, threads)
+        else:
+            src, dst, n = storage.parse_pairs(p, threads=threads, progress=progress)
+        indptr, indices = storage.csr_from_pairs(src, dst, n)
+        del src, dst
+        g = CSRGraph(indptr, indices, cache_dir=cdir)
+        if cdir is not None:
+            _remember(cdir, "csr.g2m", {"indptr": indptr, "indices": indices})
+    if cdir is not None and not ok:
+        _remember(cdir, "input.ok", None)
     if labels is not None:
         g = g.with_labels(load_labels(labels, g.num_vertices))
+    if progress is not None:
+        progress(1.0)
     return g
 
 
-def save_graph(graph: CSRGraph, path: str | os.PathLike[str]) -> None:
-    """Save in our fast binary form (.npz: indptr, indices, optional labels)."""
-    arrays = {"indptr": graph.indptr, "indices": graph.indices}
-    if graph.labels is not None:
-        arrays["labels"] = graph.labels
-    np.savez(Path(path), **arrays)
+def _labels_of(p: Path, n: int) -> np.ndarray | None:
+    """Vertex labels that live beside a cached CSR (a GraphMiner folder's vlabel file)."""
+    lab_p = p / "graph.vlabel.bin" if p.is_dir() else None
+    if lab_p is not None and lab_p.exists():
+        return storage.map_graphminer(p)[2]
+    return None
+
+
+def _remember(cdir: Path, name: str, arrays: dict[str, np.ndarray] | None) -> None:
+    """Write a cache entry; a cache folder that cannot be written only costs the next run its speed."""
+    try:
+        cdir.mkdir(parents=True, exist_ok=True)
+        if arrays is None:
+            (cdir / name).write_text("validated\n")
+        else:
+            storage.write_arrays(cdir / name, arrays)
+    except OSError:
+        pass
+
+
+def save_graph(graph: CSRGraph, path: str | os.PathLike[str], fmt: str | None = None) -> None:
+    """Save in a binary form: our memory-mappable .g2m file (default), GraphMiner's folder (fmt "graphminer", or a
+    path that is an existing folder), or .npz (fmt "npz", or a .npz suffix)."""
+    p = Path(path)
+    fmt = fmt or ("npz" if p.suffix == ".npz" else "graphminer" if p.is_dir() else "g2m")
+    if fmt == "npz":
+        arrays = {"indptr": np.asarray(graph.indptr), "indices": np.asarray(graph.indices)}
+        if graph.labels is not None:
+            arrays["labels"] = graph.labels
+        np.savez(p, **arrays)
+    elif fmt == "graphminer":
+        storage.write_graphminer(p, graph.indptr, graph.indices, graph.labels)
+    elif fmt == "g2m":
+        arrays = {"indptr": np.asarray(graph.indptr), "indices": np.asarray(graph.indices)}
+        if graph.labels is not None:
+            arrays["labels"] = graph.labels
+        storage.write_arrays(p, arrays, {"n": graph.num_vertices, "slots": int(graph.indices.shape[0])})
+    else:
+        raise ValueError(f"unknown graph format {fmt!r} (g2m, graphminer or npz)")
 
 
 def load_labels(path: str | os.PathLike[str], num_vertices: int) -> np.ndarray:
@@ -186,114 +281,63 @@ def load_labels(path: str | os.PathLike[str], num_vertices: int) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"labels file not found: {p}")
-    pairs = _parse_int_pairs(p, what="label")
-    if pairs.shape[0] != num_vertices:
-        raise ValueError(f"{p}: labels file has {pairs.shape[0]} entries, graph has {num_vertices} vertices")
+    v, lab_, _ = storage.parse_pairs(p, what="label", threads=1)
+    if v.shape[0] != num_vertices:
+        raise ValueError(f"{p}: labels file has {v.shape[0]} entries, graph has {num_vertices} vertices")
     lab = np.full(num_vertices, -1, dtype=np.int64)
-    if pairs.size:
-        if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= num_vertices:
-            raise ValueError(f"{p}: vertex id out of range [0, {num_vertices})")
-        lab[pairs[:, 0]] = pairs[:, 1]
+    if v.size:
+        if v.max() >= num_vertices:
+            raise ValueError(f"{p}: vertex id {int(v.max())} out of range [0, {num_vertices})")
+        lab[v] = lab_
     if np.any(lab < 0):
-        raise ValueError(f"{p}: some vertices have no label or a negative label")
+        raise ValueError(f"{p}: some vertices have no label")
     return lab.astype(np.int32)
 
 
-def _parse_int_pairs(p: Path, what: str = "edge") -> np.ndarray:
-    """Parse lines of at least two integers (extra columns ignored), skipping blank and #/% comment lines."""
-    rows: list[str] = []
-    numbers: list[int] = []
-    with open(p, encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "%"))]
-    try:
-        flat = np.array(" ".join(lines).split(), dtype=np.int64)
-        if flat.shape[0] == 2 * len(lines):
-            return flat.reshape(-1, 2)
-    except (ValueError, OverflowError):
-        pass
-    for lineno, ln in enumerate(text.splitlines(), start=1):
-        s = ln.strip()
-        if not s or s.startswith(("#", "%")):
-            continue
-        parts = s.split()
-        if len(parts) < 2:
-            raise ValueError(f"{p}:{lineno}: expected two integers per {what} line, got {s!r}")
-        try:
-            numbers.extend((int(parts[0]), int(parts[1])))
-        except ValueError:
-            raise ValueError(f"{p}:{lineno}: non-numeric {what} line {s!r}") from None
-        rows.append(s)
-    return np.array(numbers, dtype=np.int64).reshape(-1, 2)
-
-
-def _load_edge_list(p: Path) -> CSRGraph:
-    pairs = _parse_int_pairs(p)
-    if pairs.size and pairs.min() < 0:
-        bad = int(np.flatnonzero((pairs < 0).any(axis=1))[0])
-        raise ValueError(f"{p}: negative vertex id in edge {bad}: {tuple(pairs[bad])}")
-    return CSRGraph.from_edges(pairs[:, 0], pairs[:, 1])
-
-
-def _load_mtx(p: Path) -> CSRGraph:
-    with open(p, encoding="utf-8", errors="replace") as fh:
+def _read_mtx(p: Path, threads: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """A coordinate Matrix Market file as 0-based endpoint arrays and n (the numba parser reads the body)."""
+    skip = 0
+    with open(p, "rb") as fh:
         header = fh.readline()
-        if not header.startswith("%%MatrixMarket"):
+        skip += len(header)
+        if not header.startswith(b"%%MatrixMarket"):
             raise ValueError(f"{p}: not a Matrix Market file (missing %%MatrixMarket header)")
-        h = header.lower().split()
-        if "coordinate" not in h:
+        if b"coordinate" not in header.lower():
             raise ValueError(f"{p}: only coordinate Matrix Market files are supported")
-        size_line = ""
+        size_line = b""
         for ln in fh:
-            if ln.strip() and not ln.lstrip().startswith("%"):
+            skip += len(ln)
+            if ln.strip() and not ln.lstrip().startswith(b"%"):
                 size_line = ln
                 break
-        rest = fh.read()
     try:
         rows, cols, nnz = (int(x) for x in size_line.split()[:3])
     except ValueError:
         raise ValueError(f"{p}: malformed size line {size_line.strip()!r}") from None
     n = max(rows, cols)
-    body = [ln for ln in rest.splitlines() if ln.strip() and not ln.lstrip().startswith("%")]
-    if len(body) != nnz:
-        raise ValueError(f"{p}: header announces {nnz} entries, file has {len(body)} (truncated?)")
-    try:
-        pairs = np.array([ln.split()[:2] for ln in body], dtype=np.int64).reshape(-1, 2)
-    except ValueError:
-        raise ValueError(f"{p}: non-numeric entry line") from None
-    if pairs.size and (pairs.min() < 1 or pairs.max() > n):
+    a, b, upto = storage.parse_pairs(p, threads=threads, skip_bytes=skip)  # upto: largest id + 1
+    if a.shape[0] != nnz:
+        raise ValueError(f"{p}: header announces {nnz} entries, file has {a.shape[0]} (truncated?)")
+    if a.size and (min(int(a.min()), int(b.min())) < 1 or upto > n + 1):
         raise ValueError(f"{p}: entry index out of range [1, {n}]")
-    return CSRGraph.from_edges(pairs[:, 0] - 1, pairs[:, 1] - 1, num_vertices=n)
+    return a - 1, b - 1, n
 
 
-def _load_graphminer(d: Path) -> CSRGraph:
-    meta_p, vert_p, edge_p = d / "graph.meta.txt", d / "graph.vertex.bin", d / "graph.edge.bin"
-    for f in (meta_p, vert_p, edge_p):
-        if not f.exists():
-            raise FileNotFoundError(f"GraphMiner folder {d} lacks {f.name}")
-    try:
-        meta = [int(x) for x in meta_p.read_text().split()]
-        n, ne, vid_size, eoff_size = meta[0], meta[1], meta[2], meta[3]
-    except (ValueError, IndexError):
-        raise ValueError(f"{meta_p}: malformed meta file") from None
-    if vid_size != 4 or eoff_size != 8:
-        raise ValueError(f"{meta_p}: unsupported id/offset sizes {vid_size}/{eoff_size} (expected 4/8)")
-    want_v, want_e = (n + 1) * 8, ne * 4
-    if vert_p.stat().st_size != want_v:
-        raise ValueError(f"{vert_p}: expected {want_v} bytes for {n + 1} offsets, found {vert_p.stat().st_size} (truncated?)")
-    if edge_p.stat().st_size != want_e:
-        raise ValueError(f"{edge_p}: expected {want_e} bytes for {ne} edges, found {edge_p.stat().st_size} (truncated?)")
-    indptr = np.fromfile(vert_p, dtype=np.uint64).astype(np.int64)
-    cols = np.fromfile(edge_p, dtype=np.uint32).astype(np.int64)
-    _validate_csr(indptr, cols, n)
-    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    labels = None
-    lab_p = d / "graph.vlabel.bin"
-    if lab_p.exists():
-        if lab_p.stat().st_size != n:
-            raise ValueError(f"{lab_p}: expected {n} one-byte labels, found {lab_p.stat().st_size}")
-        labels = np.fromfile(lab_p, dtype=np.uint8)
-    return CSRGraph.from_edges(src, cols, num_vertices=n, labels=labels)
+def _load_graphminer(d: Path, cdir: Path | None, trusted: bool, threads: int | None) -> CSRGraph:
+    """Map a GraphMiner folder zero-copy; validate it once (the cache remembers); rows that are unsorted, repeat
+    ids, hold self loops or miss reverse edges are cleaned into a new CSR (cached as .g2m)."""
+    indptr, indices, labels = storage.map_graphminer(d)
+    n = indptr.shape[0] - 1
+    if not trusted:
+        try:
+            storage.validate_csr(indptr, indices, n, str(d), threads)
+            release(indices, 0, indices.shape[0])  # validated: the pages need not stay in our resident set
+        except NeedsCleaning:
+            src = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+            indptr, indices = storage.csr_from_pairs(src, np.asarray(indices), n)
+            if cdir is not None:
+                _remember(cdir, "csr.g2m", {"indptr": indptr, "indices": indices})
+    return CSRGraph(indptr, indices, labels, cache_dir=cdir)
 
 
 def _load_npz(p: Path) -> CSRGraph:
@@ -305,6 +349,5 @@ def _load_npz(p: Path) -> CSRGraph:
     except (KeyError, ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{p}: not a recmine graph .npz ({exc})") from None
     n = indptr.shape[0] - 1
-    _validate_csr(indptr, indices, n)
-    g = CSRGraph(indptr, indices, _check_labels(labels, n))
-    return g
+    storage.validate_csr(indptr, indices, n, str(p))
+    return CSRGraph(indptr, indices, _check_labels(labels, n))

@@ -8,6 +8,7 @@ formula-based motif counting and Peregrine do). k = 5: one ESU exploration in nu
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from numba import njit
 
 from recmine.g2miner.graph import CSRGraph
 from recmine.g2miner.pattern import Pattern, connected_motifs
+from recmine.g2miner.prep import resolve_threads, run_chunks
 from recmine.g2miner.runtime import count as count_pattern
 from recmine.g2miner.setops import contains, intersect_count
 
@@ -33,43 +35,34 @@ class MotifCount:
 
 
 @njit(cache=True, nogil=True)
-def _edge_triangles(indptr, indices):
-    """Triangles through every CSR slot (u -> v): |N(u) ∩ N(v)|."""
-    n = indptr.shape[0] - 1
-    out = np.zeros(indices.shape[0], np.int64)
-    for u in range(n):
+def _edge_stats(indptr, indices, lo, hi, tv):
+    """Rows u in [lo, hi) of the ranked CSR, each edge once (v < u): t = |N(u) ∩ N(v)| triangles on it; adds t to
+    tv[u] and tv[v]; returns (sum t, sum C(t, 2), sum (deg u - 1)(deg v - 1))."""
+    tri = 0
+    pairs = 0
+    paths = 0
+    for u in range(lo, hi):
         a = indices[indptr[u]:indptr[u + 1]]
+        du = indptr[u + 1] - indptr[u]
         for e in range(indptr[u], indptr[u + 1]):
             v = indices[e]
-            if v < u:
-                b = indices[indptr[v]:indptr[v + 1]]
-                out[e] = intersect_count(a, b, 2147483647)
-    # mirror to the v -> u slots
-    for u in range(n):
-        for e in range(indptr[u], indptr[u + 1]):
-            v = indices[e]
-            if v > u:
-                b = indices[indptr[v]:indptr[v + 1]]
-                lo, hi = 0, b.shape[0]
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if b[mid] < u:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                out[e] = out[indptr[v] + lo]
-    return out
+            if v >= u:
+                break
+            t = intersect_count(a, indices[indptr[v]:indptr[v + 1]], 2147483647)
+            tv[u] += t
+            tv[v] += t
+            tri += t
+            pairs += t * (t - 1) // 2
+            paths += (du - 1) * (indptr[v + 1] - indptr[v] - 1)
+    return tri, pairs, paths
 
 
 @njit(cache=True, nogil=True)
-def _four_cycles(indptr, indices):
-    """Edge-induced 4-cycles by ordered wedges: each cycle is found once, from its largest vertex id v (with the
-    opposite corner w below v too); on the prepared graph ids are descending-degree ranks."""
-    n = indptr.shape[0] - 1
-    cnt = np.zeros(n, np.int64)
-    touched = np.empty(n, np.int64)
+def _four_cycles(indptr, indices, lo, hi, cnt, touched):
+    """Edge-induced 4-cycles found from their largest vertex id v in [lo, hi) by ordered wedges (the opposite corner
+    w below v too); each cycle once. cnt and touched are this thread's scratch arrays (n entries, zero)."""
     total = 0
-    for v in range(n):
+    for v in range(lo, hi):
         nt = 0
         for e in range(indptr[v], indptr[v + 1]):
             u = indices[e]
@@ -84,37 +77,58 @@ def _four_cycles(indptr, indices):
                     nt += 1
                 cnt[w] += 1
         for i in range(nt):
-            c = cnt[touched[i]]
+            c = np.int64(cnt[touched[i]])
             total += c * (c - 1) // 2
             cnt[touched[i]] = 0
     return total
 
 
-def _local_counts(g: CSRGraph) -> dict[str, int]:
-    ranked, _ = g.relabel_by_degree()
-    deg = ranked.degrees.astype(np.int64)
-    t_e = _edge_triangles(ranked.indptr, ranked.indices)
-    tri = int(t_e.sum()) // 6
-    src = ranked.edge_sources()
-    t_v = np.bincount(src, weights=t_e, minlength=ranked.num_vertices).astype(np.int64) // 2
-    upper = src < ranked.indices
-    du, dv = deg[src[upper]], deg[ranked.indices[upper]]
+def _row_pieces(indptr: np.ndarray, parts: int) -> np.ndarray:
+    """Row bounds cutting a CSR into `parts` pieces of about equal slot counts."""
+    cuts = np.searchsorted(indptr, np.linspace(0, indptr[-1], parts + 1), side="left")
+    cuts[0], cuts[-1] = 0, indptr.shape[0] - 1
+    return np.unique(cuts).astype(np.int64)
+
+
+def _local_counts(g: CSRGraph, threads: int | None = None) -> dict[str, int]:
+    """Degree, triangle, wedge and 4-cycle counts on the ranked CSR, in parallel pieces with exact int64 sums."""
+    nthreads = resolve_threads(threads)
+    ranked = g.prepared("ranked", nthreads)
+    ip, ix, n = ranked.indptr, ranked.indices, ranked.num_vertices
+    rows = _row_pieces(ip, 64 * nthreads if nthreads > 1 else 1)
+    scratch: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def mine(kind: str) -> tuple[np.ndarray, ...]:
+        key = (threading.get_ident(), kind)
+        if key not in scratch:
+            scratch[key] = (np.zeros(n, np.int64),) if kind == "tv" else (np.zeros(n, np.int32), np.zeros(n, np.int32))
+        return scratch[key]
+
+    stats = run_chunks(lambda c: _edge_stats(ip, ix, rows[c], rows[c + 1], mine("tv")[0]), len(rows) - 1, nthreads)
+    cycles = run_chunks(lambda c: _four_cycles(ip, ix, rows[c], rows[c + 1], *mine("c4")), len(rows) - 1, nthreads)
+    t_v = np.zeros(n, np.int64)
+    for (_, kind), arrs in scratch.items():
+        if kind == "tv":
+            t_v += arrs[0]
+    t_v //= 2
+    deg = np.diff(ip).astype(np.int64)
+    tri = sum(int(s[0]) for s in stats) // 3
     return {
         "triangle": tri,
         "wedge": int((deg * (deg - 1) // 2).sum()) - 3 * tri,  # induced wedges
         "3-star": int((deg * (deg - 1) * (deg - 2) // 6).sum()),
-        "4-path": int(((du - 1) * (dv - 1)).sum()) - 3 * tri,
+        "4-path": sum(int(s[2]) for s in stats) - 3 * tri,
         "tailed-triangle": int((t_v * (deg - 2)).sum()),
-        "4-cycle": int(_four_cycles(ranked.indptr, ranked.indices)),
-        "diamond": int((t_e[upper] * (t_e[upper] - 1) // 2).sum()),
+        "4-cycle": sum(int(c) for c in cycles),
+        "diamond": sum(int(s[1]) for s in stats),
     }
 
 
-def _motifs_34(g: CSRGraph, k: int) -> dict[str, int]:
-    c = _local_counts(g)
+def _motifs_34(g: CSRGraph, k: int, threads: int | None = None) -> dict[str, int]:
+    c = _local_counts(g, threads)
     if k == 3:
         return {"wedge": c["wedge"], "triangle": c["triangle"]}
-    k4 = count_pattern(g, "4-clique")
+    k4 = int(count_pattern(g, "4-clique", threads=threads))
     diamond = c["diamond"] - 6 * k4
     cycle = c["4-cycle"] - diamond - 3 * k4
     tailed = c["tailed-triangle"] - 4 * diamond - 12 * k4
@@ -221,10 +235,11 @@ def _esu(indptr, indices, k, table, nclasses):
     return counts
 
 
-def count_motifs(graph: CSRGraph, k: int, method: str = "auto") -> list[MotifCount]:
+def count_motifs(graph: CSRGraph, k: int, method: str = "auto", threads: int | None = None) -> list[MotifCount]:
     """Vertex-induced counts of every connected k-vertex pattern (k = 3, 4, 5), in a fixed order.
 
-    method: "formula" (k ≤ 4: local counts + identities), "esu" (one classifying enumeration), or "auto"."""
+    method: "formula" (k ≤ 4: local counts + identities, on `threads` threads), "esu" (one classifying
+    enumeration), or "auto"."""
     if not isinstance(k, int) or not 3 <= k <= 5:
         raise ValueError(f"motif size k must be 3, 4 or 5, got {k!r}")
     if method not in ("auto", "formula", "esu"):
@@ -233,7 +248,7 @@ def count_motifs(graph: CSRGraph, k: int, method: str = "auto") -> list[MotifCou
     if method == "formula" and k == 5:
         raise ValueError("the formula method covers k = 3 and 4; use esu for k = 5")
     if k <= 4 and method != "esu":
-        by_name = _motifs_34(graph, k)
+        by_name = _motifs_34(graph, k, threads)
         return [MotifCount(m, int(by_name[m.name])) for m in motifs]
     table = _class_table(k, motifs)
     counts = _esu(graph.indptr, graph.indices, k, table, len(motifs))

@@ -30,13 +30,49 @@ def contains(a, x):
     return i < a.shape[0] and a[i] == x
 
 
+SKEW = 16  # a list this many times longer than the other is probed by binary search instead of merged
+
+
 @njit(cache=True, nogil=True)
-def intersect(a, b, ub, out):
-    """Write the elements of sorted a ∩ b that are < ub into out; return how many."""
+def lower_bound(b, lo, hi, x):
+    """First index in [lo, hi) of sorted b whose element is >= x (hi when none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if b[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _probe(small, ns, big, ub, out):
+    """small[:ns] ∩ big below ub by binary searches into big (each from where the last ended): O(ns log |big|),
+    for a hub's long list met by a short one. Writes the common elements to out unless it is None."""
+    n = 0
+    j = 0
+    nb = big.shape[0]
+    for i in range(ns):
+        x = small[i]
+        if x >= ub:
+            break
+        j = lower_bound(big, j, nb, x)
+        if j >= nb:
+            break
+        if big[j] == x:
+            if out is not None:
+                out[n] = x
+            n += 1
+            j += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _merge(a, na, b, ub, out):
+    """a[:na] ∩ b below ub by a merge (writes to out unless it is None)."""
     i = 0
     j = 0
     n = 0
-    na = a.shape[0]
     nb = b.shape[0]
     while i < na and j < nb:
         x = a[i]
@@ -48,7 +84,8 @@ def intersect(a, b, ub, out):
         elif y < x:
             j += 1
         else:
-            out[n] = x
+            if out is not None:
+                out[n] = x
             n += 1
             i += 1
             j += 1
@@ -56,51 +93,43 @@ def intersect(a, b, ub, out):
 
 
 @njit(cache=True, nogil=True)
+def merge_intersect(a, b, out):
+    """Write sorted a ∩ b into out by a plain merge; return how many (the clique kernels' short DAG rows)."""
+    return _merge(a, a.shape[0], b, 2147483647, out)
+
+
+@njit(cache=True, nogil=True)
+def merge_count(a, b):
+    """|a ∩ b| for sorted a, b by a plain merge."""
+    return _merge(a, a.shape[0], b, 2147483647, None)
+
+
+@njit(cache=True, nogil=True)
+def _intersect(a, na, b, ub, out):
+    nb = b.shape[0]
+    if nb > SKEW * na:
+        return _probe(a, na, b, ub, out)
+    if na > SKEW * nb:
+        return _probe(b, nb, a[:na], ub, out)
+    return _merge(a, na, b, ub, out)
+
+
+@njit(cache=True, nogil=True)
+def intersect(a, b, ub, out):
+    """Write the elements of sorted a ∩ b that are < ub into out; return how many."""
+    return _intersect(a, a.shape[0], b, ub, out)
+
+
+@njit(cache=True, nogil=True)
 def intersect_inplace(buf, n, b, ub):
     """Keep in buf[:n] the elements that are in sorted b and < ub; return the new length."""
-    i = 0
-    j = 0
-    m = 0
-    nb = b.shape[0]
-    while i < n and j < nb:
-        x = buf[i]
-        y = b[j]
-        if x >= ub or y >= ub:
-            break
-        if x < y:
-            i += 1
-        elif y < x:
-            j += 1
-        else:
-            buf[m] = x
-            m += 1
-            i += 1
-            j += 1
-    return m
+    return _intersect(buf, n, b, ub, buf)
 
 
 @njit(cache=True, nogil=True)
 def intersect_count(a, b, ub):
     """|{x in a ∩ b : x < ub}| without materialising it."""
-    i = 0
-    j = 0
-    c = 0
-    na = a.shape[0]
-    nb = b.shape[0]
-    while i < na and j < nb:
-        x = a[i]
-        y = b[j]
-        if x >= ub or y >= ub:
-            break
-        if x < y:
-            i += 1
-        elif y < x:
-            j += 1
-        else:
-            c += 1
-            i += 1
-            j += 1
-    return c
+    return _intersect(a, a.shape[0], b, ub, None)
 
 
 @njit(cache=True, nogil=True)
@@ -154,3 +183,27 @@ def intersect_np(a: np.ndarray, b: np.ndarray, ub: int = 2**31 - 1) -> np.ndarra
     out = np.empty(min(a.shape[0], b.shape[0]), dtype=np.int32)
     n = intersect(a.astype(np.int32), b.astype(np.int32), ub, out)
     return out[:n]
+
+
+@njit(cache=True, nogil=True)
+def row_of(indptr, e):
+    """The row (vertex) holding CSR slot e: the last v with indptr[v] <= e (binary search)."""
+    lo, hi = 0, indptr.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if indptr[mid] <= e:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def label_ok(x, vals, lo, hi):
+    """True when vals[lo:hi] is empty (any label) or holds x: a level's allowed labels, runtime data."""
+    if lo == hi:
+        return True
+    for j in range(lo, hi):
+        if vals[j] == x:
+            return True
+    return False

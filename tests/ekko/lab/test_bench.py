@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from recmine.ekko.lab.bench import ENTRY_OVERHEAD, BenchSpec, percentile, physical_floor
+from recmine.ekko.lab.bench import ENTRY_OVERHEAD, BenchSpec, percentile, physical_floor, update_stream
 from recmine.ekko.ps.baselines import Outbox
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 
@@ -29,15 +29,18 @@ def test_percentile_counts_never_visible_updates_as_inf():
 
 def test_floor_is_one_way_delay_times_hops_plus_serialisation_on_the_busiest_nic():
     row = 64 * 4 + ENTRY_OVERHEAD
-    batch = 2000 * 0.02 * row  # bytes of one batch
+    batch = 40 * row  # bytes of one batch of 40 rows
     mesh = BenchSpec(dcs=4, replicas=2, shards=2, rtt_ms=50, nic_mbps=100)
     # each DC-0 replica leads one of the 2 shards: it sends half a batch to each of the 3 other DCs
-    assert physical_floor(mesh) == pytest.approx(0.025 + batch / 2 * 3 * 8 / 100e6)
+    assert physical_floor(mesh, 40) == pytest.approx(0.025 + batch / 2 * 3 * 8 / 100e6)
     odd = BenchSpec(dcs=4, replicas=2, shards=3, rtt_ms=50, nic_mbps=100)  # replica 0 leads shards 0 and 2
-    assert physical_floor(odd) == pytest.approx(0.025 + batch * 2 / 3 * 3 * 8 / 100e6)
+    assert physical_floor(odd, 40) == pytest.approx(0.025 + batch * 2 / 3 * 3 * 8 / 100e6)
     tree = BenchSpec(dcs=8, replicas=1, shards=2, rtt_ms=50, nic_mbps=100, topology="tree")
     # DC 7 is 3 hops down the binary tree; a relay feeds at most its 2 children
-    assert physical_floor(tree) == pytest.approx(3 * 0.025 + batch * 2 * 8 / 100e6)
+    assert physical_floor(tree, 40) == pytest.approx(3 * 0.025 + batch * 2 * 8 / 100e6)
+    # by default a batch is what the stream writes: its distinct keys (a Zipf batch repeats hot keys)
+    sizes = [b.size for b in update_stream(mesh)]
+    assert max(sizes) <= 40 and physical_floor(mesh) == pytest.approx(physical_floor(mesh, float(np.mean(sizes))))
 
 
 def _rows(keys, ts, value: float, dim: int = 4) -> TableUpdate:

@@ -271,3 +271,29 @@ def test_a_restarted_leader_gets_back_the_rows_it_had_relayed(scheduler):
         _wait_converged(c, np.arange(300, 400), want, nodes=[leader, follower])  # B, from the follower
         c.partition(1, False)
         _wait_converged(c, np.arange(400), want, timeout=15)
+
+
+def test_colocated_servers_pull_from_each_other_in_memory_and_survive_a_crash():
+    """Two servers of each DC share a process (each its own endpoint; between them the cores talk directly): updates
+    still reach every server, and after the process of a DC is killed and restarted (its WAL and snapshot) the
+    rows written meanwhile reach both of its servers."""
+    topo = {"dcs": 3, "replicas": 2, "shards": 3, "tables": {"emb": DIM}, "rtt_ms": 20, "colocate": 2, "wal": True,
+            "snapshot_every_s": 0.3}
+    with LocalCluster(topo) as c:
+        assert len({n.proc.pid for n in c.nodes}) == 3
+        rng = np.random.default_rng(4)
+        want: dict[int, np.ndarray] = {}
+        dc1 = [c.node(1, 0).node_id, c.node(1, 1).node_id]
+        up = [n.node_id for n in c.nodes if n.node_id not in dc1]
+        with c.client(0) as trainer:
+            for part in (np.arange(0, 300), np.arange(300, 600)):
+                vals = rng.normal(size=(part.size, DIM)).astype(np.float32)
+                trainer.put("emb", part, vals)
+                want.update(zip(part.tolist(), vals, strict=True))
+                _wait_converged(c, part, want, nodes=None if part[0] == 0 else up)
+                if part[0] == 0:
+                    time.sleep(0.5)  # a snapshot holds the first part
+                    c.kill(dc1[1])  # DC 1's process: both of its servers
+                    assert c.nodes[dc1[0]].proc.poll() is not None
+        c.restart(dc1[0])
+        _wait_converged(c, np.arange(600), want)

@@ -9,6 +9,7 @@ import pytest
 
 from recmine.ekko.lab.linksim import make_link
 from recmine.ekko.ps.compress import ABS, DELTA, RAW, Codec, decode, encode, parse_scheduler
+from recmine.ekko.ps.core import Core, Member, Membership
 from recmine.ekko.ps.scheduler import ROW_OVERHEAD, SloScheduler
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.ps.sync import Asker, Responder
@@ -97,6 +98,28 @@ def test_a_delta_on_the_wrong_base_is_refused_by_name_or_dropped_when_it_lost_an
     msg.scales = b"\x00\x00\xc0\x7f"  # NaN scale
     with pytest.raises(ValueError, match="non-finite"):
         pb_to_rows(msg, {"emb": DIM}, store)
+
+
+def test_a_core_decodes_compressed_rows_handed_in_memory_as_the_wire_does():
+    """Rows that reach a core without the wire (servers sharing a process, the simulator) are decoded against its
+    store like rows off the wire: a delta adds to the held row, and a delta on a base it does not hold is refused."""
+    cores = [Core(n, Membership([Member(0, 0, 0), Member(1, 1, 0)], 2), ParamStore({"emb": DIM}, 1, node_id=n))
+             for n in (0, 1)]
+    far = cores[1]
+    (sub,) = far.start(0.0)
+    held = np.full((1, DIM), 0.5, np.float32)
+    far.store.apply([TableUpdate("emb", np.array([5]), held, np.array([100]), np.array([0], np.int32))])
+    target = held + np.linspace(-1, 1, DIM, dtype=np.float32)[None]
+    delta = encode(Codec("int8"), TableUpdate("emb", np.array([5]), target, np.array([200]), np.array([0], np.int32)),
+                   np.array([DELTA]), held, np.array([100]))[-1]
+    assert delta.codes is not None and delta.scale is not None
+    assert far.batch(sub.call, [delta], True, False, {}, 0, 1, cores[0].incarnation) == 1
+    want = held.astype(np.float64) + delta.codes.astype(np.float64) * np.float64(delta.scale[0])  # fp64 oracle
+    np.testing.assert_allclose(far.store.get("emb", np.array([5]))[0], want, rtol=0, atol=1e-6)
+    stale = encode(Codec("int8"), TableUpdate("emb", np.array([5]), target + 1, np.array([300]),
+                                              np.array([0], np.int32)), np.array([DELTA]), held, np.array([100]))[-1]
+    with pytest.raises(ValueError, match="key 5 applies to version 100, this store holds version 200"):
+        far.batch(sub.call, [stale], True, False, {}, 0, 2, cores[0].incarnation)
 
 
 def test_scheduler_specs_name_their_codec():

@@ -133,11 +133,11 @@ def _simulate(policy: str, seed: int, tmp_path) -> tuple[int, int]:
 @pytest.mark.parametrize("policy", ["slo", "fifo"])
 def test_cut_rounds_lose_nothing_over_many_seeds(policy, tmp_path):
     cuts = forgotten = 0
-    for seed in range(120):
+    for seed in range(60):
         c, f = _simulate(policy, seed, tmp_path)
         cuts += c
         forgotten += f
-    assert cuts > 500 and forgotten > 0  # the runs did cut rounds, and rows of cut rounds were offered again
+    assert cuts > 250 and forgotten > 0  # the runs did cut rounds, and rows of cut rounds were offered again
 
 
 def test_counter_from_an_earlier_responder_process_is_ignored(tmp_path):
@@ -193,3 +193,22 @@ def test_a_restarted_peer_is_sent_again_the_rows_it_had_delivered(tmp_path):
     pull(z, x)
     for a, b in zip(x.state_digest()["emb"], z.state_digest()["emb"], strict=True):
         assert np.array_equal(a, b)  # z holds every row again, at the same version
+
+
+def test_a_call_examines_each_change_once_even_when_it_sends_nothing():
+    """A follower's store answers its leader's subscription: every row there came from the leader, so nothing is
+    ever sent back (no echo). Each look must examine only what changed since the previous one, not every echo again
+    (which made a long subscription quadratic)."""
+    follower = ParamStore(TABLES, 1, node_id=1)
+    resp = Responder(follower, SendEverything(), 0, {}, None, requester=0)
+    examined = 0
+    for k in range(300):
+        up = TableUpdate("emb", np.array([k]), np.ones((1, 4), np.float32), np.array([k + 1]), np.zeros(1, np.int32))
+        follower.apply([up], source=0)
+        cs = resp.changes()
+        assert len(cs) == 0
+        examined += cs.examined
+    assert examined <= 300
+    other = TableUpdate("emb", np.array([5]), np.full((1, 4), 2.0, np.float32), np.array([999]), np.full(1, 2, np.int32))
+    follower.apply([other], source=2)  # a row from elsewhere is still found, after all those looks
+    assert [k for u in resp.changes().updates for k in u.keys.tolist()] == [5]

@@ -3,15 +3,19 @@ and checkpoint, on the same processes, store and emulated WAN."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recmine.ekko.lab.cluster import LocalCluster
+from recmine.ekko.ps.store import shard_of
 
 ENTRY_OVERHEAD = 8 + 8 + 4  # key, ts, origin beside the float32 vector
 
@@ -34,34 +38,64 @@ class BenchSpec:
     checkpoint_s: float = 10.0
     topology: str = "mesh"
     seed: int = 0
+    writes: str = "one"  # one: the trainer writes to DC 0's first server; sharded: each key to its shard's leader
+    warmup_s: float = 0.5  # the stream runs this long before the measured part (the emulation's start-up transient)
+    colocate: int = 1  # real cluster: servers of one DC per process (each its own gRPC endpoint)
+
+    @property
+    def warm_batches(self) -> int:
+        """Batches of the stream written before the measured ones."""
+        return int(round(self.warmup_s / self.batch_every_s))
 
 
-def _zipf_keys(rng: np.random.Generator, n: int, a: float, num_keys: int) -> np.ndarray:
-    ranks = np.arange(1, num_keys + 1, dtype=np.float64)
-    p = ranks ** (-a)
-    p /= p.sum()
-    return rng.choice(num_keys, size=n, p=p)
+def update_stream(spec: BenchSpec, duration_s: float | None = None) -> list[np.ndarray]:
+    """The trainer's batches of keys (one every batch_every_s, Zipf over num_keys, duplicates collapsed): the same
+    stream for the real cluster and the simulator. The first `spec.warm_batches` are the warm-up, the rest
+    (`duration_s`, default spec.duration_s) are measured."""
+    rng = np.random.default_rng(spec.seed)
+    cdf = np.cumsum(np.arange(1, spec.num_keys + 1, dtype=np.float64) ** (-spec.zipf))
+    cdf /= cdf[-1]
+    per = max(1, int(round(spec.rate * spec.batch_every_s)))
+    n = spec.warm_batches + max(1, int(round((duration_s or spec.duration_s) / spec.batch_every_s)))
+    return [np.unique(np.minimum(np.searchsorted(cdf, rng.random(per)), spec.num_keys - 1)) for _ in range(n)]
+
+
+def write_targets(spec: BenchSpec, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Where the trainer sends a batch: [(replica index in DC 0, keys)]. `writes="sharded"` sends each key to its
+    shard's leader (replica shard mod replicas), as a sharded PS client does; "one" sends all to replica 0."""
+    if spec.writes == "one":
+        return [(0, keys)]
+    if spec.writes != "sharded":
+        raise ValueError(f"writes must be one or sharded, got {spec.writes!r}")
+    rep = shard_of(keys, spec.shards) % spec.replicas
+    return [(int(r), keys[rep == r]) for r in np.unique(rep).tolist()]
 
 
 def _drive(c: LocalCluster, spec: BenchSpec, stop_after: float) -> tuple[list[tuple[np.ndarray, int]], int]:
-    """Trainer: Zipf batches at `rate` keys/s into DC 0 replica 0; returns [(keys, stamp)] and keys written."""
-    rng = np.random.default_rng(spec.seed)
-    per_batch = max(1, int(round(spec.rate * spec.batch_every_s)))
+    """Trainer: the update stream into DC 0 on schedule (it never sleeps when behind); returns [(keys, stamp)] and
+    keys written, of the measured part (WAN byte counters restart when it begins)."""
+    vals_rng = np.random.default_rng(spec.seed + 1)
     puts: list[tuple[np.ndarray, int]] = []
     written = 0
-    with c.client(c.node(0, 0).node_id, timeout=10.0) as cl:
+    clients = {r: c.client(c.node(0, r).node_id, timeout=10.0) for r in range(spec.replicas)}
+    try:
         t_next = time.monotonic()
-        end = t_next + stop_after
-        while time.monotonic() < end:
-            keys = np.unique(_zipf_keys(rng, per_batch, spec.zipf, spec.num_keys))
-            vals = rng.normal(size=(keys.size, spec.dim)).astype(np.float32)
-            stamp = cl.put("emb", keys, vals)
-            puts.append((keys, stamp))
-            written += keys.size
+        for i, batch in enumerate(update_stream(spec, stop_after)):
+            if i == spec.warm_batches:
+                c.wan_bytes(reset=True)
+            for r, keys in write_targets(spec, batch):
+                vals = vals_rng.normal(size=(keys.size, spec.dim)).astype(np.float32)
+                stamp = clients[r].put("emb", keys, vals)
+                if i >= spec.warm_batches:
+                    puts.append((keys, stamp))
+                    written += keys.size
             t_next += spec.batch_every_s
             delay = t_next - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+    finally:
+        for cl in clients.values():
+            cl.close()
     return puts, written
 
 
@@ -119,28 +153,91 @@ def _visibility(c: LocalCluster, puts: list[tuple[np.ndarray, int]]) -> np.ndarr
     return worst
 
 
+def _warm_up(c: LocalCluster, spec: BenchSpec, timeout: float = 30.0) -> None:
+    """Write one row outside the stream's keys at every writer and wait until every server holds it: connections
+    and subscriptions are then open, so the measured stream sees the steady state, not the cluster's start."""
+    key = np.array([spec.num_keys + 1], np.int64)
+    stamps = {}
+    for r in sorted({r for r, _ in write_targets(spec, np.arange(spec.num_keys))}):
+        with c.client(c.node(0, r).node_id, timeout=10.0) as cl:
+            stamps[r] = cl.put("emb", key + r, np.zeros((1, spec.dim), np.float32))
+    deadline = time.monotonic() + timeout
+    for n in c.nodes:
+        with c.client(n.node_id, timeout=10.0) as cl:
+            for r, stamp in stamps.items():
+                while cl.get("emb", key + r)[2][0] < stamp:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"warm-up row never reached node {n.node_id}")
+                    time.sleep(0.01)
+
+
 def run_mode(spec: BenchSpec, mode: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one dissemination mode and measure update latency and WAN bytes."""
     topo = {"dcs": spec.dcs, "replicas": spec.replicas, "shards": spec.shards, "tables": {"emb": spec.dim},
             "rtt_ms": spec.rtt_ms, "nic_mbps": spec.nic_mbps, "mode": mode, "topology": spec.topology,
-            "checkpoint_s": spec.checkpoint_s, "log_applies": True}
+            "checkpoint_s": spec.checkpoint_s, "log_applies": True, "colocate": spec.colocate}
     with LocalCluster(topo) as c:
         if progress:
             progress(f"{mode}: cluster of {len(c.nodes)} PS up")
+        if mode != "checkpoint":
+            _warm_up(c, spec)
         c.wan_bytes(reset=True)
         duration = spec.duration_s if mode != "checkpoint" else max(spec.duration_s, spec.checkpoint_s * 1.2)
         box: dict[str, Any] = {}
+        pids = sorted({n.proc.pid for n in c.nodes if n.proc} | ({c.wan_proc.pid} if c.wan_proc else set()))
+        load = _CpuLoad(pids)
         t = threading.Thread(target=lambda: box.update(zip(("puts", "written"), _drive(c, spec, duration),
                                                             strict=True)))
         t.start()
         t.join()
+        cores, other = load.done()
         settle = 2.0 + (spec.checkpoint_s * 1.5 if mode == "checkpoint" else 0.0)
         time.sleep(settle)
         lat = _visibility(c, box["puts"])
         wan = sum(c.wan_bytes().values())
     return {"mode": mode, "updates": int(lat.size), "visible": int(np.isfinite(lat).sum()),
             "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "wan_bytes": int(wan), "wan_bytes_per_update": wan / max(1, box["written"])}
+            "wan_bytes": int(wan), "wan_bytes_per_update": wan / max(1, box["written"]),
+            "cluster_cores": cores, "other_load_cores": other}
+
+
+def proc_cpu(pid: int | str = "self") -> float:
+    """CPU seconds a process's live threads have run, to the nanosecond (the scheduler's /proc/<pid>/task/*/schedstat;
+    /proc/<pid>/stat counts in 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _machine_cpu() -> float:
+    """CPU seconds all processors have spent busy (not idle, not waiting for I/O) since boot."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuLoad:
+    """Cores the cluster (its processes and this one) used over a stretch of time, and cores everything else on
+    the machine used meanwhile (other work competing with the emulation)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0, self.machine0 = time.monotonic(), _machine_cpu()
+        self.own0 = self._own()
+
+    def _own(self) -> float:
+        total = proc_cpu()
+        for p in self.pids:
+            with contextlib.suppress(OSError):
+                total += proc_cpu(p)
+        return total
+
+    def done(self) -> tuple[float, float]:
+        """(cores the cluster used, cores the rest of the machine used)."""
+        dt = max(1e-9, time.monotonic() - self.t0)
+        own = (self._own() - self.own0) / dt
+        return own, max(0.0, (_machine_cpu() - self.machine0) / dt - own)
 
 
 def percentile(latencies: np.ndarray, q: float) -> float:
@@ -161,13 +258,14 @@ def percentile(latencies: np.ndarray, q: float) -> float:
     return float(x[lo] + frac * (x[lo + 1] - x[lo]))
 
 
-def physical_floor(spec: BenchSpec) -> float:
+def physical_floor(spec: BenchSpec, rows_per_batch: float | None = None) -> float:
     """Floor of ekko's update latency: one-way delay x WAN hops + serialisation of one batch on the busiest NIC.
 
     Busiest NIC: in DC 0 the leader of each shard sends that shard's share of a batch once per WAN neighbour it
     feeds (every other DC in a mesh; its children, at most 2, in the binary tree); replica r leads the shards
     s with s mod replicas == r, so the busiest replica sends the largest share. Hops: 1 in a mesh, the depth of the
-    last DC in the tree. Processing time (encode, apply) is not in the floor."""
+    last DC in the tree. A batch is `rows_per_batch` rows (default: the mean number of distinct keys per batch of
+    the update stream). Processing time (encode, apply) is not in the floor."""
     one_way = spec.rtt_ms / 2000.0
     if spec.topology == "mesh":
         hops, fanout = 1, spec.dcs - 1
@@ -176,7 +274,9 @@ def physical_floor(spec: BenchSpec) -> float:
         fanout = min(2, spec.dcs - 1)
     led = np.bincount(np.arange(spec.shards) % spec.replicas, minlength=spec.replicas)
     share = float(led.max()) / spec.shards
-    batch_bytes = spec.rate * spec.batch_every_s * (spec.dim * 4 + ENTRY_OVERHEAD)
+    if rows_per_batch is None:
+        rows_per_batch = float(np.mean([b.size for b in update_stream(spec)]))
+    batch_bytes = rows_per_batch * (spec.dim * 4 + ENTRY_OVERHEAD)
     return one_way * hops + batch_bytes * share * fanout * 8 / (spec.nic_mbps * 1e6)
 
 
@@ -189,6 +289,8 @@ def run_bench(spec: BenchSpec, modes: tuple[str, ...] = ("ekko", "push", "checkp
     out: dict[str, Any] = {"dcs": spec.dcs, "floor_s": physical_floor(spec)}
     for m, r in res.items():  # updates visible at every PS by the end / updates written (the rest count as +inf)
         out[f"{m}_visible"], out[f"{m}_updates"] = r["visible"], r["updates"]
+    for m, r in res.items():  # CPU the cluster used, and what other work on the machine took meanwhile
+        out[f"{m}_cluster_cores"], out[f"{m}_other_load_cores"] = r["cluster_cores"], r["other_load_cores"]
     if "ekko" in res:
         out.update(ekko_p50_s=res["ekko"]["p50_s"], ekko_p99_s=res["ekko"]["p99_s"],
                    wan_bytes_per_update=res["ekko"]["wan_bytes_per_update"],

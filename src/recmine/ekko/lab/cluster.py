@@ -4,7 +4,10 @@ Topology (JSON): {"dcs": 4, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "
 "mode": "ekko"|"push"|"checkpoint", "topology": "mesh"|"tree", "pull_interval_ms": 0 (or {"<dc>": ms}),
 "wait_ms": 1000, "checkpoint_s": 10, "origin_dc": 0, "delays_ms": {"0,1": 30}, "wal": false,
 "scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps; "+int8" / "+fp16"
-compresses them, e.g. "slo+int8", see ps/compress.py), "round_ms": 50}"""
+compresses them, e.g. "slo+int8", see ps/compress.py), "round_ms": 50,
+"colocate": 1 (servers of one DC per process, each its own endpoint; between them the cores talk in memory),
+"auth": {"ca", "cert", "key", "token_file"} (mutual TLS and a bearer token on every server and client)}.
+A topology that names its servers ("servers") is a deployment: `recmine ekko serve` runs each (ps/config.py)."""
 
 from __future__ import annotations
 
@@ -21,56 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recmine.auth import Auth
 from recmine.ekko.lab.wan import Route, control
 from recmine.ekko.ps.client import PSClient
-from recmine.ekko.ps.compress import parse_scheduler
-from recmine.ekko.ps.config import PeerConfig, PeerInfo
-
-DEFAULTS: dict[str, Any] = {
-    "dcs": 2, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50.0, "nic_mbps": 100.0,
-    "mode": "ekko", "topology": "mesh", "pull_interval_ms": 0.0, "wait_ms": 1000, "checkpoint_s": 10.0,
-    "origin_dc": 0, "delays_ms": {}, "wal": False, "snapshot_every_s": 0.0, "log_applies": False,
-    "scheduler": "all", "scheduler_share": 0.9, "round_ms": 50.0, "traffic_half_life_s": 30.0,
-}
+from recmine.ekko.ps.config import PeerConfig, PeerInfo, common_fields, load_topology
 
 
-def load_topology(spec: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
-    """A validated topology: defaults filled in; ValueError naming a bad field."""
-    if isinstance(spec, dict):
-        data = dict(spec)
-    else:
-        p = Path(spec)
-        if not p.exists():
-            raise FileNotFoundError(f"topology file not found: {p}")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: not valid JSON ({exc})") from None
-    unknown = set(data) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown topology field(s): {sorted(unknown)}")
-    topo = {**DEFAULTS, **data}
-    for key in ("dcs", "replicas", "shards"):
-        if not isinstance(topo[key], int) or topo[key] < 1:
-            raise ValueError(f"topology field {key!r} must be a positive integer, got {topo[key]!r}")
-    if topo["mode"] not in ("ekko", "push", "checkpoint"):
-        raise ValueError(f"topology mode must be ekko, push or checkpoint, got {topo['mode']!r}")
-    if topo["topology"] not in ("mesh", "tree"):
-        raise ValueError(f"topology must be mesh or tree, got {topo['topology']!r}")
-    if topo["nic_mbps"] <= 0 or topo["rtt_ms"] < 0:
-        raise ValueError("nic_mbps must be > 0 and rtt_ms >= 0")
-    if topo["scheduler"] != "all" and parse_scheduler(topo["scheduler"])[0] not in ("slo", "fifo"):  # codec checked
-        raise ValueError(f"topology scheduler must be all, slo or fifo (+fp16 / +int8), got {topo['scheduler']!r}")
-    if not 0 < topo["scheduler_share"] <= 1 or topo["round_ms"] <= 0:
-        raise ValueError("scheduler_share must be in (0, 1] and round_ms > 0")
-    if not topo["traffic_half_life_s"] > 0:
-        raise ValueError(f"traffic_half_life_s must be > 0, got {topo['traffic_half_life_s']!r}")
-    if not 0 <= topo["origin_dc"] < topo["dcs"]:
-        raise ValueError(f"origin_dc {topo['origin_dc']} outside 0..{topo['dcs'] - 1}")
-    return topo
-
-
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (free when asked: bind them soon)."""
     socks, ports = [], []
     try:
         for _ in range(n):
@@ -107,6 +68,10 @@ class LocalCluster:
     def __init__(self, topology: str | os.PathLike[str] | dict[str, Any], run_dir: str | os.PathLike[str] | None = None,
                  detached: bool = False) -> None:
         self.topo = load_topology(topology)
+        if self.topo["servers"]:
+            raise ValueError("this topology names its servers (a deployment): start each with `recmine ekko serve "
+                             "--topology F --node ID`; the local launcher places servers itself")
+        self.auth = Auth.from_mapping(self.topo["auth"])
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="ekko-")
         self.run_dir = Path(run_dir) if run_dir else Path(self._tmp.name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +87,7 @@ class LocalCluster:
         n = t["dcs"] * t["replicas"]
         cross = [(a, b) for a in range(n) for b in range(n)
                  if a // t["replicas"] != b // t["replicas"]]
-        ports = _free_ports(n + len(cross) + 1)
+        ports = free_ports(n + len(cross) + 1)
         ps_ports, proxy_ports, self.control_port = ports[:n], ports[n:n + len(cross)], ports[-1]
         proxy_of = dict(zip(cross, proxy_ports, strict=True))
         routes = [Route(proxy_of[(a, b)], a, a // t["replicas"], b, b // t["replicas"], ps_ports[b])
@@ -152,25 +117,18 @@ class LocalCluster:
                 peers.append(PeerInfo(j, jdc, jrep, addr))
             pim = t["pull_interval_ms"]
             interval = float(pim.get(str(dc), 0.0)) if isinstance(pim, dict) else float(pim)
-            cfg = PeerConfig(node_id=i, dc=dc, replica=rep, port=ps_ports[i], tables=dict(t["tables"]),
-                             num_shards=t["shards"], num_dcs=t["dcs"], replicas_per_dc=t["replicas"], peers=peers,
-                             mode=t["mode"], topology=t["topology"], pull_interval_ms=interval,
-                             wait_ms=int(t["wait_ms"]), origin_dc=t["origin_dc"], checkpoint_s=float(t["checkpoint_s"]),
+            cfg = PeerConfig(node_id=i, dc=dc, replica=rep, port=ps_ports[i], peers=peers, pull_interval_ms=interval,
                              snapshot_path=str(self.run_dir / f"ps{i}.snap.npz"),
-                             snapshot_every_s=float(t["snapshot_every_s"]),
                              wal_path=str(self.run_dir / f"ps{i}.wal") if t["wal"] else None,
-                             log_applies=bool(t["log_applies"]), go_file=str(self.run_dir / "go"),
-                             scheduler=t["scheduler"], round_ms=float(t["round_ms"]),
-                             traffic_half_life_s=float(t["traffic_half_life_s"]),
-                             link_bytes_per_s=t["nic_mbps"] * 1e6 / 8 * t["scheduler_share"])
+                             go_file=str(self.run_dir / "go"), **common_fields(t))
             path = self.run_dir / f"ps{i}.json"
             cfg.to_json(path)
             self.nodes.append(Node(i, dc, rep, ps_ports[i], path))
         try:
             self.wan_proc = self._spawn(["-m", "recmine.ekko.lab.wan", str(self.run_dir / "wan.json"),
                                          str(self.run_dir / "wan.ready")], env, "wan")
-            for node in self.nodes:
-                node.proc = self._spawn_node(node, env)
+            for group in self.groups():
+                self._spawn_group(group, env)
             self._wait_ready(timeout)
             (self.run_dir / "go").write_text("all peers are up")
         except BaseException:
@@ -187,12 +145,28 @@ class LocalCluster:
         finally:
             log.close()
 
-    def _spawn_node(self, node: Node, env: dict[str, str] | None = None) -> subprocess.Popen:
-        ready = self.run_dir / f"ps{node.node_id}.ready"
-        with contextlib.suppress(FileNotFoundError):
-            ready.unlink()
-        env = env or dict(os.environ)
-        return self._spawn(["-m", "recmine.ekko.ps.peer", str(node.config_path), str(ready)], env, f"ps{node.node_id}")
+    def groups(self) -> list[list[Node]]:
+        """The servers that share a process: up to `colocate` servers of one DC each (each its own gRPC endpoint)."""
+        k = self.topo["colocate"]
+        out: list[list[Node]] = []
+        for dc in range(self.topo["dcs"]):
+            members = [n for n in self.nodes if n.dc == dc]
+            out += [members[i:i + k] for i in range(0, len(members), k)]
+        return out
+
+    def _group_of(self, node_id: int) -> list[Node]:
+        return next(g for g in self.groups() if any(n.node_id == node_id for n in g))
+
+    def _spawn_group(self, group: list[Node], env: dict[str, str] | None = None) -> None:
+        args = ["-m", "recmine.ekko.ps.peer"]
+        for node in group:
+            ready = self.run_dir / f"ps{node.node_id}.ready"
+            with contextlib.suppress(FileNotFoundError):
+                ready.unlink()
+            args += [str(node.config_path), str(ready)]
+        proc = self._spawn(args, env or dict(os.environ), f"ps{group[0].node_id}")
+        for node in group:
+            node.proc = proc
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -202,7 +176,7 @@ class LocalCluster:
             for name, path in list(pending.items()):
                 if path.exists():
                     del pending[name]
-            for proc, name in [(self.wan_proc, "wan"), *[(n.proc, f"ps{n.node_id}") for n in self.nodes]]:
+            for proc, name in [(self.wan_proc, "wan"), *[(g[0].proc, f"ps{g[0].node_id}") for g in self.groups()]]:
                 if proc is not None and proc.poll() is not None:
                     tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{tail}")
@@ -213,13 +187,14 @@ class LocalCluster:
     def _write_state(self) -> None:
         state = {"pids": {f"ps{n.node_id}": n.proc.pid for n in self.nodes if n.proc},
                  "wan_pid": self.wan_proc.pid if self.wan_proc else None, "control_port": self.control_port,
+                 "auth": self.topo["auth"],
                  "nodes": [{"node_id": n.node_id, "dc": n.dc, "replica": n.replica, "address": n.address}
                            for n in self.nodes]}
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every process, SIGKILL what is left after `grace` seconds."""
-        procs = [n.proc for n in self.nodes if n.proc is not None]
+        procs = list({id(n.proc): n.proc for n in self.nodes if n.proc is not None}.values())
         if self.wan_proc is not None:
             procs.append(self.wan_proc)
         for p in procs:
@@ -248,22 +223,24 @@ class LocalCluster:
 
     # ---- faults and inspection
     def kill(self, node_id: int) -> None:
-        """SIGKILL one PS (a crash)."""
+        """SIGKILL one PS (a crash); with `colocate` > 1, the servers sharing its process go down with it."""
         proc = self.nodes[node_id].proc
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
 
     def restart(self, node_id: int, timeout: float = 30.0) -> None:
-        """Start a killed PS again with the same config (it reloads its snapshot/WAL and catches up from peers)."""
-        node = self.nodes[node_id]
-        node.proc = self._spawn_node(node)
-        ready = self.run_dir / f"ps{node_id}.ready"
+        """Start a killed PS (and the servers sharing its process) again with the same config: it reloads its
+        snapshot/WAL and catches up from peers."""
+        group = self._group_of(node_id)
+        self._spawn_group(group)
         deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if node.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ps{node_id} did not restart")
-            time.sleep(0.05)
+        for node in group:
+            ready = self.run_dir / f"ps{node.node_id}.ready"
+            while not ready.exists():
+                if node.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ps{node_id} did not restart")
+                time.sleep(0.05)
 
     def partition(self, dc: int, on: bool = True) -> None:
         """Cut DC `dc` off the WAN (on=True) or heal it."""
@@ -278,7 +255,7 @@ class LocalCluster:
 
     def client(self, node_id: int, timeout: float = 5.0) -> PSClient:
         """A client of one PS (direct, as a trainer or inference server in its DC would be)."""
-        return PSClient(self.nodes[node_id].address, timeout)
+        return PSClient(self.nodes[node_id].address, timeout, self.auth)
 
     def node(self, dc: int, replica: int = 0) -> Node:
         """The PS with this DC and replica index."""
@@ -296,8 +273,7 @@ def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def stop_detached(run_dir: str | os.PathLike[str], grace: float = 5.0) -> int:
     """Stop a detached cluster from its state file; returns how many processes were signalled."""
     state = read_state(run_dir)
-    pids = [*state["pids"].values(), state.get("wan_pid")]
-    pids = [p for p in pids if p]
+    pids = sorted({p for p in [*state["pids"].values(), state.get("wan_pid")] if p})
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -256,6 +256,19 @@ SLICES = 8  # the guard watches -logloss per user cohort (user id mod 8) besides
 COHORT = 5  # the cohort whose labels the label-flip harm inverts
 
 
+class HarmedRows(set):
+    """Ground truth for a rollback study: the (table, key) rows whose value at the PS is harmful right now."""
+
+    def written(self, updates: list[tuple[str, np.ndarray, np.ndarray]], harmful: bool) -> None:
+        """Rows were written: harmful ones join the set, the others (a clean value over them) leave it."""
+        for t, k, _ in updates:
+            keys = {(t, int(x)) for x in k.tolist()}
+            if harmful:
+                self.update(keys)
+            else:
+                self.difference_update(keys)
+
+
 def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int = 4, inject_window: int = 8,
                  fix_window: int = 14, windows: int = 20, guard: GuardConfig | None = None,
                  progress: Progress | None = None) -> dict[str, Any]:
@@ -341,7 +354,7 @@ def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer
                            "refused": [], "false_rollbacks": 0, "rollbacks": 0, "held_batches": 0,
                            "discarded_rows": 0, "released_window": None, "harm_served_windows": 0,
                            "rollback_held": None, "verdicts": []}
-    harm_keys: set[tuple[str, int]] = set()  # rows holding a harmful value at the PS now (ground truth)
+    harm_keys = HarmedRows()  # rows holding a harmful value at the PS now (ground truth)
     restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     held_checks: list[bool] = []
     auc_by_window: list[float] = []
@@ -355,14 +368,7 @@ def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
             far = clients[-1]
             far_srv = InferenceServer(ps_reader(far), spec.dim, "far", dense_refresh_s=0.0, window=window * spec.batch)
-
-            def written(updates: list[tuple[str, np.ndarray, np.ndarray]], harmful: bool) -> None:
-                for t, k, _ in updates:
-                    keys = {(t, int(x)) for x in k.tolist()}
-                    if harmful:
-                        harm_keys.update(keys)
-                    else:
-                        harm_keys.difference_update(keys)
+            written = harm_keys.written
 
             def evaluate_on(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], Any]:
                 def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> Any:

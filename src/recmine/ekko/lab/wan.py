@@ -26,11 +26,14 @@ class Nic:
 
     bits_per_s: float
     next_free: float = 0.0
+    busy: float = 0.0  # seconds spent sending so far
 
     def reserve(self, nbytes: int, now: float) -> float:
         """Queue nbytes; return the time its last byte has left the NIC."""
         start = max(now, self.next_free)
-        self.next_free = start + nbytes * 8.0 / self.bits_per_s
+        took = nbytes * 8.0 / self.bits_per_s
+        self.busy += took
+        self.next_free = start + took
         return self.next_free
 
 

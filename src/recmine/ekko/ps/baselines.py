@@ -1,42 +1,22 @@
-"""The two ways of updating a geo-distributed model that ekko replaces, on the same store, processes and WAN.
+"""The two ways of updating a geo-distributed model that ekko replaces, without I/O (peer.py and the simulator
+drive them, like the protocol core):
 
 - central push (mode "push"): the trainer's PS forwards every update to every other PS itself, so its NIC carries
   one copy per PS and saturates as data centres are added. It is a real broadcaster at its best: per destination
-  many Applies in flight (no round trip per batch), and every batch retried until acknowledged;
+  many Applies in flight (no round trip per batch), and every batch retried until acknowledged (`Pusher`);
 - checkpoint (mode "checkpoint"): every checkpoint_s the trainer's PS ships a full snapshot of every table to every
-  other PS, so an update waits for the next checkpoint and then for a full-model transfer.
-Select them with the topology's "mode"; peer.py runs these loops instead of P2P pulls."""
+  other PS, so an update waits for the next checkpoint and then for a full-model transfer (`checkpoint_messages`).
+Select them with the topology's "mode"."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Iterable
-from types import ModuleType
-from typing import Protocol
 
-import grpc
 import numpy as np
 
-from recmine.ekko.ps.config import PeerConfig
+from recmine.ekko.ps.scheduler import ROW_OVERHEAD
 from recmine.ekko.ps.store import ParamStore, TableUpdate, collapse
-from recmine.ekko.ps.wire import rows_to_pb
-
-
-class Host(Protocol):
-    """What the baseline loops need from the PS process that runs them (peer.PeerServer provides it); a protocol so
-    this module does not import the server that imports it."""
-
-    cfg: PeerConfig
-    store: ParamStore
-    pb2: ModuleType
-    pb2_grpc: ModuleType
-    push_retries: int
-
-    def channel(self, node: int) -> grpc.aio.Channel:
-        """The (cached) channel to peer `node`."""
-        ...
 
 
 class Outbox:
@@ -72,48 +52,52 @@ class Outbox:
         return collapse(out)
 
 
-async def push_loop(peer: Host, node: int, outbox: Outbox, ready: asyncio.Event, window: int = 32) -> None:
-    """Central push to one destination PS: `window` Applies in flight at once (a stream, not stop-and-wait), and a
-    batch whose Apply fails goes back to the outbox and is retried, with backoff, until it is acknowledged."""
-    stub = peer.pb2_grpc.ParameterServerStub(peer.channel(node))
+class Pusher:
+    """Central push from one origin server: an outbox per destination, up to `window` Applies in flight to each (a
+    stream, not stop-and-wait), and a batch whose Apply failed goes back to its outbox and is retried after a
+    backoff that doubles with each consecutive failure (50 ms up to 1 s), until it is acknowledged."""
 
-    async def sender() -> None:
-        backoff = 0.05
-        while True:
-            while not outbox:
-                ready.clear()
-                await ready.wait()
-            batch = outbox.take(peer.cfg.max_message_bytes)
-            req = peer.pb2.ApplyRequest(rows=[rows_to_pb(peer.pb2, u) for u in batch])
-            try:
-                await stub.Apply(req, timeout=peer.cfg.rpc_deadline_s * 4)
-            except grpc.aio.AioRpcError:
-                outbox.add(batch)  # never dropped: merged with newer rows, sent again
-                ready.set()
-                peer.push_retries += 1
-                await asyncio.sleep(backoff)
-                backoff = min(1.0, 2 * backoff)
-                continue
-            backoff = 0.05
+    def __init__(self, dests: Iterable[int], window: int = 32, max_bytes: int = 4 << 20) -> None:
+        self.boxes = {int(d): Outbox() for d in dests}
+        self.window = window
+        self.max_bytes = max_bytes
+        self.in_flight = dict.fromkeys(self.boxes, 0)
+        self.retry_at = dict.fromkeys(self.boxes, 0.0)
+        self._backoff = dict.fromkeys(self.boxes, 0.05)
+        self.retries = 0
 
-    await asyncio.gather(*(sender() for _ in range(window)))
+    def put(self, updates: list[TableUpdate]) -> None:
+        """Queue rows for every destination (a Put at the origin)."""
+        for box in self.boxes.values():
+            box.add(updates)
+
+    def take(self, dest: int, now: float) -> list[TableUpdate] | None:
+        """The next batch to Apply at `dest` now, or None (nothing queued, window full, or backing off)."""
+        box = self.boxes[dest]
+        if not box or self.in_flight[dest] >= self.window or now < self.retry_at[dest]:
+            return None
+        self.in_flight[dest] += 1
+        return box.take(self.max_bytes)
+
+    def acked(self, dest: int) -> None:
+        """The Apply of a batch to `dest` succeeded."""
+        self.in_flight[dest] -= 1
+        self._backoff[dest] = 0.05
+
+    def failed(self, dest: int, batch: list[TableUpdate], now: float) -> None:
+        """The Apply failed: the batch goes back (merged with newer rows, never dropped) and `dest` backs off."""
+        self.in_flight[dest] -= 1
+        self.boxes[dest].add(batch)
+        self.retry_at[dest] = now + self._backoff[dest]
+        self._backoff[dest] = min(1.0, 2 * self._backoff[dest])
+        self.retries += 1
 
 
-async def checkpoint_loop(peer: Host) -> None:
-    """Checkpoint baseline: every checkpoint_s ship a full snapshot of every table to every other PS."""
-    while True:
-        await asyncio.sleep(peer.cfg.checkpoint_s)
-        snap = [peer.store.dump(t) for t in peer.cfg.tables]
-        msgs = []
-        for up in snap:
-            per = max(1, peer.cfg.max_message_bytes // max(1, up.values.shape[1] * 4 + 20))
-            for lo in range(0, len(up), per):
-                msgs.append(rows_to_pb(peer.pb2, up.take(np.arange(lo, min(lo + per, len(up))))))
-
-        async def ship(node: int, msgs: list) -> None:
-            stub = peer.pb2_grpc.ParameterServerStub(peer.channel(node))
-            for m in msgs:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await stub.Apply(peer.pb2.ApplyRequest(rows=[m]), timeout=peer.cfg.checkpoint_s * 3)
-
-        await asyncio.gather(*(ship(p.node_id, msgs) for p in peer.cfg.peers))
+def checkpoint_messages(store: ParamStore, max_bytes: int) -> list[TableUpdate]:
+    """A full snapshot of every table, cut into messages of about `max_bytes`."""
+    out = []
+    for table in store.tables:
+        up = store.dump(table)
+        per = max(1, max_bytes // (up.values.shape[1] * 4 + ROW_OVERHEAD))
+        out += [up.take(np.arange(lo, min(lo + per, len(up)))) for lo in range(0, len(up), per)]
+    return out

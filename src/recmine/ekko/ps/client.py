@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 
+from recmine.auth import Auth
 from recmine.ekko.ps.store import TableUpdate
 from recmine.ekko.ps.wire import rows_to_pb, stubs
 
@@ -12,14 +12,15 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class PSClient:
-    """Blocking client of one PS; every call has a deadline (`timeout` seconds)."""
+    """Blocking client of one PS; every call has a deadline (`timeout` seconds); `auth` gives its credentials (mutual
+    TLS, bearer token)."""
 
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, auth: Auth | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.pb2, pb2_grpc = stubs()
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                                                ("grpc.max_send_message_length", MAX_MESSAGE)])
+        self._channel = (auth or Auth()).channel(address, [("grpc.max_receive_message_length", MAX_MESSAGE),
+                                                           ("grpc.max_send_message_length", MAX_MESSAGE)])
         self._stub = pb2_grpc.ParameterServerStub(self._channel)
 
     def put(self, table: str, keys: np.ndarray, values: np.ndarray, ts: int = 0) -> int:

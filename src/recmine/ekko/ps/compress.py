@@ -167,6 +167,15 @@ def decode(table: str, keys: np.ndarray, ts: np.ndarray, origin: np.ndarray, cod
                        np.asarray(origin, np.int32)[keep])
 
 
+def unpack(up: TableUpdate, held: object) -> TableUpdate:
+    """Rows handed over in memory (no wire, e.g. between servers sharing a process): packed rows decoded against
+    `held` exactly as the wire's receiver decodes them (`wire.pb_to_rows`), other rows as they are."""
+    if not isinstance(up, PackedUpdate):
+        return up
+    assert up.codes is not None and up.scale is not None and up.base_ts is not None
+    return decode(up.table, up.keys, up.ts, up.origin, up.codec, up.codes, up.scale, up.base_ts, held)
+
+
 def parse_scheduler(spec: str) -> tuple[str, Codec | None]:
     """'slo', 'fifo', 'slo+int8', 'fifo+fp16@0.1' (significance after @) -> (policy name, codec or None)."""
     policy, _, comp = spec.partition("+")

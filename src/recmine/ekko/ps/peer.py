@@ -1,11 +1,10 @@
-"""A parameter-server process: gRPC service over a ParamStore plus peer-to-peer update dissemination.
+"""A parameter-server process: the gRPC/asyncio driver of the protocol core (core.py) over a ParamStore.
 
-Dissemination (mode "ekko"): for each shard, one replica per data centre is the leader (a deterministic rotation
-from the topology: replica (shard + i) mod R, the first one alive). Leaders long-poll the leaders of the other DCs
-(all of them in a mesh, the neighbours in a spanning tree) and the other replicas of their own DC; followers long-poll
-their DC's leader. So each changed byte crosses each WAN link about once, and nothing central decides anything.
-A Pull answers "what changed since my version vector" and, when nothing has, waits up to wait_ms for a change.
-Modes "push" and "checkpoint" are the baselines (see baselines.py). Run: python -m recmine.ekko.ps.peer CONFIG.json"""
+The core decides everything about dissemination (mode "ekko"): who leads each shard in each DC, which subscriptions
+to keep open and to whom, what each round carries, failover. This module only carries its actions out over gRPC
+(open or cancel a Pull; answer a Pull step by step), feeds it the events (messages, ends of calls, time), and serves
+Put / Get / Apply with a write-ahead log. Modes "push" and "checkpoint" are the baselines (baselines.py), driven the
+same way. Run: python -m recmine.ekko.ps.peer CONFIG.json"""
 
 from __future__ import annotations
 
@@ -23,14 +22,37 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from recmine.ekko.ps import baselines
+from recmine.auth import Auth
+from recmine.ekko.ps.baselines import Pusher, checkpoint_messages
 from recmine.ekko.ps.config import PeerConfig
+from recmine.ekko.ps.core import (
+    Cancel,
+    Core,
+    End,
+    Member,
+    Membership,
+    PullCall,
+    Send,
+    Subscribe,
+    Timing,
+    Wait,
+)
 from recmine.ekko.ps.scheduler import SloScheduler, Traffic
-from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate
-from recmine.ekko.ps.sync import Asker, Incarnations, Responder, Round, Sender, SendEverything, Superseded
-from recmine.ekko.ps.wire import decode_values, pb_to_rows, pb_to_vv, rows_to_pb, stubs, vv_to_pb
+from recmine.ekko.ps.store import ParamStore, TableUpdate
+from recmine.ekko.ps.sync import Sender
+from recmine.ekko.ps.wire import (
+    decode_values,
+    pb_to_request,
+    pb_to_rows,
+    pb_to_vv,
+    request_to_pb,
+    rows_to_pb,
+    stubs,
+    vv_to_pb,
+)
 
 MAX_MESSAGE = 64 * 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
 
 
 class _WriteAheadLog:
@@ -68,10 +90,12 @@ class _WriteAheadLog:
 
 
 class PeerServer:
-    """One PS: the store, its gRPC servicer, and the dissemination tasks."""
+    """One PS: the store, its gRPC servicer, and the driver of its protocol core (or of a baseline)."""
 
     def __init__(self, cfg: PeerConfig, sender: Sender | None = None) -> None:
         self.cfg = cfg
+        self.auth = Auth.from_mapping(cfg.auth)
+        self.auth.check_listen(cfg.host)
         self.pb2, self.pb2_grpc = stubs()
         if cfg.snapshot_path and os.path.exists(cfg.snapshot_path):
             self.store = ParamStore.load(cfg.snapshot_path, node_id=cfg.node_id)
@@ -88,8 +112,6 @@ class PeerServer:
         self.put_lock = asyncio.Lock()  # stamp -> log -> apply in order, so version vectors stay truthful
         self.dims = {t: d for t, d in cfg.tables.items()}
         self.by_node = {p.node_id: p for p in cfg.peers}
-        self.incarnation = int.from_bytes(os.urandom(7), "little")
-        self.peer_incarnations = Incarnations(self.store)  # a restarted peer is sent again what it delivered here
         self.traffic: Traffic | None = None
         if sender is None and cfg.scheduler != "all":
             if cfg.link_bytes_per_s <= 0:
@@ -97,87 +119,74 @@ class PeerServer:
             self.traffic = Traffic(cfg.traffic_half_life_s)
             sender = SloScheduler(cfg.scheduler, cfg.link_bytes_per_s, cfg.round_ms / 1000.0,
                                   is_wan=lambda node: self.by_node[node].dc != cfg.dc, traffic=self.traffic)
-        self.sender: Sender = sender or SendEverything()
-        self.dead_until: dict[int, float] = {}
-        self._failures: dict[int, int] = {}
-        self._events: dict[int, asyncio.Event] = {}
+        members = [Member(cfg.node_id, cfg.dc, cfg.replica), *(Member(p.node_id, p.dc, p.replica) for p in cfg.peers)]
+        timing = Timing(cfg.wait_ms, cfg.stream_ms, cfg.pull_interval_ms / 1000.0, cfg.dead_backoff_s,
+                        cfg.max_message_bytes)
+        self.core = Core(cfg.node_id, Membership(members, cfg.num_dcs, cfg.topology), self.store, sender, timing,
+                         incarnation=int.from_bytes(os.urandom(7), "little"))
+        origin = cfg.dc == cfg.origin_dc
+        self.pusher = (Pusher([p.node_id for p in cfg.peers], max_bytes=cfg.max_message_bytes)
+                       if cfg.mode == "push" and origin else None)
+        self._push_ready: dict[int, asyncio.Event] = {}
+        self._waiters: dict[int, list[tuple[PullCall, asyncio.Future]]] = {}  # shard -> waiting Pull calls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task] = []
-        self._outboxes: dict[int, tuple[baselines.Outbox, asyncio.Event]] = {}
-        self.push_retries = 0
-        self.pulls = 0
-        self.rows_received = 0
+        self._calls: dict[int, grpc.aio.UnaryStreamCall | asyncio.Task] = {}
+        self.neighbours: dict[int, PeerServer] = {}  # servers of this process (colocated): pulled from in memory
+        self._kick = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: grpc.aio.Server | None = None
         self.bound_port = 0
 
-    # ---- topology
-    def dc_replicas(self, dc: int) -> list[int]:
-        """Node ids of a DC's replicas by replica index (this node included when dc is ours)."""
-        ids = {p.replica: p.node_id for p in self.cfg.peers if p.dc == dc}
-        if dc == self.cfg.dc:
-            ids[self.cfg.replica] = self.cfg.node_id
-        return [ids[r] for r in sorted(ids)]
-
-    def alive(self, node: int) -> bool:
-        """This node's view: a peer is presumed alive unless it failed recently."""
-        return node == self.cfg.node_id or self.dead_until.get(node, 0.0) <= time.monotonic()
-
-    def leader_of(self, dc: int, shard: int) -> int:
-        """The shard's leader in a DC: replica (shard + i) mod R for the first i whose replica is alive."""
-        reps = self.dc_replicas(dc)
-        r = len(reps)
-        for i in range(r):
-            node = reps[(shard + i) % r]
-            if self.alive(node):
-                return node
-        return reps[shard % r]
-
-    def wan_neighbours(self) -> list[int]:
-        """DCs this DC's leaders pull from: all others (mesh) or tree neighbours (binary tree on DC ids)."""
-        me, n = self.cfg.dc, self.cfg.num_dcs
-        if self.cfg.topology == "mesh":
-            return [d for d in range(n) if d != me]
-        nb = [(me - 1) // 2] if me > 0 else []
-        nb += [c for c in (2 * me + 1, 2 * me + 2) if c < n]
-        return nb
+    @property
+    def incarnation(self) -> int:
+        """This process's incarnation (random per start)."""
+        return self.core.incarnation
 
     # ---- gRPC plumbing
     def channel(self, node: int) -> grpc.aio.Channel:
+        """The (cached) channel to peer `node`."""
         addr = self.by_node[node].address
         ch = self._channels.get(addr)
         if ch is None:
-            ch = grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                                          ("grpc.max_send_message_length", MAX_MESSAGE)])
+            ch = self.auth.aio_channel(addr, GRPC_OPTIONS)
             self._channels[addr] = ch
         return ch
 
-    def _notify(self, shards: set[int]) -> None:
-        for s in shards:
-            ev = self._events.pop(s, None)
-            if ev is not None:
-                ev.set()
+    def _notify(self, changed: dict[int, set[int]], source: int) -> None:
+        for s, origins in changed.items():
+            waiters = self._waiters.get(s)
+            if not waiters:
+                continue
+            keep = []
+            for call, fut in waiters:
+                if fut.done():
+                    continue
+                if call.wants(origins, source):
+                    fut.set_result(None)
+                else:
+                    keep.append((call, fut))
+            self._waiters[s] = keep
 
-    def _on_change(self, shards: set[int]) -> None:
+    def _on_change(self, changed: dict[int, set[int]], source: int) -> None:
         loop = self.loop
         if loop is None:
             return
         try:
             if asyncio.get_running_loop() is loop:
-                self._notify(shards)
+                self._notify(changed, source)
                 return
         except RuntimeError:
             pass
-        loop.call_soon_threadsafe(self._notify, shards)
+        loop.call_soon_threadsafe(self._notify, changed, source)
 
     async def start(self) -> int:
         """Start serving and disseminating; returns the bound port."""
         self.loop = asyncio.get_running_loop()
         self.store.listeners.append(self._on_change)
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                               ("grpc.max_send_message_length", MAX_MESSAGE)])
-        self.pb2_grpc.add_ParameterServerServicer_to_server(_Servicer(self), self.server)
-        self.bound_port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=self.auth.aio_server_interceptors())
+        self.server.add_generic_rpc_handlers((_handlers(_Servicer(self), self.pb2),))
+        self.bound_port = self.auth.add_port(self.server, f"{self.cfg.host}:{self.cfg.port}")
         if self.bound_port == 0:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
         await self.server.start()
@@ -190,25 +199,22 @@ class PeerServer:
         while self.cfg.go_file and not os.path.exists(self.cfg.go_file):
             await asyncio.sleep(0.02)
         if self.cfg.mode == "ekko":
-            for s in range(self.cfg.num_shards):
-                for node in self.dc_replicas(self.cfg.dc):
-                    if node != self.cfg.node_id:
-                        self._tasks.append(asyncio.create_task(self._intra_loop(s, node)))
-                for dc in self.wan_neighbours():
-                    self._tasks.append(asyncio.create_task(self._cross_loop(s, dc)))
+            self._tasks.append(asyncio.create_task(self._drive_core()))
         elif self.cfg.mode == "push":
-            # a restarted origin does not know which of its acknowledged Puts left before the crash: send its own
-            # rows again (last-writer-wins makes the repeats harmless)
-            own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id)) for d in map(self.store.dump, self.cfg.tables)]
-            for p in self.cfg.peers:
-                box = self._outboxes[p.node_id] = (baselines.Outbox(), asyncio.Event())
-                if self.cfg.dc == self.cfg.origin_dc:
-                    box[0].add(own)
-                    box[1].set()
-                self._tasks.append(asyncio.create_task(baselines.push_loop(self, p.node_id, *box)))
+            if self.pusher is not None:
+                # a restarted origin does not know which of its acknowledged Puts left before the crash: send its
+                # own rows again (last-writer-wins makes the repeats harmless)
+                own = [d.take(np.flatnonzero(d.origin == self.cfg.node_id))
+                       for d in map(self.store.dump, self.cfg.tables)]
+                self.pusher.put(own)
+                for p in self.cfg.peers:
+                    ready = self._push_ready[p.node_id] = asyncio.Event()
+                    ready.set()
+                    self._tasks += [asyncio.create_task(self._push_worker(p.node_id, ready))
+                                    for _ in range(self.pusher.window)]
         elif self.cfg.mode == "checkpoint":
             if self.cfg.dc == self.cfg.origin_dc and self.cfg.replica == 0:
-                self._tasks.append(asyncio.create_task(baselines.checkpoint_loop(self)))
+                self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         else:
             raise ValueError(f"unknown mode {self.cfg.mode!r}")
         if self.cfg.snapshot_path and self.cfg.snapshot_every_s > 0:
@@ -228,107 +234,138 @@ class PeerServer:
         if self.server is not None:
             await self.server.stop(0.5)
 
-    # ---- dissemination
-    async def _intra_loop(self, shard: int, node: int) -> None:
-        """Within the DC: the leader pulls from every other replica; a follower pulls from its leader."""
-        await self._pull_loop(shard, lambda: node if self._intra_active(shard, node) else None, None)
-
-    def _intra_active(self, shard: int, node: int) -> bool:
-        leader = self.leader_of(self.cfg.dc, shard)
-        return self.alive(node) and (leader == self.cfg.node_id or leader == node)
-
-    async def _cross_loop(self, shard: int, dc: int) -> None:
-        """Across the WAN: while this node leads the shard in its DC, pull from that DC's leader."""
-        def source() -> int | None:
-            if self.leader_of(self.cfg.dc, shard) != self.cfg.node_id:
-                return None
-            return self.leader_of(dc, shard)
-        # mesh: from each DC only the rows born there (every DC hears every other directly: once per link);
-        # tree: everything, relayed hop by hop
-        origins = self.dc_replicas(dc) if self.cfg.topology == "mesh" else None
-        await self._pull_loop(shard, source, origins)
-
-    async def _pull_loop(self, shard: int, source: Callable[[], int | None], origins: list[int] | None) -> None:
-        askers: dict[int, Asker] = {}
+    # ---- the core's driver
+    async def _drive_core(self) -> None:
+        """Feed the core the time and carry out its actions; sleep until an event or the core's next wake time."""
+        self._execute(self.core.start(time.monotonic()))
         while True:
-            node = source()
-            if node is None:
-                await asyncio.sleep(0.05)
-                continue
-            asker = askers.get(node)
-            if asker is None:
-                asker = askers[node] = Asker(self.store, shard, node, self.peer_incarnations)
-            t0 = time.monotonic()
-            try:
-                await self._pull_once(asker, origins, source)
-            except (TimeoutError, grpc.aio.AioRpcError, ValueError) as exc:
-                asker.failed()
-                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED:
-                    continue  # we ended it: leadership or the source moved
-                # presumed dead for a while that doubles with each consecutive failure (a peer that is merely
-                # starting up costs ~0.1 s, a crashed one is skipped for up to dead_backoff_s)
-                fails = self._failures[node] = self._failures.get(node, 0) + 1
-                self.dead_until[node] = time.monotonic() + min(self.cfg.dead_backoff_s, 0.05 * 2 ** fails)
-                await asyncio.sleep(0.05)
-                continue
-            self._failures.pop(node, None)
-            gap = self.cfg.pull_interval_ms / 1000.0 - (time.monotonic() - t0)
-            if gap > 0:
-                await asyncio.sleep(gap)
+            now = time.monotonic()
+            wake = self.core.wake_at(now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), None if wake is None else max(0.0, wake - now))
+            self._kick.clear()
+            self._execute(self.core.tick(time.monotonic()))
 
-    async def _pull_once(self, asker: Asker, origins: list[int] | None = None,
-                         source: Callable[[], int | None] | None = None) -> None:
-        """One subscription to `asker.source` for its shard: rounds of changes are applied as they arrive, and the
-        rounds applied are acknowledged by the next subscription."""
-        pb2 = self.pb2
-        node = asker.source
-        stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
-        vv, since, since_inc, applied = asker.request()
-        req = pb2.PullRequest(shard=asker.shard, version_vector=vv_to_pb(pb2, vv), has_since=since is not None,
-                              since_counter=since or 0, since_incarnation=since_inc, wait_ms=self.cfg.wait_ms,
-                              requester=self.cfg.node_id, max_message_bytes=self.cfg.max_message_bytes,
-                              stream_ms=self.cfg.stream_ms, origins=origins or [], incarnation=self.incarnation,
-                              applied_rounds=applied)
-        timeout = (self.cfg.stream_ms + self.cfg.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s
-        call = stub.Pull(req, timeout=timeout)
-
-        async def watch() -> None:  # end the subscription as soon as this node should pull elsewhere
-            while True:
-                await asyncio.sleep(0.1)
-                if source is not None and source() != node:
+    def _execute(self, actions: list[Subscribe | Cancel]) -> None:
+        for act in actions:
+            if isinstance(act, Subscribe):
+                local = self.neighbours.get(act.node)
+                run = self._local_subscription(act, local) if local is not None else self._subscription(act)
+                self._tasks.append(asyncio.create_task(run))
+            else:
+                call = self._calls.pop(act.call, None)
+                if call is not None:
                     call.cancel()
-                    return
+        self._tasks = [t for t in self._tasks if not t.done()]
 
-        watcher = asyncio.create_task(watch())
+    async def _subscription(self, sub: Subscribe) -> None:
+        """One subscription (a Pull call): every message goes to the core, which applies rounds as they end."""
+        stub = self.pb2_grpc.ParameterServerStub(self.channel(sub.node))
+        req = sub.request
+        call = stub.Pull(request_to_pb(self.pb2, req),
+                         timeout=(req.stream_ms + req.wait_ms) / 1000.0 + self.cfg.rpc_deadline_s)
+        self._calls[sub.call] = call
+        failed = False
         try:
             async for batch in call:
                 rows = [pb_to_rows(r, self.dims, self.store) for r in batch.rows]  # store: compressed deltas
-                self.rows_received += sum(len(u) for u in rows)
-                if asker.batch(rows, batch.last, batch.complete, pb_to_vv(batch.version_vector), batch.counter,
-                               batch.round, batch.incarnation) is not None:
-                    self.pulls += 1
+                self.core.batch(sub.call, rows, batch.last, batch.complete, pb_to_vv(batch.version_vector),
+                                batch.counter, batch.round, batch.incarnation)
         except asyncio.CancelledError:
             if not call.cancelled() or asyncio.current_task().cancelling():
-                raise
-            asker.failed()  # we ended it (the source moved): a round cut here is offered again next time
+                raise  # shutting down
+        except Exception as exc:  # noqa: BLE001 - deadline, unreachable, bad rows: the call failed
+            failed = not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED)
         finally:
-            watcher.cancel()
+            self._calls.pop(sub.call, None)
+        self._execute(self.core.ended(sub.call, time.monotonic(), failed))
+        self._kick.set()
 
-    async def wait_change(self, shard: int, timeout: float) -> None:
-        """Sleep until the shard changes or the timeout passes."""
-        ev = self._events.get(shard)
-        if ev is None:
-            ev = self._events[shard] = asyncio.Event()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+    async def _local_subscription(self, sub: Subscribe, other: PeerServer) -> None:
+        """A subscription to a server in this process: its core answers ours directly, round by round, with no
+        encoding and no socket (each server still has its own gRPC endpoint for everyone else)."""
+        self._calls[sub.call] = asyncio.current_task()  # a Cancel cancels this task
+        failed = False
+        try:
+            call = other.core.serve(sub.request, time.monotonic())
+            while True:
+                step = call.next(time.monotonic())
+                if isinstance(step, End):
+                    break
+                if isinstance(step, Wait):
+                    await other.wait_change(call, step.until - time.monotonic())
+                    continue
+                cs, last = step.changes, len(step.messages) - 1
+                for i, msg in enumerate(step.messages):
+                    self.core.batch(sub.call, msg, i == last, step.round.complete, cs.version_vector, cs.counter,
+                                    step.round.id, other.incarnation)
+                if step.pause_s:  # as Pull does: the next round or the next change
+                    await other.wait_change(call, step.pause_s)
+        except asyncio.CancelledError:
+            if sub.call in self._calls:  # not our Cancel (it unregisters the call first): shutting down
+                raise
+        except Exception:  # noqa: BLE001 - a bad request or rows: the call failed, as over gRPC
+            failed = True
+        finally:
+            self._calls.pop(sub.call, None)
+        self._execute(self.core.ended(sub.call, time.monotonic(), failed))
+        self._kick.set()
+
+    async def wait_change(self, call: PullCall, timeout: float) -> None:
+        """Sleep until the call's shard changes in a way it wants (see PullCall.wants) or the timeout passes."""
+        fut = self.loop.create_future()
+        waiters = self._waiters.setdefault(call.req.shard, [])
+        waiters.append((call, fut))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+        finally:
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.get(call.req.shard, []).remove((call, fut))
 
     # ---- baselines
     def on_local_put(self, up: TableUpdate) -> None:
         """Central push: the trainer's PS forwards every update to every other PS."""
-        if self.cfg.mode == "push" and self.cfg.dc == self.cfg.origin_dc:
-            for outbox, ready in self._outboxes.values():
-                outbox.add([up])
+        if self.pusher is not None:
+            self.pusher.put([up])
+            for ready in self._push_ready.values():
                 ready.set()
+
+    async def _push_worker(self, dest: int, ready: asyncio.Event) -> None:
+        """One of the `window` Applies in flight to `dest`; a failed batch goes back to the pusher's outbox."""
+        stub = self.pb2_grpc.ParameterServerStub(self.channel(dest))
+        pusher = self.pusher
+        while True:
+            now = time.monotonic()
+            batch = pusher.take(dest, now)
+            if batch is None:
+                ready.clear()
+                wait = pusher.retry_at[dest] - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), wait if wait > 0 else None)
+                continue
+            req = self.pb2.ApplyRequest(rows=[rows_to_pb(self.pb2, u) for u in batch])
+            try:
+                await stub.Apply(req, timeout=self.cfg.rpc_deadline_s * 4)
+                pusher.acked(dest)
+            except grpc.aio.AioRpcError:
+                pusher.failed(dest, batch, time.monotonic())  # never dropped: merged with newer rows, sent again
+            ready.set()
+
+    async def _checkpoint_loop(self) -> None:
+        """Every checkpoint_s ship a full snapshot of every table to every other PS."""
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_s)
+            msgs = [rows_to_pb(self.pb2, u) for u in checkpoint_messages(self.store, self.cfg.max_message_bytes)]
+
+            async def ship(node: int, msgs: list) -> None:
+                stub = self.pb2_grpc.ParameterServerStub(self.channel(node))
+                for m in msgs:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await stub.Apply(self.pb2.ApplyRequest(rows=[m]), timeout=self.cfg.checkpoint_s * 3)
+
+            await asyncio.gather(*(ship(p.node_id, msgs) for p in self.cfg.peers))
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -395,51 +432,39 @@ class _Servicer:
 
     async def Pull(self, request, context):  # noqa: N802
         peer = self.peer
-        store = peer.store
-        if not 0 <= request.shard < store.num_shards:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"shard {request.shard} out of range [0, {store.num_shards})")
-        budget = request.max_message_bytes or peer.cfg.max_message_bytes
-        call = Responder(store, peer.sender, request.shard, pb_to_vv(request.version_vector),
-                         request.since_counter if request.has_since else None, request.requester,
-                         request.incarnation, request.origins, request.applied_rounds, budget,
-                         request.since_incarnation, peer.incarnation, peer.peer_incarnations)
-        end = time.monotonic() + max(0, request.stream_ms) / 1000.0
-        first = True
+        try:
+            call = peer.core.serve(pb_to_request(request), time.monotonic())
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         while True:
-            cs = call.changes()
-            deadline = time.monotonic() + max(0, request.wait_ms) / 1000.0
-            while len(cs) == 0 and time.monotonic() < max(deadline, end):
-                await peer.wait_change(request.shard, max(deadline, end) - time.monotonic())
-                cs = call.changes()
-            if len(cs) == 0 and not first:
+            step = call.next(time.monotonic())
+            if isinstance(step, End):
                 return
-            try:
-                rnd = call.pick(cs)
-            except Superseded:
-                return
-            for msg in self._batches(rnd, budget, cs):
+            if isinstance(step, Wait):
+                await peer.wait_change(call, step.until - time.monotonic())
+                continue
+            for msg in self._messages(step):
                 yield msg
-            first = False
-            if not rnd.complete:  # the link's budget is spent (or a residual waits): the next round or change
-                await peer.wait_change(request.shard, peer.sender.round_s)
-            if time.monotonic() >= end:
-                return
+            if step.pause_s:  # the link's budget is spent (or a residual waits): the next round or change
+                await peer.wait_change(call, step.pause_s)
 
-    def _batches(self, rnd: Round, budget: int, cs: ChangeSet):
-        msgs, size = [], 0
-        for up in rnd.updates:
-            per = max(1, budget // (up.values.shape[1] * 4 + 20))
-            for lo in range(0, len(up), per):
-                part = up.take(np.arange(lo, min(lo + per, len(up))))
-                if size + part.nbytes() > budget and msgs:
-                    yield self.pb2.PullBatch(rows=msgs)
-                    msgs, size = [], 0
-                msgs.append(rows_to_pb(self.pb2, part))
-                size += part.nbytes()
-        yield self.pb2.PullBatch(rows=msgs, last=True, complete=rnd.complete, counter=cs.counter,
-                                 version_vector=vv_to_pb(self.pb2, cs.version_vector), round=rnd.id,
-                                 incarnation=self.peer.incarnation)
+    def _messages(self, step: Send) -> list:
+        """The round's PullBatch messages; a round that is a whole shared change set is encoded once for every call
+        it goes to (kept with the set, as bytes the Pull serializer passes through)."""
+        cs = step.changes
+        whole = step.round.updates is cs.updates and cs.sources is not None
+        key = ("pb", sum(sum(u.nbytes() for u in m) for m in step.messages), len(step.messages))
+        if whole and key in cs.memo:
+            return cs.memo[key]
+        pb2 = self.pb2
+        *body, tail = step.messages
+        msgs = [pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in part]) for part in body]
+        msgs.append(pb2.PullBatch(rows=[rows_to_pb(pb2, u) for u in tail], last=True, complete=step.round.complete,
+                                  counter=cs.counter, version_vector=vv_to_pb(pb2, cs.version_vector),
+                                  round=step.round.id, incarnation=self.peer.incarnation))
+        if whole:
+            msgs = cs.memo[key] = [m.SerializeToString() for m in msgs]
+        return msgs
 
     async def Health(self, request, context):  # noqa: N802
         return self.pb2.HealthReply(status="SERVING", node_id=self.peer.cfg.node_id, keys=len(self.peer.store),
@@ -462,45 +487,75 @@ class _Servicer:
         table = np.repeat([names.index(t) for t in tables], [x[1].size for x in log]) if log else []
         return self.pb2.StatsReply(keys=keys.tolist(), ts=ts.tolist(), origin=origin.tolist(),
                                    table_names=names, table=list(map(int, table)),
-                                   applied_ns=at.tolist(), pulls=self.peer.pulls,
-                                   rows_received=self.peer.rows_received)
+                                   applied_ns=at.tolist(), pulls=self.peer.core.pulls,
+                                   rows_received=self.peer.core.rows_received)
 
 
-async def serve(cfg: PeerConfig, ready_file: str | None = None) -> None:
-    """Run a PS until SIGTERM/SIGINT (or the parent dies), then stop cleanly."""
-    peer = PeerServer(cfg)
-    port = await peer.start()
-    if ready_file:
-        tmp = ready_file + ".tmp"
-        Path(tmp).write_text(str(port))
-        os.replace(tmp, ready_file)
+def _handlers(servicer: _Servicer, pb2) -> grpc.GenericRpcHandler:
+    """The ParameterServer methods from the .proto's descriptor; responses already encoded (bytes) pass through."""
+    service = pb2.DESCRIPTOR.services_by_name["ParameterServer"]
+
+    def serialize(msg) -> bytes:
+        return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+    handlers = {}
+    for m in service.methods:
+        kind = grpc.unary_stream_rpc_method_handler if m.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[m.name] = kind(getattr(servicer, m.name), request_deserializer=getattr(pb2, m.input_type.name).FromString,
+                                response_serializer=serialize)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+async def serve(cfgs: list[PeerConfig], ready_files: list[str | None] | None = None, watch_parent: bool = True,
+                for_seconds: float | None = None,
+                on_ready: Callable[[list[PeerServer]], None] | None = None) -> None:
+    """Run one or several PS (several servers of a DC may share a process, each its own gRPC endpoint) until
+    SIGTERM/SIGINT, `for_seconds`, or (with watch_parent) the parent's death; then stop cleanly. Each ready file
+    gets its server's port once it listens; on_ready(servers) runs then."""
+    peers = [PeerServer(c) for c in cfgs]
+    for p in peers:
+        p.neighbours = {q.cfg.node_id: q for q in peers if q is not p}
+    for peer, ready_file in zip(peers, ready_files or [None] * len(peers), strict=True):
+        port = await peer.start()
+        if ready_file:
+            tmp = ready_file + ".tmp"
+            Path(tmp).write_text(str(port))
+            os.replace(tmp, ready_file)
+    if on_ready is not None:
+        on_ready(peers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if for_seconds is not None:
+        loop.call_later(for_seconds, stop.set)
     parent = os.getppid()
 
-    async def watch_parent() -> None:
+    async def parent_alive() -> None:
         while True:
             await asyncio.sleep(0.5)
             if os.getppid() != parent:
                 stop.set()
 
-    watcher = None if os.environ.get("RECMINE_EKKO_DETACHED") else asyncio.create_task(watch_parent())
+    watcher = asyncio.create_task(parent_alive()) if watch_parent else None
     await stop.wait()
     if watcher is not None:
         watcher.cancel()
-    await peer.stop()
+    for peer in peers:
+        await peer.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]."""
+    """Entry point: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE] [CONFIG.json READY_FILE ...] (several
+    configs: several servers in this process)."""
     args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE]", file=sys.stderr)
+    if not args or (len(args) > 2 and len(args) % 2):
+        print("usage: python -m recmine.ekko.ps.peer CONFIG.json [READY_FILE] [CONFIG.json READY_FILE ...]",
+              file=sys.stderr)
         raise SystemExit(2)
-    cfg = PeerConfig.from_json(args[0])
-    asyncio.run(serve(cfg, args[1] if len(args) > 1 else None))
+    pairs = [(args[0], args[1] if len(args) > 1 else None)] if len(args) <= 2 else list(zip(args[::2], args[1::2], strict=True))
+    cfgs = [PeerConfig.from_json(c) for c, _ in pairs]
+    asyncio.run(serve(cfgs, [r for _, r in pairs], watch_parent=not os.environ.get("RECMINE_EKKO_DETACHED")))
 
 
 if __name__ == "__main__":

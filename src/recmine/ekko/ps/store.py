@@ -45,6 +45,12 @@ class TableUpdate:
         return TableUpdate(self.table, self.keys[idx], self.values[idx], self.ts[idx], self.origin[idx])
 
 
+def shard_of(keys: np.ndarray, num_shards: int) -> np.ndarray:
+    """Shard of each key (a multiplicative hash, so consecutive ids spread evenly)."""
+    k = np.asarray(keys, dtype=np.int64).astype(np.uint64)
+    return ((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.int64) % num_shards
+
+
 def newest_per_key(up: TableUpdate) -> TableUpdate:
     """The rows of `up` with duplicates collapsed to each key's newest version (ts, then origin), sorted by key."""
     order = np.lexsort((up.origin, up.ts, up.keys))
@@ -76,6 +82,8 @@ class ChangeSet:
     counter: int
     examined: int
     scanned: bool
+    sources: set[int] | None = None  # nodes that delivered the rows here (when asked for)
+    memo: dict = field(default_factory=dict)  # a driver's work on this very set (e.g. its encoding), for reuse
 
     def __len__(self) -> int:
         return sum(len(u) for u in self.updates)
@@ -141,7 +149,10 @@ class ParamStore:
         self._floor: list[VersionVector] = [{} for _ in range(num_shards)]  # versions evicted from the cache
         self._floor_seq = np.zeros(num_shards, np.int64)  # counter value of the newest evicted entry
         self._last_ts = 0
-        self.listeners: list = []  # callables(shard_ids: set[int]) run after every change (e.g. wake long-polls)
+        self.src_epoch = 0  # bumped when rows change hands (forget_source): no-echo answers computed before differ
+        # callables(changed: {shard: origins of the changed rows}, source: the node they came from) run after every
+        # change (e.g. to wake the long polls it concerns)
+        self.listeners: list = []
         # (table, keys, ts, origin, applied wall clock ns) per applied batch, when log_applies is on
         self.apply_log: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.log_applies = False
@@ -158,9 +169,8 @@ class ParamStore:
             raise KeyError(f"unknown table {table!r}; tables are {sorted(self.tables)}") from None
 
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
-        """Shard of each key (a multiplicative hash, so consecutive ids spread evenly)."""
-        k = np.asarray(keys, dtype=np.int64).astype(np.uint64)
-        return ((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.int64) % self.num_shards
+        """Shard of each key (see the module function `shard_of`)."""
+        return shard_of(keys, self.num_shards)
 
     def next_ts(self) -> int:
         """A fresh local timestamp (ns), strictly increasing on this node."""
@@ -218,7 +228,7 @@ class ParamStore:
         from (default: this node). Returns rows changed."""
         src_id = self.node_id if source is None else int(source)
         changed = 0
-        touched: set[int] = set()
+        touched: dict[int, set[int]] = {}  # shard -> origins of the rows that changed there
         now = time.time_ns()
         with self._lock:
             for up in updates:
@@ -258,10 +268,11 @@ class ParamStore:
                 if self.log_applies:
                     self.apply_log.append((up.table, keys[win].copy(), ts[win].copy(), origin[win].copy(),
                                            np.full(int(win.sum()), now, np.int64)))
-                for s, k in zip(shards[win].tolist(), keys[win].tolist(), strict=True):
+                for s, k, o in zip(shards[win].tolist(), keys[win].tolist(), origin[win].tolist(), strict=True):
                     if s not in touched:
-                        touched.add(s)
+                        touched[s] = set()
                         self._counter[s] += 1
+                    touched[s].add(o)
                     self._remember(s, up.table, k, int(self._counter[s]))
             if version_vectors:
                 for s, vv in version_vectors.items():
@@ -271,7 +282,7 @@ class ParamStore:
                             mine[o] = tsv
         if touched:
             for fn in self.listeners:
-                fn(touched)
+                fn(touched, src_id)
         return changed
 
     def forget_source(self, node: int) -> int:
@@ -279,6 +290,7 @@ class ParamStore:
         no-echo rule would hide them from it forever while its version vector rises over them). Returns rows."""
         n = 0
         with self._lock:
+            self.src_epoch += 1
             for t in self.tables.values():
                 mine = np.flatnonzero(t.src[: t.size] == node)
                 t.src[mine] = self.node_id
@@ -326,6 +338,10 @@ class ParamStore:
         origin[ok] = t.origin[rows[ok]]
         return ts, origin
 
+    def counter(self, shard: int) -> int:
+        """Change counter of one shard."""
+        return int(self._counter[shard])
+
     def counters(self) -> np.ndarray:
         """Change counter of every shard."""
         with self._lock:
@@ -337,14 +353,16 @@ class ParamStore:
             return dict(self._vv[shard])
 
     def changes_since(self, shard: int, vv: Mapping[int, int], since_counter: int | None = None,
-                      exclude_source: int | None = None, origins: Iterable[int] | None = None) -> ChangeSet:
+                      exclude_source: int | None = None, origins: Iterable[int] | None = None,
+                      sources: bool = False) -> ChangeSet:
         """Rows of `shard` whose version is newer than the asker's version vector.
 
         `since_counter`: this store's shard counter from the asker's last complete answer from this store; then only
         keys changed after it are examined (O(changed)). Otherwise the recent-change cache is filtered when the asker
         is at least as new as the cache's floor, and only an asker older than the cache causes a shard scan.
         `exclude_source` leaves out rows that came from that node (the asker: no echo); `origins` keeps only rows
-        born at those nodes, and the returned version vector then covers just them."""
+        born at those nodes, and the returned version vector then covers just them. `sources` also returns the
+        set of nodes that delivered the rows here."""
         keep = None if origins is None else np.array(sorted(set(origins)), np.int32)
         if not 0 <= shard < self.num_shards:
             raise ValueError(f"shard {shard} out of range [0, {self.num_shards})")
@@ -354,6 +372,7 @@ class ParamStore:
             incremental = since_counter is not None and since_counter >= int(self._floor_seq[shard])
             use_cache = incremental or all(vv.get(o, 0) >= tsv for o, tsv in floor.items())
             updates: list[TableUpdate] = []
+            srcs: set[int] | None = set() if sources else None
             if use_cache:
                 by_table: dict[str, list[int]] = {}
                 examined = 0
@@ -369,6 +388,8 @@ class ParamStore:
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
+                        if srcs is not None:
+                            srcs.update(np.unique(t.src[sel]).tolist())
             else:
                 examined = 0
                 for table, t in self.tables.items():
@@ -378,10 +399,12 @@ class ParamStore:
                     if sel.size:
                         updates.append(TableUpdate(table, t.keys[sel].copy(), t.values[sel].copy(),
                                                    t.ts[sel].copy(), t.origin[sel].copy()))
+                        if srcs is not None:
+                            srcs.update(np.unique(t.src[sel]).tolist())
             resp_vv = dict(self._vv[shard])
             if keep is not None:
                 resp_vv = {o: v for o, v in resp_vv.items() if o in set(keep.tolist())}
-            return ChangeSet(shard, updates, resp_vv, int(self._counter[shard]), examined, not use_cache)
+            return ChangeSet(shard, updates, resp_vv, int(self._counter[shard]), examined, not use_cache, srcs)
 
     @staticmethod
     def _wanted(t: _Table, rows: np.ndarray, vv: Mapping[int, int], exclude_source: int | None,

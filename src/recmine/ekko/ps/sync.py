@@ -78,6 +78,34 @@ class Incarnations:
             self.store.forget_source(node)
 
 
+class SharedChanges:
+    """Answers of changes_since shared by the Pull calls that ask the same question: the same shard, counter, version
+    vector (over the origins asked for) and origins. A mesh leader answers every other DC's leader with the same
+    rows, so it finds them (and a driver encodes them) once per round instead of once per DC. An answer holds the
+    nodes its rows came from; a call whose asker is one of them gets its own answer (no echo)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._answers: dict[tuple, ChangeSet] = {}
+        self.hits = 0
+
+    def get(self, store: ParamStore, shard: int, vv: VersionVector, since: int | None,
+            origins: list[int] | None) -> ChangeSet:
+        """The shared answer (computed on first ask), its `sources` filled in."""
+        keep = None if origins is None else frozenset(origins)
+        key = (shard, store.counter(shard), store.src_epoch, since, keep,
+               tuple(sorted((o, t) for o, t in vv.items() if keep is None or o in keep)))
+        cs = self._answers.get(key)
+        if cs is not None:
+            self.hits += 1
+            return cs
+        cs = store.changes_since(shard, vv, since, None, origins, sources=True)
+        if len(self._answers) >= self.size:
+            del self._answers[next(iter(self._answers))]
+        self._answers[key] = cs
+        return cs
+
+
 class Responder:
     """One Pull call at the responder: the asker's version as this call advances it, and the rounds it picks.
 
@@ -87,7 +115,8 @@ class Responder:
     def __init__(self, store: ParamStore, sender: Sender, shard: int, vv: VersionVector, since: int | None,
                  requester: int, incarnation: int = 0, origins: Iterable[int] | None = None,
                  applied: Sequence[int] = (), budget: int = 4 << 20, since_incarnation: int = 0,
-                 own_incarnation: int = 0, peers: Incarnations | None = None) -> None:
+                 own_incarnation: int = 0, peers: Incarnations | None = None,
+                 shared: SharedChanges | None = None) -> None:
         if peers is not None:
             peers.saw(requester, incarnation)
         self.store, self.sender, self.shard = store, sender, shard
@@ -98,10 +127,23 @@ class Responder:
         self.origins = list(origins) if origins else None
         self.budget = budget
         self.stream = sender.open(requester, incarnation, shard, applied)
+        # calls that want the same rows get the same ChangeSet (and its encoding): only when the sender sends all
+        self.shared = shared if isinstance(sender, SendEverything) else None
 
     def changes(self) -> ChangeSet:
-        """What the asker lacks as far as this call knows."""
-        return self.store.changes_since(self.shard, self.vv, self.since, self.requester, self.origins)
+        """What the asker lacks as far as this call knows. When that is nothing, the call's counter moves up to the
+        responder's: the changes up to it were all examined and none is for this asker (echoes of its own rows, rows
+        of other origins, rows it holds), so the next look starts after them instead of examining them again."""
+        cs = None
+        if self.shared is not None:
+            cs = self.shared.get(self.store, self.shard, self.vv, self.since, self.origins)
+            if self.requester in cs.sources:  # it holds some of those rows (it sent them): not the shared answer
+                cs = None
+        if cs is None:
+            cs = self.store.changes_since(self.shard, self.vv, self.since, self.requester, self.origins)
+        if len(cs) == 0:
+            self.since = cs.counter
+        return cs
 
     def pick(self, cs: ChangeSet) -> Round:
         """The next round out of `cs`; a complete round moves this call's view of the asker forward."""

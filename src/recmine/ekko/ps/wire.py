@@ -8,6 +8,7 @@ from types import ModuleType
 import numpy as np
 
 from recmine.ekko.ps import compress
+from recmine.ekko.ps.core import Request
 from recmine.ekko.ps.store import TableUpdate, VersionVector
 from recmine.protos import load_proto
 
@@ -89,3 +90,19 @@ def vv_to_pb(pb2: ModuleType, vv: VersionVector) -> list:
 def pb_to_vv(entries) -> VersionVector:
     """repeated VersionEntry -> version vector."""
     return {int(e.origin): int(e.ts) for e in entries}
+
+
+def request_to_pb(pb2: ModuleType, req: Request):
+    """The core's subscription request -> PullRequest."""
+    return pb2.PullRequest(shard=req.shard, version_vector=vv_to_pb(pb2, req.version_vector),
+                           has_since=req.since is not None, since_counter=req.since or 0,
+                           since_incarnation=req.since_incarnation, wait_ms=req.wait_ms, requester=req.requester,
+                           max_message_bytes=req.max_message_bytes, stream_ms=req.stream_ms,
+                           origins=req.origins or [], incarnation=req.incarnation, applied_rounds=req.applied)
+
+
+def pb_to_request(msg) -> Request:
+    """PullRequest -> the core's request."""
+    return Request(msg.shard, pb_to_vv(msg.version_vector), msg.since_counter if msg.has_since else None,
+                   msg.since_incarnation, list(msg.applied_rounds), msg.requester, msg.incarnation,
+                   list(msg.origins) or None, msg.wait_ms, msg.stream_ms, msg.max_message_bytes)

@@ -6,12 +6,17 @@ the last DC (p50/p99); an update never visible counts as +inf, and each mode rep
 ekko) = one-way delay x WAN hops + serialisation of one batch on the busiest NIC. Central push is a streaming
 broadcaster (many Applies in flight per destination, retried until acknowledged).
 Usage: python benchmarks/ekko_bench.py [--dcs 2,4,8,16] [--duration 8] [--checkpoint-s 10] [--json]
-       python benchmarks/ekko_bench.py --scenario slo|rollback [--repeats 3] [--json]
-Scenario slo: MovieLens-100K replayed over 20 s into 4 DCs with the PyTorch two-tower recommender; the WAN link
-carries 25% of what the update stream needs. Far-DC serving AUC (each event scored before training on it) with the
-SLO-aware updater vs FIFO vs an unthrottled link vs checkpoints only; target: SLO-aware closes >= 50% of the
-FIFO -> unthrottled gap. Scenario rollback: time to detect a harmful update and to roll it back in every DC
-(target: rollback complete <= 2 s after detection at 4 DCs), false rollbacks on the clean stretch.
+       python benchmarks/ekko_bench.py --scenario model|slo|compress|rollback [--data movielens|synthetic] [--repeats 5]
+                                       [--out runs.json] [--json]
+Scenario model: the recommender's prequential AUC, HR@10 and NDCG@10 beside popularity (targets: HR@10 >= 1.2x
+and AUC >= +0.07 on MovieLens-100K). Scenario slo: MovieLens-100K (or the drifting synthetic stream) replayed over
+20 s into 4 DCs with the PyTorch two-tower recommender; the WAN links carry 10%, 25% and 50% of what the update
+stream needs. Far-DC serving AUC (each event scored before training on it) with the SLO-aware updater vs FIFO vs an
+unthrottled link vs checkpoints only, and SLO-aware with int8 deltas; target: SLO-aware closes >= 50% of the
+FIFO -> unthrottled gap (median of the repeats, spread = min..max). Scenario compress: WAN bytes per row update
+and AUC of float32 rows vs int8 / fp16 deltas on a wide link (target >= 4x fewer bytes at AUC within 0.002).
+Scenario rollback: each kind of harm injected into the trainer's stream: detection delay, rollback time in every
+DC, false rollbacks on a clean stream of the same length, quality after.
 Every PS is its own process on this machine: at 16 DCs that is 32 PS processes on 2 vCPUs, so CPU contention,
 not the WAN, can dominate there — read those rows with that in mind. By default the two servers of a DC share a
 process (--colocate 2: each still its own gRPC endpoint for clients and other DCs, between them the protocol
@@ -47,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint-s", type=float, default=10.0)
     ap.add_argument("--modes", default="ekko,push,checkpoint")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--scenario", choices=["latency", "slo", "rollback"], default="latency")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scenario", choices=["latency", "model", "slo", "compress", "rollback"], default="latency")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None, help="scenarios: write every run's JSON and the summary here")
     ap.add_argument("--data", default="movielens")
     ap.add_argument("--traffic-half-life", type=float, default=30.0,
                     help="slo: seconds over which the scheduler forgets which keys inference reads")
@@ -60,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colocate", type=int, default=2, help="real cluster: servers of a DC per process (each its own "
                     "endpoint; between them the cores talk in memory)")
     args = ap.parse_args(argv)
+    if args.scenario == "model":
+        model_quality(args)
+        return
     if args.scenario != "latency":
         scenario(args)
         return
@@ -119,40 +128,86 @@ def simulate(args: argparse.Namespace) -> None:
                                  title="ekko at scale (simulated): update latency, trainer Put -> last server"))
 
 
-def scenario(args: argparse.Namespace) -> None:
-    """Repeat the slo or rollback scenario; print each run and the medians."""
+def model_quality(args: argparse.Namespace) -> None:
+    """The recommender on the prequential replay (rec/evaluate.py), seeds 0..repeats-1: AUC, HR@10, NDCG@10 beside
+    popularity."""
+    from recmine.ekko.lab.scenarios import ScenarioSpec, load_data
+    from recmine.ekko.rec.evaluate import prequential
+    from recmine.ekko.rec.model import OnlineTrainer
+
+    data = load_data(ScenarioSpec(data=args.data))
+    runs = [prequential(data, OnlineTrainer(seed=seed), seed=seed).as_dict() for seed in range(args.repeats)]
+    summary = {"date": time.strftime("%Y-%m-%d"), "scenario": "model", "data": data.source, "events": len(data),
+               **{k: _median_spread([r[k] for r in runs]) for k in ("auc", "popularity_auc", "auc_gain", "hr",
+                                                                     "popularity_hr", "hr_ratio", "ndcg",
+                                                                     "popularity_ndcg", "cold_share")}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        console.print_json(json.dumps(summary))
+
+
+def _median_spread(vals: list[float]) -> dict[str, float]:
+    """Median, min and max over the runs with a number (a NaN, e.g. no FIFO gap to close, is counted apart)."""
+    import math
     import statistics
 
-    from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback, run_slo
+    ok = [v for v in vals if v is not None and not math.isnan(v)]
+    if not ok:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "runs": 0, "undefined": len(vals)}
+    return {"median": statistics.median(ok), "min": min(ok), "max": max(ok), "runs": len(ok),
+            "undefined": len(vals) - len(ok)}
 
-    rows = []
+
+def scenario(args: argparse.Namespace) -> None:
+    """Repeat the slo, compress or rollback scenario; print each run and the medians with their spread."""
+    from recmine.ekko.lab.scenarios import ScenarioSpec, run_compress, run_rollback, run_slo
+
+    runs = []
     for rep in range(args.repeats):
         spec = ScenarioSpec(data=args.data, seed=rep, traffic_half_life_s=args.traffic_half_life)
-        if args.scenario == "slo":
-            r = run_slo(spec, progress=lambda m: console.print(f"  {m}") if "batch 0/" in m else None)
-            rows.append({"run": rep, "slo_auc": r["slo_aware_quality"], "fifo_auc": r["fifo_quality"],
-                         "unthrottled_auc": r["unthrottled_quality"], "checkpoint_auc": r["checkpoint_quality"],
-                         "gap_closed": r["gap_closed"], "hot_age_slo_s": r["hot_item_age_p50_s"]["slo"],
-                         "hot_age_fifo_s": r["hot_item_age_p50_s"]["fifo"], "link_mbps": r["link_mbps"],
-                         "stream_needs_mbps": r["stream_needs_mbps"]})
-        else:
-            r = run_rollback(spec)
-            rows.append({"run": rep, "detected": r["detected"], "detect_s": r["detect_s"],
-                         "rollback_s": r["rollback_s"], "windows_to_detect": (r["rollback"] or {}).get(
-                             "windows_to_detect"), "keys": (r["rollback"] or {}).get("keys"),
-                         "model_rows": (r["rollback"] or {}).get("model_rows"),
-                         "false_rollbacks": r["false_rollbacks"], "recovered": r["recovered"]})
-        console.print(rows[-1])
-    med = {"run": "median"}
-    for key in rows[0]:
-        vals = [r[key] for r in rows if isinstance(r[key], (int, float)) and not isinstance(r[key], bool)]
-        if key != "run" and vals and len(vals) == len(rows):
-            med[key] = statistics.median(vals)
-    rows.append(med)
-    if args.json:
-        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "scenario": args.scenario, "rows": rows}))
+        fn = {"slo": run_slo, "compress": run_compress, "rollback": run_rollback}[args.scenario]
+        r = fn(spec, progress=lambda m, rep=rep: console.print(f"  [{rep}] {m}") if "batch 0/" in m else None)
+        r.pop("runs", None)
+        runs.append(r)
+        console.print({k: v for k, v in r.items() if k not in ("spec", "windows", "harms")})
+    summary: dict = {"date": time.strftime("%Y-%m-%d"), "scenario": args.scenario, "data": args.data,
+                     "repeats": args.repeats}
+    if args.scenario == "slo":
+        rows = []
+        for i, f in enumerate(runs[0]["spec"]["link_fractions"]):
+            fr = [r["fractions"][i] for r in runs]
+            row = {"link": f}
+            for key in ("slo_aware_quality", "fifo_quality", "slo_compressed_quality", "gap_closed",
+                        "gap_closed_compressed"):
+                row[key] = _median_spread([x[key] for x in fr])
+            rows.append(row)
+        summary.update(unthrottled=_median_spread([r["unthrottled_quality"] for r in runs]),
+                       checkpoint=_median_spread([r["checkpoint_quality"] for r in runs]),
+                       fresh_minus_checkpoint=_median_spread([r["fresh_minus_checkpoint"] for r in runs]),
+                       fractions=rows)
+    elif args.scenario == "compress":
+        summary["wide_link"] = {name: {k: _median_spread([r["wide_link"][name][k] for r in runs])
+                                       for k in ("auc", "wan_bytes_per_update", "bytes_ratio", "auc_delta")}
+                                for name in runs[0]["wide_link"]}
     else:
-        console.print(rows_table(rows, title=f"ekko scenario {args.scenario} ({args.data}, 4 DCs)"))
+        summary["harms"] = {}
+        for name in runs[0]["harms"]:
+            hs = [r["harms"][name] for r in runs]
+            row: dict = {"detected": sum(bool(h["detected"]) for h in hs)}
+            for k in ("detect_s", "rollback_s", "quality_after", "served_bad_rows"):
+                vals = [h[k] for h in hs if isinstance(h.get(k), (int, float)) and not isinstance(h.get(k), bool)]
+                if vals:
+                    row[k] = _median_spread(vals)
+            summary["harms"][name] = row
+        summary["false_rollbacks_clean"] = [r["clean"]["false_rollbacks"] for r in runs]
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"summary": summary, "runs": runs}, fh, default=str)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        console.print_json(json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":

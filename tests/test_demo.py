@@ -202,6 +202,11 @@ def test_ekko_latency_and_rollback_reported(demo_run: dict) -> None:
         assert r["p50_ms"] >= 0.9 * sec["rtt_ms"] / 2
     assert sec["per_dc"][0]["p50_ms"] < sec["rtt_ms"] / 2
     assert len(sec["quality"]["live"]) > 0 and all(0.0 <= a <= 1.0 for a in sec["quality"]["live"])
+    slo = sec["slo"]  # the SLO-aware updater behind a short (simulated) link, with its plot in the report
+    assert set(slo["auc"]) == {"unthrottled", "checkpoints only", "SLO-aware + int8 deltas", "SLO-aware", "FIFO"}
+    assert all(0.0 <= a <= 1.0 for a in slo["auc"].values()) and all(len(s) > 0 for s in slo["series"].values())
+    assert slo["wire_mb"]["SLO-aware + int8 deltas"] < slo["wire_mb"]["unthrottled"]
+    assert "SLO-aware updater under a short link" in (demo_run["out"] / "report.html").read_text()
     # the simulator's run at scale: every DC count, ekko near its floor, every update visible
     assert [r["dcs"] for r in sec["scale"]] == [4, 16]
     for r in sec["scale"]:

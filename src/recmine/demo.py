@@ -341,16 +341,17 @@ class _Trainer:
     def restart_from(self, read: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
         """The operator's fix: reload every row the trainer knows from a PS (the model being served; a key the PS
         does not hold goes back to the zero prior it serves for it); returns the rows loaded."""
-        from recmine.ekko.rec.model import DENSE_KEY
+        from recmine.ekko.rec.model import DENSE_KEYS
 
         m = self.model
         rows = {}
         for table, keys in (("user", np.array(m.users.keys, np.int64)), ("item", np.array(m.items.keys, np.int64))):
             vals, found, _ = read(table, keys)
             rows[table] = (keys, np.where(found[:, None], vals, 0.0).astype(np.float32))
-        vals, found, _ = read("dense", np.array([DENSE_KEY]))
-        if found[0]:
-            rows["dense"] = (np.array([DENSE_KEY]), vals)
+        keys = np.array(DENSE_KEYS)
+        vals, found, _ = read("dense", keys)
+        if found.any():
+            rows["dense"] = (keys[found], vals[found])
         m.restart(rows)
         return sum(int(k.size) for k, _ in rows.values())
 
@@ -513,6 +514,7 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
         "latency": series,
         "per_dc": per_dc,
     }
+    out["slo"] = _slo_study(cfg, ui)
     out["headline"] = _ekko_headline(out) if remote else ""
     if cfg.ekko_scale_dcs:
         with ui.step(f"ekko: simulating {', '.join(map(str, cfg.ekko_scale_dcs))} DCs (same protocol core)"):
@@ -526,6 +528,39 @@ def section_ekko(cfg: DemoConfig, ui: UI, stack: contextlib.ExitStack) -> tuple[
     return out, live
 
 
+def _slo_study(cfg: DemoConfig, ui: UI, link_fraction: float = 0.25) -> dict[str, Any]:
+    """The SLO-aware updater, FIFO and compressed deltas behind a link carrying `link_fraction` of what the update
+    stream needs, beside an unthrottled link and checkpoints only: ekko's drifting stream replayed through the real
+    scheduler, protocol core and wire over one simulated link (lab/linksim.py; the measured 4-DC numbers come from
+    `recmine ekko bench --scenario slo`)."""
+    from recmine.ekko.lab.scenarios import ScenarioSpec, simulate, warm_start
+    from recmine.ekko.rec.data import synthetic
+
+    spec = ScenarioSpec(data="synthetic", events=cfg.ekko_events, seed=cfg.seed, dim=16)
+    data = synthetic(n_events=spec.events or 60_000, seed=spec.seed)
+    variants = [("unthrottled", "all"), ("checkpoints only", "checkpoint"), ("SLO-aware + int8 deltas", "slo+int8"),
+                ("SLO-aware", "slo"), ("FIFO", "fifo")]
+    runs: dict[str, dict[str, Any]] = {}
+    with ui.step(f"ekko: SLO-aware updater vs FIFO behind a link at {link_fraction:.0%} (simulated link)",
+                 total=len(variants)) as adv:
+        warm = warm_start(spec, data)
+        need = 0.0
+        for label, sched in variants:
+            r = simulate(spec, data, sched, need * link_fraction if need else 1e12, warm)
+            need = need or r["bytes_per_s"]
+            runs[label] = r
+            adv(1)
+    gap = runs["unthrottled"]["far_auc"] - runs["FIFO"]["far_auc"]
+    closed = {k: (runs[k]["far_auc"] - runs["FIFO"]["far_auc"]) / gap if gap > 0 else None
+              for k in ("SLO-aware", "SLO-aware + int8 deltas")}
+    return {"link_fraction": link_fraction, "events": len(data), "data": data.source,
+            "metric": "far-DC AUC (each batch scored before training on it)",
+            "auc": {k: r["far_auc"] for k, r in runs.items()},
+            "wire_mb": {k: r["wire_bytes"] / 1e6 for k, r in runs.items()},
+            "series": {k: r["auc_series"] for k, r in runs.items()}, "series_batches": runs["FIFO"]["series_batches"],
+            "gap_closed": closed}
+
+
 def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Snapshot) -> dict[str, Any]:
     """Online training with ekko's model state manager acting on every alarm.
 
@@ -535,6 +570,7 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
     witness on the batch served next; an alarm rolls the changed keys back in every DC and quarantines the
     trainer: its updates are held, judged in shadow each window, discarded while harmful and released after two
     healthy windows. Alarms while no harmful row is served are counted as false."""
+    from recmine.ekko.lab.scenarios import HarmedRows
     from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
     from recmine.ekko.rec.model import tables
     from recmine.ekko.rec.serving import auc, logloss
@@ -555,17 +591,10 @@ def _guarded_run(cfg: DemoConfig, ui: UI, live: _EkkoLive, t0: float, stale: _Sn
     rb: dict[str, Any] = {"inject_batch": inject_at, "fix_batch": fix_at, "harmful_batches_applied": 0,
                           "harmful_batches_held": 0, "held_batches": 0, "rollback_held_checks": 0,
                           "rollback_held_ok": 0}
-    harm_keys: set[tuple[str, int]] = set()  # ground truth: rows holding a harmful value at the PS now
+    harm_keys = HarmedRows()  # ground truth: rows holding a harmful value at the PS now
     held_harm = False
     restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def written(updates: list[tuple[str, np.ndarray, np.ndarray]], harmful: bool) -> None:
-        for t, k, _ in updates:
-            keys = {(t, int(x)) for x in k.tolist()}
-            if harmful:
-                harm_keys.update(keys)
-            else:
-                harm_keys.difference_update(keys)
+    written = harm_keys.written
 
     def quality(u: np.ndarray, i: np.ndarray, y: np.ndarray) -> Callable[[Callable], float]:
         return lambda get: -logloss(_logits(get, u, i, dim), y)

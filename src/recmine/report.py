@@ -134,6 +134,31 @@ def plot_ekko(sec: Mapping[str, Any]) -> list[tuple[str, str]]:
         ax.grid(alpha=.3)
         ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         out.append(("Serving quality", _png(fig)))
+    slo = sec.get("slo") or {}
+    if slo.get("series"):
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.5, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
+        step = slo.get("series_batches", 1)
+        styles = {"unthrottled": "-", "SLO-aware + int8 deltas": "-", "SLO-aware": "-", "FIFO": "--",
+                  "checkpoints only": ":"}
+        for name, ys in slo["series"].items():
+            ax.plot(np.arange(1, len(ys) + 1) * step, ys, styles.get(name, "-"), lw=1.4, label=name)
+        ax.set_xlabel("batch of the replay")
+        ax.set_ylabel("far-DC AUC")
+        ax.set_title(f"ekko: SLO-aware updater, link at {slo.get('link_fraction', 0):.0%} of the update stream",
+                     fontsize=10)
+        ax.grid(alpha=.3)
+        ax.legend(fontsize=8)
+        names = list(slo.get("auc", {}))
+        bx.barh(names, [slo["auc"][n] for n in names], color="#4c72b0")
+        lo = min(slo["auc"].values())
+        bx.set_xlim(lo - 0.02, max(slo["auc"].values()) + 0.01)
+        bx.set_xlabel("far-DC AUC over the replay")
+        closed = slo.get("gap_closed") or {}
+        bx.set_title("FIFO -> unthrottled gap closed: " + ", ".join(
+            f"{k.replace('SLO-aware', 'SLO')} {v:.0%}" for k, v in closed.items() if v is not None), fontsize=9)
+        bx.invert_yaxis()
+        fig.tight_layout()
+        out.append(("SLO-aware updater under a short link", _png(fig)))
     if sec.get("scale"):
         out += plot_ekko_scale(sec["scale"])
     return out

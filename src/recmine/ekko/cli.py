@@ -236,20 +236,22 @@ def simulate(
 
 
 ScenarioOpt = Annotated[str, typer.Option(
-    "--scenario", help="latency: update latency vs push/checkpoint; slo: SLO-aware vs FIFO vs unthrottled under a "
-    "short link; rollback: detect and roll back a harmful update.")]
+    "--scenario", help="latency: update latency vs push/checkpoint; slo: SLO-aware vs FIFO vs unthrottled under "
+    "short links (and with compressed deltas); compress: int8 / fp16 deltas vs float32 rows; rollback: every kind of "
+    "harm detected and rolled back.")]
 DataOpt = Annotated[str, typer.Option("--data", help="movielens (../shared MovieLens-100K), synthetic, or a .inter "
-                                      "file path (slo / rollback / run).")]
+                                      "file path (slo / compress / rollback / run).")]
 
 
 @app.command("bench")
 def bench(
     scenario: ScenarioOpt = "latency",
     data: DataOpt = "movielens",
-    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all; slo / rollback).")] = 0,
-    replay_s: Annotated[float, typer.Option("--replay-s", help="Replay wall time per run (slo).")] = 20.0,
-    link_fraction: Annotated[float, typer.Option(
-        "--link-fraction", help="Throttled link: this share of the bandwidth the update stream needs (slo).")] = 0.25,
+    events: Annotated[int, typer.Option("--events", help="Use the first N events (0: all; scenarios).")] = 0,
+    replay_s: Annotated[float, typer.Option("--replay-s", help="Replay wall time per run (slo, compress).")] = 20.0,
+    link_fraction: Annotated[str, typer.Option(
+        "--link-fraction", help="Throttled links: comma list of shares of the bandwidth the update stream needs "
+        "(slo).")] = "0.1,0.25,0.5",
     dcs: Annotated[int, typer.Option("--dcs", help="Number of data centres (2 replicas each).")] = 4,
     duration: Annotated[float, typer.Option("--duration", help="Seconds of update stream per mode.")] = 8.0,
     rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,
@@ -257,18 +259,22 @@ def bench(
     nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="Egress bandwidth of every PS.")] = 100.0,
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",
+    harms: Annotated[str, typer.Option("--harms", help="Comma list of harms to inject (rollback): scale50, "
+                                       "label_flip, label_flip_unsliced, nan_rows, exploding_head, stale_replay, "
+                                       "stale_replay_unmarked; default all.")] = "",
     colocate: Annotated[int, typer.Option("--colocate", help="Servers of one DC per process (each its own gRPC "
                                           "endpoint; between them the cores talk in memory).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Update latency (trainer Put -> visible at the last replica of the last DC): ekko P2P vs central push vs
     checkpoint, with WAN bytes per update, the share of updates visible everywhere (the rest count as +inf in
-    p50/p99) and ekko's floor (one-way delay x hops + serialisation on the busiest NIC). --scenario slo / rollback run the PyTorch
-    recommender on MovieLens-100K (or --data) through real PS processes.
+    p50/p99) and ekko's floor (one-way delay x hops + serialisation on the busiest NIC). --scenario slo / compress /
+    rollback run the PyTorch recommender on MovieLens-100K (or --data) through real PS processes.
 
     Example:\n
       recmine ekko bench --dcs 8 --json\n
-      recmine ekko bench --scenario slo --json\n
+      recmine ekko bench --scenario slo --data synthetic --json\n
+      recmine ekko bench --scenario compress --json\n
       recmine ekko bench --scenario rollback --events 30000 --json
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -278,11 +284,11 @@ def bench(
     if dcs < 1:
         err_console.print("[red]error:[/red] --dcs must be >= 1")
         raise typer.Exit(2)
-    if scenario not in ("latency", "slo", "rollback"):
-        err_console.print(f"[red]error:[/red] unknown scenario {scenario!r}: latency, slo or rollback")
+    if scenario not in ("latency", "slo", "compress", "rollback"):
+        err_console.print(f"[red]error:[/red] unknown scenario {scenario!r}: latency, slo, compress or rollback")
         raise typer.Exit(2)
     if scenario != "latency":
-        _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json)
+        _scenario(scenario, data, events, dcs, replay_s, link_fraction, rtt_ms, as_json, harms)
         return
     if colocate < 1:
         err_console.print("[red]error:[/red] --colocate must be >= 1")
@@ -305,41 +311,55 @@ def bench(
     emit({**res, "runs": runs}, as_json=False, title=f"ekko update latency, {dcs} DCs")
 
 
-def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, link_fraction: float,
-              rtt_ms: float, as_json: bool) -> None:
+def _scenario(scenario: str, data: str, events: int, dcs: int, replay_s: float, link_fraction: str,
+              rtt_ms: float, as_json: bool, harms: str = "") -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback, run_slo
+    from recmine.ekko.lab.scenarios import HARMS, ScenarioSpec, run_compress, run_rollback, run_slo
 
-    if not 0 < link_fraction <= 1 or replay_s <= 0 or events < 0:
-        err_console.print("[red]error:[/red] need 0 < --link-fraction <= 1, --replay-s > 0, --events >= 0")
-        raise typer.Exit(2)
-    spec = ScenarioSpec(data=data, events=events or None, dcs=dcs, replay_s=replay_s, link_fraction=link_fraction,
-                        rtt_ms=rtt_ms)
+    try:
+        fractions = tuple(float(f) for f in link_fraction.split(",") if f.strip())
+        if replay_s <= 0 or events < 0:
+            raise ValueError("need --replay-s > 0 and --events >= 0")
+        spec = ScenarioSpec(data=data, events=events or None, dcs=dcs, replay_s=replay_s, link_fractions=fractions,
+                            rtt_ms=rtt_ms)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc} (--link-fraction takes e.g. 0.1,0.25,0.5)")
+        raise typer.Exit(2) from None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
                   disable=as_json) as bar:
         task = bar.add_task(f"ekko {scenario}", total=None)
         try:
-            fn = run_slo if scenario == "slo" else run_rollback
+            wanted = tuple(h.strip() for h in harms.split(",") if h.strip()) or HARMS
+            fn = {"slo": run_slo, "compress": run_compress,
+                  "rollback": lambda sp, progress: run_rollback(sp, wanted, progress=progress)}[scenario]
             res = fn(spec, progress=lambda msg: bar.update(task, description=msg))
         except (FileNotFoundError, ValueError) as exc:
             err_console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
     if as_json:
-        emit(res, as_json=True, title="")
+        emit({k: v for k, v in res.items() if k != "runs"}, as_json=True, title="")
         return
     if scenario == "slo":
-        rows = [{"policy": r["variant"], "link_mbps": round(r["nic_mbps"], 2), "far-DC AUC": round(r["far_auc"], 4),
-                 "hot item age p50 (s)": round(r["far_hot_age_p50_s"], 3), "WAN MB": round(r["wan_bytes"] / 1e6, 1)}
-                for r in res["runs"]]
-        rows.append({"policy": "checkpoint only", "link_mbps": "-", "far-DC AUC": round(res["checkpoint_quality"], 4),
-                     "hot item age p50 (s)": "-", "WAN MB": "-"})
-        emit({"gap_closed": res["gap_closed"], "metric": res["metric"], "runs": rows}, as_json=False,
+        rows = [{"link": f"{r['link_fraction']:.0%}", "link_mbps": r["link_mbps"], "SLO AUC": r["slo_aware_quality"],
+                 "FIFO AUC": r["fifo_quality"], "SLO+codec AUC": r["slo_compressed_quality"],
+                 "gap_closed_pct": 100 * r["gap_closed"], "codec_closed_pct": 100 * r["gap_closed_compressed"]}
+                for r in res["fractions"]]
+        emit({"unthrottled AUC": res["unthrottled_quality"], "checkpoint-only AUC": res["checkpoint_quality"],
+              "codec": res["compression"], "metric": res["metric"], "links": rows}, as_json=False,
              title=f"ekko SLO-aware updater ({res['data']}, {dcs} DCs)")
+    elif scenario == "compress":
+        rows = [{"rows as": name, "far AUC": r["auc"], "WAN_per_update_bytes": r["wan_bytes_per_update"],
+                 "fewer_bytes_x": r["bytes_ratio"], "AUC change": r["auc_delta"]} for name, r in res["wide_link"].items()]
+        emit({"wide link": rows, "significance": res["significance"]}, as_json=False,
+             title=f"ekko compressed deltas ({res['data']}, {dcs} DCs)")
     else:
-        emit({k: res[k] for k in ("detected", "detect_s", "rollback_s", "false_rollbacks", "recovered", "metric")}
-             | ({"keys_rolled_back": res["rollback"]["keys"], "model_rows": res["rollback"]["model_rows"]}
-                if res["rollback"] else {}), as_json=False, title=f"ekko rollback ({dcs} DCs)")
+        rows = [{"harm": name, "detected by": h["detected_by"] or "not detected", "detect_s": h["detect_s"],
+                 "windows": h["windows_to_detect"], "rollback_s": h["rollback_s"], "AUC after": h["quality_after"],
+                 "clean AUC": h["clean_quality_same_windows"], "rollback held": h["rollback_held"]}
+                for name, h in res["harms"].items()]
+        emit({"false rollbacks (clean run)": res["clean"]["false_rollbacks"], "metric": res["metric"],
+              "harms": rows}, as_json=False, title=f"ekko guard ({res['data']}, {dcs} DCs)")
 
 
 @app.command("run")

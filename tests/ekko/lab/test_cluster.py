@@ -132,7 +132,8 @@ def _fault_cycle(c: LocalCluster, kind: str, rng: np.random.Generator) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scheduler", "seed"), [("all", 0), ("slo", 1), ("fifo", 2), ("slo", 3), ("fifo", 4)])
+@pytest.mark.parametrize(("scheduler", "seed"), [("all", 0), ("slo", 1), ("fifo", 2), ("slo", 3), ("fifo", 4),
+                                                ("slo+int8", 5), ("fifo+fp16", 6)])
 def test_faults_lose_no_acknowledged_update(scheduler, seed):
     """Partitions, SIGKILLed leaders and leadership changes cut rounds at random points, with the scheduler off and
     with the rate-limited scheduler (slo, fifo) on a throttled link: every acknowledged Put reaches every replica

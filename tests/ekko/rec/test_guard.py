@@ -10,7 +10,7 @@ import pytest
 from recmine.datasets import click_stream
 from recmine.ekko.lab.cluster import LocalCluster
 from recmine.ekko.ps.store import ParamStore
-from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
+from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine, Verdict
 
 DIM = 8
 BATCH = 400
@@ -217,3 +217,65 @@ def test_rollback_resets_keys_born_after_the_witness_horizon():
     rep = g.rollback(lambda t, k, v: store.put(t, k, v))
     assert rep.unrecoverable == {"item": 1} and rep.keys == {"item": 2}
     np.testing.assert_array_equal(store.get("item", np.array([1, 7]))[0], [[1.0, 1.0], [0.0, 0.0]])
+
+
+def test_screen_refuses_nan_exploding_rows_and_a_step_going_back_by_name():
+    rows = np.ones((20, 2), np.float32)
+    g = ModelStateManager({"item": (np.arange(20), rows), "dense": (np.array([0]), np.ones((1, 2), np.float32))},
+                          {"item": 2, "dense": 2}, GuardConfig(norm_factor=50.0))
+    ok = [("item", np.array([1, 2]), np.full((2, 2), 3.0, np.float32))]
+    assert g.screen(ok, "t", step=10).accepted == ok  # within 50x of the typical norm
+    bad = [("item", np.array([7, 8]), np.array([[1.0, np.nan], [np.inf, 0.0]], np.float32))]
+    scr = g.screen(bad, "t", step=11)
+    assert scr.harmful and scr.accepted == [] and scr.refused == [
+        "table 'item': non-finite value (NaN/Inf) in 2 row(s), first key 7"]
+    boom = [("dense", np.array([0]), np.full((1, 2), 1000.0, np.float32))]
+    (msg,) = g.screen(boom, "t", step=12).refused
+    assert msg.startswith("table 'dense': row norm 1.41e+03 for key 0 is 1000x") and "(exploding)" in msg
+    (msg,) = g.screen(ok, "t", step=4).refused
+    assert msg == "source 't': model step 4 went back from 10 (a stale checkpoint replayed)"
+    assert g.screen(ok, "other", step=4).accepted == ok  # steps are per source
+
+
+def test_cohort_check_catches_harm_confined_to_one_cohort_and_not_noise():
+    """Per-event quality with cohorts: live is fresher than the witness everywhere (+0.04); a harm costing one
+    cohort 0.1 alarms on that cohort; the same noise without harm, or a harm on a cohort too small to judge,
+    does not."""
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 8, 2000)
+    groups[:20] = 9  # a cohort of 20 events: too few to judge
+    witness = rng.normal(-0.6, 0.4, 2000)
+
+    def run(harm: float, on: int) -> Verdict:
+        g = ModelStateManager({}, {"item": 2}, GuardConfig(margin=0.05, slice_margin=0.03, slice_z=3.0))
+        live = witness + 0.04 + rng.normal(0, 0.05, 2000) - np.where(groups == on, harm, 0.0)
+        return g.check(lambda get: (live if get is None else witness, groups), None)  # None: the live getter
+
+    v = run(0.1, 3)
+    assert v.bad and v.slice == "cohort 3" and v.live > v.witness  # the whole window still looks fine
+    assert not run(0.0, 3).bad
+    assert not run(0.5, 9).bad
+    with pytest.raises(ValueError, match="equal, non-zero length"):
+        ModelStateManager({}, {"item": 2}).check(lambda get: (np.ones(3), np.ones(2)), None)
+
+
+def test_rollback_to_the_witness_undoes_harm_that_passed_earlier_windows():
+    store = ParamStore({"item": 2}, num_shards=1)
+    good = np.ones((4, 2), np.float32)
+    g = ModelStateManager({"item": (np.arange(4), good)}, {"item": 2}, GuardConfig(witness_delay=5))
+    harm = np.full((1, 2), 9.0, np.float32)
+    for key in range(3):  # harm written to keys 0..2 over three batches; a good window passes in between
+        store.put("item", np.array([key]), harm)
+        g.record_batch([("item", np.array([key]), harm)])
+        if key == 1:
+            g.check(lambda get: 1.0, lambda t, k: store.get(t, k)[0])  # good: keys 0, 1 are now "since good"-clean
+    assert g.rollback(lambda t, k, v: store.put(t, k, v), to_witness=False).keys == {"item": 1}
+    np.testing.assert_array_equal(store.get("item", np.arange(3))[0][:2], np.full((2, 2), 9.0))  # harm stays
+    g2 = ModelStateManager({"item": (np.arange(4), good)}, {"item": 2}, GuardConfig(witness_delay=5, to_witness=True))
+    for key in range(3):
+        store.put("item", np.array([key]), harm)
+        g2.record_batch([("item", np.array([key]), harm)])
+        if key == 1:
+            g2.check(lambda get: 1.0, lambda t, k: store.get(t, k)[0])
+    assert g2.rollback(lambda t, k, v: store.put(t, k, v)).keys == {"item": 3}
+    np.testing.assert_array_equal(store.get("item", np.arange(3))[0], good[:3])  # back to the witness everywhere

@@ -3,7 +3,8 @@
 Topology (JSON): {"dcs": 4, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50, "nic_mbps": 100,
 "mode": "ekko"|"push"|"checkpoint", "topology": "mesh"|"tree", "pull_interval_ms": 0 (or {"<dc>": ms}),
 "wait_ms": 1000, "checkpoint_s": 10, "origin_dc": 0, "delays_ms": {"0,1": 30}, "wal": false,
-"scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps), "round_ms": 50,
+"scheduler": "all"|"slo"|"fifo" (WAN sends through a byte budget of scheduler_share * nic_mbps; "+int8" / "+fp16"
+compresses them, e.g. "slo+int8", see ps/compress.py), "round_ms": 50,
 "colocate": 1 (servers of one DC per process, each its own endpoint; between them the cores talk in memory),
 "auth": {"ca", "cert", "key", "token_file"} (mutual TLS and a bearer token on every server and client)}.
 A topology that names its servers ("servers") is a deployment: `recmine ekko serve` runs each (ps/config.py)."""

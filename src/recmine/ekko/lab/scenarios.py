@@ -11,6 +11,7 @@ snapshot before start), so only the live updates cross the WAN."""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from recmine.ekko.lab.cluster import LocalCluster
-from recmine.ekko.ps.scheduler import ROW_OVERHEAD
+from recmine.ekko.lab.linksim import make_link
+from recmine.ekko.ps.scheduler import ROW_OVERHEAD, Traffic
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.rec.data import Interactions, default_movielens_path, load_movielens, synthetic
-from recmine.ekko.rec.guard import GuardConfig, ModelStateManager
-from recmine.ekko.rec.model import OnlineTrainer, Update, score_rows, tables
+from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
+from recmine.ekko.rec.model import DENSE_KEYS, OnlineTrainer, Update, heads, score_rows, tables
 from recmine.ekko.rec.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
 
 Progress = Callable[[str], None]
@@ -42,11 +44,25 @@ class ScenarioSpec:
     batch: int = 250
     warm_fraction: float = 0.2
     replay_s: float = 20.0  # wall time the rest of the stream is replayed over
-    link_fraction: float = 0.25  # throttled link: this share of the bandwidth the full update stream needs
+    link_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)  # throttled links: shares of what the update stream needs
     rtt_ms: float = 50.0
     checkpoint_every: float = 0.25  # checkpoint baseline: a checkpoint per this share of the replay
     seed: int = 0
     traffic_half_life_s: float = 30.0  # the SLO-aware scheduler's memory of which keys inference reads
+    codec: str = "int8"  # compressed variants: int8 or fp16 deltas ...
+    significance: float = 0.05  # ... with changes below this share of a row's norm left in the residual
+
+    def __post_init__(self) -> None:
+        self.link_fractions = tuple(float(f) for f in self.link_fractions)
+        if not self.link_fractions or not all(0 < f <= 1 for f in self.link_fractions):
+            raise ValueError(f"link fractions must be in (0, 1], got {self.link_fractions}")
+        if self.codec not in ("int8", "fp16"):
+            raise ValueError(f"codec must be int8 or fp16, got {self.codec!r}")
+
+    @property
+    def compressed(self) -> str:
+        """The codec part of a scheduler spec, e.g. '+int8@0.05'."""
+        return f"+{self.codec}@{self.significance:g}"
 
 
 def load_data(spec: ScenarioSpec) -> Interactions:
@@ -72,7 +88,8 @@ def _bootstrap(run_dir: Path, topo: dict[str, Any], state: Update) -> int:
     return stamp
 
 
-def _warm(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, int]:
+def warm_start(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, int]:
+    """The model trained on the stream's first `warm_fraction` (every DC starts from it), and its event count."""
     trainer = OnlineTrainer(dim=spec.dim, seed=spec.seed)
     n_warm = int(len(data) * spec.warm_fraction)
     for lo in range(0, n_warm, spec.batch):
@@ -104,12 +121,13 @@ def _update_bytes(up: Update) -> int:
     return sum(k.shape[0] * (ROW_OVERHEAD + 4 * v.shape[1]) for k, v in up.tables.values())
 
 
-def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: float, progress: Progress | None
-            ) -> dict[str, Any]:
-    """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time."""
-    trainer, n_warm = _warm(spec, data)
+def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: float, progress: Progress | None,
+            warm: tuple[OnlineTrainer, int] | None = None) -> dict[str, Any]:
+    """One run: warm model checkpointed into every DC, then the rest of the stream replayed in real time.
+    `variant`: unthrottled (send everything) or a scheduler spec (slo, fifo, slo+int8@0.05, ...)."""
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else warm_start(spec, data)
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
-            "nic_mbps": nic_mbps, "scheduler": "all" if variant in ("unthrottled", "checkpoint") else variant,
+            "nic_mbps": nic_mbps, "scheduler": "all" if variant == "unthrottled" else variant,
             "traffic_half_life_s": spec.traffic_half_life_s}
     with tempfile.TemporaryDirectory(prefix="ekko-scenario-") as tmp:
         run_dir = Path(tmp)
@@ -125,9 +143,10 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                 n_batches = (len(rest) + spec.batch - 1) // spec.batch
                 pace = spec.replay_s / n_batches
                 ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
-                produced = 0
+                produced = rows = 0
                 items_served: list[np.ndarray] = []
                 ages: list[np.ndarray] = [[] for _ in range(spec.dcs)]  # type: ignore[misc]
+                wan0 = sum(c.wan_bytes().values())
                 t0 = time.monotonic()
                 for b in range(n_batches):
                     ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
@@ -143,6 +162,7 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                     for table, (k, v) in up.tables.items():
                         clients[0].put(table, k, v)
                     produced += _update_bytes(up)
+                    rows += up.n_rows
                     if (b + 1) % ckpt_every == 0:
                         ckpt.read = _DictReader(trainer.full_state(), time.time_ns())
                     if progress and b % 40 == 0:
@@ -151,10 +171,10 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
                     if lag > 0:
                         time.sleep(lag)
                 elapsed = time.monotonic() - t0
+                wan = sum(c.wan_bytes().values()) - wan0
             finally:
                 for cl in clients:
                     cl.close()
-            wan = c.wan_bytes()
     items = np.concatenate(items_served)
     uniq, counts = np.unique(items, return_counts=True)
     hot = set(uniq[np.argsort(-counts)[: max(1, uniq.size // 10)]].tolist())
@@ -167,104 +187,296 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
     local = servers[0].quality.summary()
     cq = ckpt.quality.summary()
     return {"variant": variant, "nic_mbps": nic_mbps, "elapsed_s": elapsed, "batches": n_batches,
-            "update_bytes_per_s": produced / elapsed, "wan_bytes": int(sum(wan.values())),
+            "update_bytes_per_s": produced / elapsed, "rows": rows, "wan_bytes": int(wan),
+            "wan_bytes_per_update": wan / max(1, rows * (spec.dcs - 1)),
             "far_auc": float(np.mean([f["auc"] for f in far])), "far_logloss": float(np.mean([f["logloss"] for f in far])),
             "far_hot_age_p50_s": float(np.median([f["hot_age_p50_s"] for f in far])), "local_auc": local["auc"],
             "checkpoint_auc": cq["auc"], "per_dc": far}
 
 
+def _closed(quality: float, fifo: float, full: float) -> float:
+    """Share of the FIFO-to-unthrottled quality gap a variant closes (NaN when FIFO has no gap)."""
+    gap = full - fifo
+    return (quality - fifo) / gap if gap > 0 else float("nan")
+
+
 def run_slo(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, Any]:
-    """SLO-aware vs FIFO vs unthrottled vs checkpoint-only; the throttled link carries `link_fraction` of what the
-    update stream needs (measured on the unthrottled run). Returns the JSON the CLI prints."""
+    """SLO-aware vs FIFO vs unthrottled vs checkpoint-only, and SLO-aware with compressed deltas, at each of the
+    spec's link fractions (shares of the bandwidth the update stream needs, measured on the unthrottled run).
+    Returns the JSON the CLI prints."""
     data = load_data(spec)
-    full = _replay(spec, data, "unthrottled", 1000.0, progress)
+    warm = warm_start(spec, data)
+    full = _replay(spec, data, "unthrottled", 1000.0, progress, warm)
     need_mbps = full["update_bytes_per_s"] * (spec.dcs - 1) * 8 / 1e6  # the trainer's PS feeds every other DC
-    nic = max(0.05, need_mbps * spec.link_fraction)
-    slo = _replay(spec, data, "slo", nic, progress)
-    fifo = _replay(spec, data, "fifo", nic, progress)
-    gap = full["far_auc"] - fifo["far_auc"]
-    closed = (slo["far_auc"] - fifo["far_auc"]) / gap if gap > 0 else float("nan")
+    runs, rows = [full], []
+    for f in spec.link_fractions:
+        nic = max(0.05, need_mbps * f)
+        slo, fifo, both = (_replay(spec, data, v, nic, progress, warm) for v in ("slo", "fifo", "slo" + spec.compressed))
+        runs += [slo, fifo, both]
+        rows.append({"link_fraction": f, "link_mbps": nic, "slo_aware_quality": slo["far_auc"],
+                     "fifo_quality": fifo["far_auc"], "slo_compressed_quality": both["far_auc"],
+                     "gap_closed": _closed(slo["far_auc"], fifo["far_auc"], full["far_auc"]),
+                     "gap_closed_compressed": _closed(both["far_auc"], fifo["far_auc"], full["far_auc"]),
+                     "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
+                                            "slo_compressed": both["far_hot_age_p50_s"]},
+                     "wan_mb": {"slo": slo["wan_bytes"] / 1e6, "fifo": fifo["wan_bytes"] / 1e6,
+                                "slo_compressed": both["wan_bytes"] / 1e6},
+                     "elapsed_s": {"slo": slo["elapsed_s"], "fifo": fifo["elapsed_s"],
+                                   "slo_compressed": both["elapsed_s"]}})
     return {"scenario": "slo", "metric": "AUC (far DCs, each event scored before training on it)",
-            "slo_aware_quality": slo["far_auc"], "fifo_quality": fifo["far_auc"],
             "unthrottled_quality": full["far_auc"], "checkpoint_quality": full["checkpoint_auc"],
-            "gap_closed": closed, "link_mbps": nic, "stream_needs_mbps": need_mbps,
-            "hot_item_age_p50_s": {"slo": slo["far_hot_age_p50_s"], "fifo": fifo["far_hot_age_p50_s"],
-                                   "unthrottled": full["far_hot_age_p50_s"]},
-            "runs": [full, slo, fifo], "spec": asdict(spec), "data": data.source, "events": len(data)}
+            "fresh_minus_checkpoint": full["far_auc"] - full["checkpoint_auc"],
+            "unthrottled_hot_item_age_p50_s": full["far_hot_age_p50_s"], "stream_needs_mbps": need_mbps,
+            "unthrottled_elapsed_s": full["elapsed_s"],
+            "compression": spec.compressed[1:], "fractions": rows, "runs": runs, "spec": asdict(spec),
+            "data": data.source, "events": len(data)}
 
 
-def run_rollback(spec: ScenarioSpec, window: int = 4, inject_window: int = 10, windows: int = 16,
-                 guard: GuardConfig | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """A clean stretch of `inject_window` windows (false rollbacks counted), then a faulty trainer whose row changes
-    are x50 until the guard rolls back; returns detection and rollback times (rollback: until every DC serves the
-    restored rows). Each window is judged on the interactions served next, which no model has trained on."""
-    guard_cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=3 * window)
+def run_compress(spec: ScenarioSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Compressed deltas apart from prioritisation: the same SLO-aware scheduler on a link wide enough for the
+    whole stream, sending float32 rows vs int8 and fp16 deltas (WAN bytes per row update, far-DC AUC). Both
+    together under the short links: `run_slo`'s compressed column."""
     data = load_data(spec)
-    trainer, n_warm = _warm(spec, data)
+    warm = warm_start(spec, data)
+    sig = f"@{spec.significance:g}"
+    wide = {name: _replay(spec, data, v, 1000.0, progress, warm)
+            for name, v in (("fp32", "slo"), ("int8", "slo+int8" + sig), ("fp16", "slo+fp16" + sig))}
+    base = wide["fp32"]
+    return {"scenario": "compress", "metric": "WAN bytes per row update (all links) and far-DC AUC",
+            "significance": spec.significance,
+            "wide_link": {name: {"auc": r["far_auc"], "wan_bytes_per_update": r["wan_bytes_per_update"],
+                                 "bytes_ratio": base["wan_bytes_per_update"] / max(r["wan_bytes_per_update"], 1e-9),
+                                 "auc_delta": r["far_auc"] - base["far_auc"]} for name, r in wide.items()},
+            "runs": list(wide.values()), "spec": asdict(spec), "data": data.source, "events": len(data)}
+
+
+HARMS = ("scale50", "label_flip", "label_flip_unsliced", "nan_rows", "exploding_head", "stale_replay",
+         "stale_replay_unmarked")
+SLICES = 8  # the guard watches -logloss per user cohort (user id mod 8) besides the whole window
+COHORT = 5  # the cohort whose labels the label-flip harm inverts
+
+
+class HarmedRows(set):
+    """Ground truth for a rollback study: the (table, key) rows whose value at the PS is harmful right now."""
+
+    def written(self, updates: list[tuple[str, np.ndarray, np.ndarray]], harmful: bool) -> None:
+        """Rows were written: harmful ones join the set, the others (a clean value over them) leave it."""
+        for t, k, _ in updates:
+            keys = {(t, int(x)) for x in k.tolist()}
+            if harmful:
+                self.update(keys)
+            else:
+                self.difference_update(keys)
+
+
+def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int = 4, inject_window: int = 8,
+                 fix_window: int = 14, windows: int = 20, guard: GuardConfig | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Every kind of harm, each in its own run on a fresh cluster: a clean stretch, then from window
+    `inject_window` a faulty trainer that keeps sending until the operator fixes it at `fix_window`; the guard
+    screens every batch, compares the far DC's live rows with its witness per window (per user cohort too), rolls
+    back in every DC and quarantines the trainer (held updates judged in shadow, released after healthy windows).
+    Plus a clean run of the same length (false rollbacks). Harms: scale50 (row changes x50), label_flip (one
+    cohort's labels inverted; _unsliced: the guard without cohort slices), nan_rows (NaN/Inf rows), exploding_head
+    (dense heads x1000), stale_replay (the trainer restarts from the warm checkpoint and pushes it; _unmarked: no
+    model step sent along, so only quality can tell)."""
+    unknown = set(harms) - set(HARMS)
+    if unknown:
+        raise ValueError(f"unknown harm(s) {sorted(unknown)}; choose from {list(HARMS)}")
+    cfg = guard or GuardConfig(margin=0.05, patience=2, witness_delay=6 * window, slice_margin=0.03, slice_z=3.0,
+                               to_witness=True)
+    data = load_data(spec)
+    warm = warm_start(spec, data)
+    clean = _guard_run(spec, data, warm, None, window, inject_window, fix_window, windows, cfg, progress)
+    out: dict[str, Any] = {"scenario": "rollback", "data": data.source, "dcs": spec.dcs, "guard": asdict(cfg),
+                           "metric": "-logloss of the interactions served next (whole window and per user cohort)",
+                           "window_batches": window, "inject_window": inject_window, "fix_window": fix_window,
+                           "windows": windows, "clean": clean, "harms": {}}
+    for harm in harms:
+        r = _guard_run(spec, data, warm, harm, window, inject_window, fix_window, windows, cfg, progress)
+        same = clean["auc_by_window"][r["detect_window"] + 1:] if r["detected"] else []
+        r["clean_quality_same_windows"] = float(np.mean(same)) if same else None
+        same = clean["auc_by_window"][r["released_window"] + 1:] if r["released_window"] is not None else []
+        r["clean_quality_after_release"] = float(np.mean(same)) if same else None
+        out["harms"][harm] = r
+    first = out["harms"].get("scale50") or next(iter(out["harms"].values()), None)
+    out.update({"detected": bool(first and first["detected"]), "detect_s": first and first["detect_s"],
+                "rollback_s": first and first["rollback_s"], "false_rollbacks": clean["false_rollbacks"],
+                "recovered": bool(first and first["recovered"])})
+    return out
+
+
+def _harmful_step(harm: str, trainer: OnlineTrainer, ev: Interactions, stale: OnlineTrainer | None
+                  ) -> tuple[Update, OnlineTrainer]:
+    """One step of a faulty trainer (returns its update and the trainer that goes on)."""
+    if harm == "scale50":
+        return trainer.step(ev.user, ev.item, ev.label, scale=50.0), trainer
+    if harm.startswith("label_flip"):
+        cohort = ev.user % SLICES == COHORT
+        return trainer.step(ev.user, ev.item, np.where(cohort, 1.0 - ev.label, ev.label)), trainer
+    if harm.startswith("stale_replay"):
+        if stale is not None:  # restarted from the warm checkpoint: pushes all of it, then trains on from there
+            stale.step(ev.user, ev.item, ev.label)
+            return stale.full_state(), stale
+        return trainer.step(ev.user, ev.item, ev.label), trainer
+    up = trainer.step(ev.user, ev.item, ev.label)
+    if harm == "nan_rows":
+        k, v = up.tables["item"]
+        v = v.copy()
+        v[: max(1, len(v) // 20)] = np.nan
+        v[-1, 0] = np.inf
+        up.tables["item"] = (k, v)
+    elif harm == "exploding_head":
+        up.tables["dense"] = (trainer.dense_rows()[0], trainer.dense_rows()[1] * 1000.0)
+    else:
+        raise ValueError(f"unknown harm {harm!r}")
+    return up, trainer
+
+
+def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer, int], harm: str | None,
+               window: int, inject_window: int, fix_window: int, windows: int, cfg: GuardConfig,
+               progress: Progress | None) -> dict[str, Any]:
+    """One guarded run on a fresh cluster (see run_rollback); harm None: the clean run."""
+    trainer, n_warm = copy.deepcopy(warm)
+    checkpoint = copy.deepcopy(warm[0])  # what a stale replay restarts from
+    sliced = harm != "label_flip_unsliced"
+    marked = harm != "stale_replay_unmarked"
     topo = {"dcs": spec.dcs, "replicas": 1, "shards": 2, "tables": tables(spec.dim), "rtt_ms": spec.rtt_ms,
             "nic_mbps": 100.0}
-    state = trainer.full_state()
-    mgr = ModelStateManager(state.tables, tables(spec.dim), guard_cfg)
+    mgr = ModelStateManager(trainer.full_state().tables, tables(spec.dim), cfg)
+    gate = Quarantine(margin=cfg.margin, release_after=2, slice_margin=cfg.slice_margin)
+    src = "trainer"
     rest = data.slice(n_warm, len(data))
-    out: dict[str, Any] = {"scenario": "rollback", "metric": "-logloss on the interactions served next",
-                           "data": data.source, "dcs": spec.dcs, "guard": asdict(guard_cfg)}
-    with tempfile.TemporaryDirectory(prefix="ekko-rollback-") as tmp:
+    total = windows * window
+    inject, fix = inject_window * window, fix_window * window
+    res: dict[str, Any] = {"harm": harm or "none", "detected": False, "detected_by": None, "detect_s": None,
+                           "windows_to_detect": None, "detect_window": None, "rollback_s": None, "keys": 0,
+                           "refused": [], "false_rollbacks": 0, "rollbacks": 0, "held_batches": 0,
+                           "discarded_rows": 0, "released_window": None, "harm_served_windows": 0,
+                           "rollback_held": None, "verdicts": []}
+    harm_keys = HarmedRows()  # rows holding a harmful value at the PS now (ground truth)
+    restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    held_checks: list[bool] = []
+    auc_by_window: list[float] = []
+    t_inject = 0.0
+    last_step = trainer.steps
+    pre_fault = trainer
+    with tempfile.TemporaryDirectory(prefix="ekko-guard-") as tmp:
         run_dir = Path(tmp)
-        _bootstrap(run_dir, topo, state)
+        _bootstrap(run_dir, topo, trainer.full_state())
         with LocalCluster(topo, run_dir=run_dir) as c:
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
             far = clients[-1]
-            try:
-                def quality_of(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], float]:
-                    def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> float:
-                        head = get("dense", np.array([0]))[0].reshape(spec.dim, spec.dim)
-                        z = score_rows(get("user", ev.user), get("item", ev.item), head)
-                        return -logloss(z, ev.label)
-                    return evaluate
+            far_srv = InferenceServer(ps_reader(far), spec.dim, "far", dense_refresh_s=0.0, window=window * spec.batch)
+            written = harm_keys.written
 
-                live = lambda t, k: far.get(t, k)[0]  # noqa: E731 - the far DC's served rows
-                t_inject = rb = None
-                verdicts = []
-                false_rollbacks = 0
-                total = windows * window
+            def evaluate_on(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], Any]:
+                def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> Any:
+                    z = score_rows(get("user", ev.user), get("item", ev.item),
+                                   heads(get("dense", np.array(DENSE_KEYS)), spec.dim)[0]).astype(np.float64)
+                    per_event = -(np.logaddexp(0.0, z) - ev.label * z)  # -logloss of each event
+                    return (per_event, ev.user % SLICES) if sliced else float(per_event.mean())
+                return evaluate
+
+            def undo(at_window: int, to_witness: bool | None = None) -> list[str]:
+                """Roll back in every DC (see ModelStateManager.rollback); returns who wrote the rows."""
+                nonlocal restored
+                t0 = time.monotonic()
+                rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals), to_witness)
+                _wait_rows(clients, rep.restored)
+                restored = rep.restored
+                written([(t, k, vals) for t, (k, vals) in restored.items()], False)
+                res["rollbacks"] += 1
+                if res["detected"] and res["rollback_s"] is None:
+                    res.update(rollback_s=time.monotonic() - t0, keys=rep.total_keys, rollback_window=at_window)
+                return rep.sources
+
+            try:
                 for b in range(total):
-                    lo = (b * spec.batch) % max(1, len(rest) - spec.batch)
+                    lo = (b * spec.batch) % max(1, len(rest) - (window + 1) * spec.batch)
                     ev = rest.slice(lo, lo + spec.batch)
-                    harmful = b >= inject_window * window and rb is None  # a faulty trainer until rolled back
-                    up = trainer.step(ev.user, ev.item, ev.label, scale=50.0 if harmful else 1.0)
-                    if harmful and t_inject is None:
+                    far_srv.serve(ev.user, ev.item, ev.label)
+                    faulty = harm is not None and inject <= b < fix
+                    if b == inject and harm is not None:
                         t_inject = time.monotonic()
-                    for table, (k, v) in up.tables.items():
-                        clients[0].put(table, k, v)
-                    mgr.record_batch([(t, k, v) for t, (k, v) in up.tables.items()])
-                    if b % window == window - 1:
-                        _wait_rows([far], up.tables)  # serving reads what was written (one WAN delay later)
-                        nxt = rest.slice(lo + spec.batch, lo + 2 * spec.batch)  # the interactions served next
-                        v = mgr.check(quality_of(nxt if len(nxt) else ev), live)
-                        verdicts.append({"window": v.window, "live": v.live, "witness": v.witness, "bad": v.bad})
-                        if v.rollback_due:
-                            t_detect = time.monotonic()
-                            rep = mgr.rollback(lambda t, k, vals: clients[0].put(t, k, vals))
-                            trainer.load_rows(rep.restored)
-                            _wait_rows(clients, rep.restored)
-                            t_done = time.monotonic()
-                            if t_inject is None:
-                                false_rollbacks += 1
-                            elif rb is None:
-                                rb = {"detect_s": t_detect - t_inject, "rollback_s": t_done - t_detect,
-                                      "keys": rep.total_keys, "windows_to_detect": v.window - rep.detect_window + 1,
-                                      "model_rows": len(trainer.users) + len(trainer.items) + 1}
-                    if progress and b % window == 0:
-                        progress(f"rollback: batch {b}/{total}")
-                after = verdicts[-1] if verdicts else None
+                        pre_fault = copy.deepcopy(trainer)
+                    if b == fix and harm is not None:  # the operator fixes the trainer: restarted from served rows
+                        trainer = pre_fault if trainer.steps < pre_fault.steps else trainer  # the right checkpoint
+                        trainer.steps = max(trainer.steps, last_step)
+                        served = {t: (k, clients[0].get(t, k)[0]) for t, (k, _) in trainer.full_state().tables.items()}
+                        trainer.restart(served)
+                    if faulty:
+                        stale = checkpoint if (harm or "").startswith("stale_replay") and b == inject else None
+                        up, trainer = _harmful_step(harm, trainer, ev, stale)  # type: ignore[arg-type]
+                    else:
+                        up = trainer.step(ev.user, ev.item, ev.label)
+                    sent = [(t, k, v) for t, (k, v) in up.tables.items()]
+                    scr = mgr.screen(sent, src, trainer.steps if marked else None)
+                    last_step = trainer.steps if not scr.harmful else last_step
+                    if scr.harmful:  # refused before serving: quarantine the source, undo what it wrote lately
+                        res["refused"].extend(scr.refused[:2])
+                        if not faulty:
+                            res["false_rollbacks"] += 1
+                        elif not res["detected"]:
+                            res.update(detected=True, detected_by="screen", detect_s=time.monotonic() - t_inject,
+                                       windows_to_detect=0, detect_window=b // window)
+                        if not gate.quarantined(src):  # what it wrote since the last good window goes back
+                            gate.quarantine(src, reason="; ".join(scr.refused))
+                            undo(b // window, to_witness=False)
+                    applied = gate.submit(src, scr.accepted)
+                    if gate.quarantined(src):
+                        res["held_batches"] += 1
+                    else:
+                        written(applied, faulty)
+                    for t, k, v in applied:
+                        clients[0].put(t, k, v)
+                    mgr.record_batch(applied, src)
+                    if b % window != window - 1:
+                        continue
+                    auc_by_window.append(far_srv.quality.summary()["auc"])
+                    _wait_rows([far], {t: (k, v) for t, k, v in applied})  # serving reads what was written
+                    nxt = rest.slice(lo + spec.batch, lo + (window + 1) * spec.batch)  # served next
+                    evaluate = evaluate_on(nxt)
+                    live = lambda t, k: far.get(t, k)[0]  # noqa: E731
+                    v = mgr.check(evaluate, live)
+                    res["harm_served_windows"] += bool(harm_keys)
+                    if restored and gate.quarantined(src) and faulty:  # does the rollback hold meanwhile?
+                        held_checks.append(all(np.array_equal(live(t, k), vals) for t, (k, vals) in restored.items()
+                                               if k.size))
+                    res["verdicts"].append([v.window, round(v.live, 4), round(v.witness, 4), v.slice])
+                    if v.rollback_due:
+                        if not faulty and not harm_keys:
+                            res["false_rollbacks"] += 1
+                        elif not res["detected"]:
+                            res.update(detected=True, detected_by=f"quality ({v.slice})",
+                                       detect_s=time.monotonic() - t_inject,
+                                       windows_to_detect=v.window - inject_window + 1, detect_window=v.window)
+                        for s_ in undo(v.window):
+                            gate.quarantine(s_, reason=f"rolled back at window {v.window} ({v.slice})")
+                    if gate.quarantined(src) and v.window > (res["detect_window"] or -1):
+                        rev = gate.review(src, evaluate, live)
+                        if rev.action == "released":
+                            for t, k, vals in rev.released:
+                                clients[0].put(t, k, vals)
+                            mgr.record_batch(rev.released, src)
+                            written(rev.released, False)
+                            res["released_window"] = v.window
+                    if progress:
+                        progress(f"guard {harm or 'clean'}: window {v.window + 1}/{windows}")
             finally:
                 for cl in clients:
                     cl.close()
-    out.update({"detected": rb is not None, "detect_s": rb["detect_s"] if rb else None,
-                "rollback_s": rb["rollback_s"] if rb else None, "false_rollbacks": false_rollbacks,
-                "rollback": rb, "windows": verdicts,
-                "recovered": bool(after and after["live"] >= after["witness"] - guard_cfg.margin)})
-    return out
+    res["discarded_rows"] = gate.discarded_rows.get(src, 0)
+    res["rollback_held"] = all(held_checks) if held_checks else None
+    res["auc_by_window"] = auc_by_window
+    after = auc_by_window[res["detect_window"] + 1:] if res["detected"] else []
+    res["quality_after"] = float(np.mean(after)) if after else None  # far-DC AUC from detection to the end
+    released = auc_by_window[res["released_window"] + 1:] if res["released_window"] is not None else []
+    res["quality_after_release"] = float(np.mean(released)) if released else None
+    last = mgr.history[-1] if mgr.history else None
+    res["recovered"] = bool(last and not last.bad) and not harm_keys
+    res["served_bad_rows"] = len(harm_keys)
+    return res
 
 
 def _wait_rows(clients: list, restored: dict[str, tuple[np.ndarray, np.ndarray]], timeout: float = 30.0) -> None:
@@ -280,7 +492,7 @@ def _wait_rows(clients: list, restored: dict[str, tuple[np.ndarray, np.ndarray]]
                 time.sleep(0.005)
 
 
-__all__ = ["ScenarioSpec", "run_rollback", "run_slo", "auc", "QualityWindow"]
+__all__ = ["ScenarioSpec", "run_compress", "run_rollback", "run_slo", "simulate", "auc", "QualityWindow"]
 
 
 def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_at: int | None = None,
@@ -290,7 +502,7 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
     number) starts a faulty trainer (row changes x50) that runs until the guard rolls it back. `on_tick` gets a
     snapshot after every window: per-DC quality and parameter age, and the guard's state."""
     data = load_data(spec)
-    trainer, n_warm = _warm(spec, data)
+    trainer, n_warm = warm_start(spec, data)
     topo = dict(topology or {"dcs": spec.dcs, "replicas": 1, "shards": 2, "rtt_ms": spec.rtt_ms, "nic_mbps": 100.0})
     topo["tables"] = tables(spec.dim)
     from recmine.ekko.lab.cluster import load_topology
@@ -360,3 +572,65 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
     return {"data": data.source, "events": len(data), "batches": n_batches,
             "dcs": [{"dc": s.name, **s.quality.summary()} for s in servers], "guard_events": events,
             "rollbacks": len(mgr.rollbacks)}
+
+
+def _store_reader(store: ParamStore, traffic: Traffic | None = None) -> Callable:
+    """A RowReader over an in-process store; reads are counted as inference traffic when `traffic` is given."""
+    def read(table: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if traffic is not None:
+            traffic.observe(table, keys)
+        return store.get(table, keys)
+    return read
+
+
+def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_per_s: float = 1e12,
+             warm: tuple[OnlineTrainer, int] | None = None) -> dict[str, Any]:
+    """The slo scenario's replay over one simulated link (lab/linksim.py: real stores, scheduler, protocol core
+    and wire encoding; modelled network; simulated time): the far DC scores every batch before the trainer learns
+    from it. `scheduler`: all (unthrottled), checkpoint, or a scheduler spec (slo, fifo, slo+int8, ...). Returns
+    far-DC AUC / logloss, wire bytes and rows produced."""
+    trainer, n_warm = copy.deepcopy(warm) if warm is not None else warm_start(spec, data)
+    link = make_link(tables(spec.dim), "all" if scheduler in ("all", "checkpoint") else scheduler, link_bytes_per_s,
+                     delay_s=spec.rtt_ms / 2000.0, traffic_half_life_s=spec.traffic_half_life_s)
+    state = trainer.full_state()
+    stamp = 1
+    for store in (link.src, link.dst):
+        store.apply([TableUpdate(t, k, v.astype(np.float32), np.full(k.shape[0], stamp, np.int64),
+                                 np.zeros(k.shape[0], np.int32)) for t, (k, v) in state.tables.items()],
+                    {s: {0: stamp} for s in range(link.src.num_shards)})
+    traffic = getattr(link.sender, "traffic", None)
+    local = InferenceServer(_store_reader(link.src, traffic), spec.dim, "dc0", window=len(data))
+    far_read: Callable = _store_reader(link.dst)
+    if scheduler == "checkpoint":
+        far_read = _DictReader(state, stamp)
+    far = InferenceServer(far_read, spec.dim, "far", window=len(data))
+    rest = data.slice(n_warm, len(data))
+    n_batches = (len(rest) + spec.batch - 1) // spec.batch
+    pace = spec.replay_s / n_batches
+    ckpt_every = max(1, int(n_batches * spec.checkpoint_every))
+    rows = 0
+    every = max(1, n_batches // 20)  # batches per point of the AUC series
+    series: list[float] = []
+    window_s: list[np.ndarray] = []
+    window_y: list[np.ndarray] = []
+    for b in range(n_batches):
+        ev = rest.slice(b * spec.batch, (b + 1) * spec.batch)
+        local.dense_refresh_s = far.dense_refresh_s = 0.0  # simulated time: read the head every batch
+        scored = far.serve(ev.user, ev.item, ev.label)
+        window_s.append(scored.logits)
+        window_y.append(ev.label)
+        if len(window_s) == every:
+            series.append(auc(np.concatenate(window_s), np.concatenate(window_y)))
+            window_s, window_y = [], []
+        local.serve(ev.user, ev.item, ev.label)
+        up = trainer.step(ev.user, ev.item, ev.label)
+        for table, (k, v) in up.tables.items():
+            link.src.put(table, k, v)
+        rows += up.n_rows
+        if scheduler == "checkpoint" and (b + 1) % ckpt_every == 0:
+            far.read = _DictReader(trainer.full_state(), stamp)
+        link.advance(pace)
+    q = far.quality.summary()
+    return {"variant": scheduler, "far_auc": q["auc"], "far_logloss": q["logloss"], "wire_bytes": link.wire_bytes,
+            "bytes_per_s": link.wire_bytes / spec.replay_s, "rows": rows, "batches": n_batches,
+            "local_auc": local.quality.summary()["auc"], "auc_series": series, "series_batches": every}

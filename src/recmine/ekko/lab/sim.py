@@ -103,7 +103,7 @@ class SimSpec(BenchSpec):
     max_message_bytes: int = 4 * 1024 * 1024
     wait_ms: int = 1000
     stream_ms: int = 10000
-    scheduler: str = "all"  # all | slo | fifo
+    scheduler: str = "all"  # all | slo | fifo (+fp16 / +int8 runs the codec; the wire is charged float32 rows)
     scheduler_share: float = 0.9
     round_ms: float = 50.0
 
@@ -353,9 +353,7 @@ class Simulation:
         if isinstance(step, End):
             self._send(resp, dst, MSG_OVERHEAD, now, self._stream_ends, dst, call)
         elif isinstance(step, Wait):
-            token = (asker, call, step.until)
-            resp.waiting.setdefault(pc.req.shard, []).append((token, asker, call, pc))
-            self._at(step.until, self._wait_over, resp, pc.req.shard, token)
+            self._wait(resp, asker, call, pc, step.until)
         else:
             assert isinstance(step, Send)
             done = now
@@ -371,7 +369,16 @@ class Simulation:
                     nbytes += 12 * len(cs.version_vector)
                 done = self._cpu(resp, per_msg + per_row * rows)
                 self._send(resp, dst, nbytes, done, self._batch_arrives, dst, call, msg, i == last, step, resp)
-            self._at(done + step.pause_s, self._serve_step, resp, asker, call, pc)
+            if step.pause_s:  # as peer.py: the next round or the next change the call wants
+                self._wait(resp, asker, call, pc, done + step.pause_s)
+            else:
+                self._at(done, self._serve_step, resp, asker, call, pc)
+
+    def _wait(self, resp: _Node, asker: int, call: int, pc: PullCall, until: float) -> None:
+        """The call's next step waits until `until` or a change it wants, whichever comes first."""
+        token = (asker, call, until)
+        resp.waiting.setdefault(pc.req.shard, []).append((token, asker, call, pc))
+        self._at(until, self._wait_over, resp, pc.req.shard, token)
 
     def _wait_over(self, resp: _Node, shard: int, token: tuple) -> None:
         waiters = resp.waiting.get(shard, [])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recmine.auth import Auth, split_address
+from recmine.ekko.ps.compress import parse_scheduler
 
 DEFAULTS: dict[str, Any] = {
     "dcs": 2, "replicas": 2, "shards": 2, "tables": {"emb": 64}, "rtt_ms": 50.0, "nic_mbps": 100.0,
@@ -55,8 +56,8 @@ def load_topology(spec: str | os.PathLike[str] | dict[str, Any]) -> dict[str, An
         raise ValueError(f"topology must be mesh or tree, got {topo['topology']!r}")
     if topo["nic_mbps"] <= 0 or topo["rtt_ms"] < 0:
         raise ValueError("nic_mbps must be > 0 and rtt_ms >= 0")
-    if topo["scheduler"] not in ("all", "slo", "fifo"):
-        raise ValueError(f"topology scheduler must be all, slo or fifo, got {topo['scheduler']!r}")
+    if topo["scheduler"] != "all" and parse_scheduler(topo["scheduler"])[0] not in ("slo", "fifo"):  # codec checked
+        raise ValueError(f"topology scheduler must be all, slo or fifo (+fp16 / +int8), got {topo['scheduler']!r}")
     if not 0 < topo["scheduler_share"] <= 1 or topo["round_ms"] <= 0:
         raise ValueError("scheduler_share must be in (0, 1] and round_ms > 0")
     if not topo["traffic_half_life_s"] > 0:
@@ -141,7 +142,7 @@ class PeerConfig:
     log_applies: bool = False
     max_message_bytes: int = 4 * 1024 * 1024
     go_file: str | None = None  # start disseminating once this file exists (the launcher's "all peers are up")
-    scheduler: str = "all"  # outgoing WAN sync: all (send every change at once) | slo | fifo (see scheduler.py)
+    scheduler: str = "all"  # outgoing WAN sync: all (send every change at once) | slo | fifo, +int8 / +fp16 (scheduler.py)
     link_bytes_per_s: float = 0.0  # the scheduler's WAN byte budget (slo / fifo)
     round_ms: float = 50.0  # the scheduler's round length
     traffic_half_life_s: float = 30.0  # how fast the scheduler forgets which keys inference reads

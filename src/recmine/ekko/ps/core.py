@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recmine.ekko.ps.compress import unpack
 from recmine.ekko.ps.scheduler import ROW_OVERHEAD
 from recmine.ekko.ps.store import ChangeSet, ParamStore, TableUpdate, VersionVector
 from recmine.ekko.ps.sync import (
@@ -253,10 +254,12 @@ class Core:
     def batch(self, call: int, rows: list[TableUpdate], last: bool, complete: bool = False,
               vv: VersionVector | None = None, counter: int = 0, round_id: int = 0, incarnation: int = 0) -> int | None:
         """A message of subscription `call` arrived; on a round's last message the round is applied. Returns the rows
-        it changed (None before a round's end, or for a call no longer open)."""
+        it changed (None before a round's end, or for a call no longer open). ValueError for compressed rows that do
+        not apply to what this store holds (compress.decode): the call has failed."""
         slot = self._calls.get(call)
         if slot is None:
             return None
+        rows = [unpack(u, self.store) for u in rows]  # compressed rows that came in memory (the wire decodes its own)
         self.rows_received += sum(len(u) for u in rows)
         n = slot.askers[slot.node].batch(rows, last, complete, vv, counter, round_id, incarnation)
         if n is not None:
@@ -314,7 +317,8 @@ class Core:
 @dataclass
 class Send:
     """Step: send `messages` (the round cut to the message budget; the last one carries the round's end), then
-    pause `pause_s` before asking again (a round cut short by the link's budget waits for the next round)."""
+    wait up to `pause_s`, or until a change the call wants, before asking again (a round cut short by the link's
+    budget, or leaving compressed rows' residuals, waits for the next round or the next change)."""
 
     round: Round
     changes: ChangeSet

@@ -268,7 +268,7 @@ class PeerServer:
         failed = False
         try:
             async for batch in call:
-                rows = [pb_to_rows(r, self.dims) for r in batch.rows]
+                rows = [pb_to_rows(r, self.dims, self.store) for r in batch.rows]  # store: compressed deltas
                 self.core.batch(sub.call, rows, batch.last, batch.complete, pb_to_vv(batch.version_vector),
                                 batch.counter, batch.round, batch.incarnation)
         except asyncio.CancelledError:
@@ -299,8 +299,8 @@ class PeerServer:
                 for i, msg in enumerate(step.messages):
                     self.core.batch(sub.call, msg, i == last, step.round.complete, cs.version_vector, cs.counter,
                                     step.round.id, other.incarnation)
-                if step.pause_s:
-                    await asyncio.sleep(step.pause_s)
+                if step.pause_s:  # as Pull does: the next round or the next change
+                    await other.wait_change(call, step.pause_s)
         except asyncio.CancelledError:
             if sub.call in self._calls:  # not our Cancel (it unregisters the call first): shutting down
                 raise
@@ -445,8 +445,8 @@ class _Servicer:
                 continue
             for msg in self._messages(step):
                 yield msg
-            if step.pause_s:  # the link's budget is spent: the rest waits for the next round
-                await asyncio.sleep(step.pause_s)
+            if step.pause_s:  # the link's budget is spent (or a residual waits): the next round or change
+                await peer.wait_change(call, step.pause_s)
 
     def _messages(self, step: Send) -> list:
         """The round's PullBatch messages; a round that is a whole shared change set is encoded once for every call

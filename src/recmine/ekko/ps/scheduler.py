@@ -13,6 +13,9 @@ Priority (the default `slo_priority`): (a) freshness: a key the asker has never 
 significance: the size of the change against what the asker holds, relative to the key's running mean norm; (c)
 model priority: the share of inference traffic the key serves (Gets counted at this PS with exponential decay).
 Waiting raises a row's priority (aging) so no key starves. `fifo_priority` (a merging FIFO queue) is the ablation.
+
+With a codec (scheduler "slo+int8", "fifo+fp16", ...; see compress.py) rows travel quantised as deltas against what
+the asker holds, changes below the codec's significance wait in the residual, and a quiet key's residual goes exact.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recmine.ekko.ps import compress
+from recmine.ekko.ps.compress import ROW_OVERHEAD, Codec, parse_scheduler
 from recmine.ekko.ps.store import ChangeSet, TableUpdate
 from recmine.ekko.ps.sync import Round, Superseded
 
-ROW_OVERHEAD = 20  # key + ts + origin bytes per row on the wire (values add 4 * dim)
+__all__ = ["ROW_OVERHEAD", "POLICIES", "PolicyInputs", "SloScheduler", "Traffic", "fifo_priority", "slo_priority"]
 
 
 @dataclass
@@ -41,6 +46,8 @@ class PolicyInputs:
     wait_s: np.ndarray  # seconds since this key first waited for the asker
     ts: np.ndarray  # version stamp (ns) of the row
     queued_ts: np.ndarray  # version stamp of the key's first change the asker still waits for
+    change: np.ndarray | None = None  # ||new - held|| (the row's norm for new keys)
+    table: np.ndarray | None = None  # index of the row's table in the change set
 
 
 Policy = Callable[[PolicyInputs], np.ndarray]
@@ -64,19 +71,20 @@ POLICIES: dict[str, Policy] = {"slo": slo_priority, "fifo": fifo_priority}
 class Traffic:
     """Inference read counts per (table, key), decayed with a half-life, to weigh keys by traffic share."""
 
-    def __init__(self, half_life_s: float = 30.0) -> None:
+    def __init__(self, half_life_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.half_life_s = half_life_s
+        self.clock = clock
         self._lock = threading.Lock()
         self._slots: dict[str, dict[int, int]] = {}
         self._counts: dict[str, np.ndarray] = {}
-        self._t0 = time.monotonic()
+        self._t0 = clock()
 
     def _weight(self) -> float:  # reads are added with a growing weight: decay without touching every key
-        w = float(2.0 ** ((time.monotonic() - self._t0) / self.half_life_s))
+        w = float(2.0 ** ((self.clock() - self._t0) / self.half_life_s))
         if w > 1e12:  # rebase (caller holds the lock): scale every count down, so weights never overflow
             for counts in self._counts.values():
                 counts /= w
-            self._t0 = time.monotonic()
+            self._t0 = self.clock()
             w = 1.0
         return w
 
@@ -118,7 +126,8 @@ class _Mirror:
     acknowledged send (`ts`, `values`) and of the newest send still on the current stream (`sent_*`, a round that
     arrives in order or is forgotten when the next Pull shows it was not applied)."""
 
-    FIELDS = ("ts", "values", "norm", "waiting_since", "queued_ts", "shard", "sent_ts", "sent_values", "sent_round")
+    FIELDS = ("ts", "values", "norm", "waiting_since", "queued_ts", "shard", "sent_ts", "sent_values", "sent_round",
+              "sure", "seen_ts", "seen_at")
 
     def __init__(self, dim: int) -> None:
         self.slots: dict[int, int] = {}
@@ -131,6 +140,9 @@ class _Mirror:
         self.sent_ts = np.zeros(0, np.int64)  # on the current stream, not yet acknowledged: -1 = none
         self.sent_values = np.zeros((0, dim), np.float32)
         self.sent_round = np.zeros(0, np.int64)  # 0 = none
+        self.sure = np.zeros(0, bool)  # the asker surely holds `values` (False after a round to it was cut)
+        self.seen_ts = np.zeros(0, np.int64)  # the key's newest version this sender has seen, and since when
+        self.seen_at = np.zeros(0, np.float64)
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         return np.array([self.slots.get(k, -1) for k in keys.tolist()], np.int64)
@@ -167,10 +179,13 @@ class _Mirror:
         rows = np.flatnonzero((self.sent_round[:n] != 0) & (self.shard[:n] == shard))
         if rows.size == 0:
             return 0, 0
-        ok = rows[np.isin(self.sent_round[rows], applied)]
-        newer = ok[self.sent_ts[ok] > self.ts[ok]]
+        acked = np.isin(self.sent_round[rows], applied)
+        ok = rows[acked]
+        newer = ok[self.sent_ts[ok] >= self.ts[ok]]  # >=: an exact resend of a version held approximately
         self.ts[newer] = self.sent_ts[newer]
         self.values[newer] = self.sent_values[newer]
+        self.sure[ok] = True
+        self.sure[rows[~acked]] = False  # a cut round may have left the asker with something else: send absolute
         self.sent_round[rows] = 0
         self.sent_ts[rows] = -1
         return int(ok.size), int(rows.size - ok.size)
@@ -186,11 +201,14 @@ class SloScheduler:
 
     def __init__(self, policy: Policy | str = "slo", bytes_per_s: float = 1e6, round_s: float = 0.05,
                  is_wan: Callable[[int], bool] = lambda node: True, traffic: Traffic | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, codec: Codec | None = None) -> None:
         if isinstance(policy, str):
-            if policy not in POLICIES:
-                raise ValueError(f"unknown scheduling policy {policy!r}; choose from {sorted(POLICIES)}")
-            policy = POLICIES[policy]
+            name, parsed = parse_scheduler(policy)
+            if name not in POLICIES:
+                raise ValueError(f"unknown scheduling policy {policy!r}; choose from {sorted(POLICIES)}, optionally "
+                                 "with +fp16 or +int8 (compressed deltas), e.g. 'slo+int8'")
+            policy, codec = POLICIES[name], codec or parsed
+        self.codec = codec
         if bytes_per_s <= 0 or round_s <= 0:
             raise ValueError("bytes_per_s and round_s must be > 0")
         self.policy = policy
@@ -205,6 +223,7 @@ class SloScheduler:
         self._mirrors: dict[tuple[int, int, str], _Mirror] = {}
         self._incarnation: dict[int, int] = {}  # requester -> the process incarnation its mirrors belong to
         self._streams: dict[tuple[int, int, int], int] = {}  # (requester, incarnation, shard) -> open stream token
+        self._picked: dict[tuple[int, int, int], float] = {}  # stream -> when it last picked with a backlog
         self._next_round = int.from_bytes(os.urandom(6), "little") + 1  # ids never reused by a later process
         self._lock = threading.Lock()
         self.sent_bytes = 0
@@ -218,6 +237,19 @@ class SloScheduler:
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.bytes_per_s)
         self._last = now
         return now
+
+    def _allowance(self, stream: tuple[int, int, int], now: float) -> float:
+        """Bytes this stream's round may send: its fair share (1/k of the streams that picked lately) of the tokens
+        or of what the link carried since its last round, within the tokens left. One bucket shared first-come would let
+        the stream that picks just before another take everything, round after round, and starve it."""
+        horizon = 2 * self.round_s
+        last = self._picked.get(stream, now - horizon)
+        self._picked[stream] = now
+        for k in [k for k, t in self._picked.items() if now - t > horizon and k != stream]:
+            del self._picked[k]  # idle streams give their share back
+        k = len(self._picked)
+        share = max(self._tokens, self.bytes_per_s * min(max(now - last, self.round_s), horizon)) / k
+        return min(self._tokens, share)
 
     def open(self, requester: int, incarnation: int, shard: int, applied: Sequence[int]) -> int:
         """A Pull from `requester` for `shard` starts: rounds it acknowledges become held, the rest of this shard's
@@ -242,17 +274,19 @@ class SloScheduler:
             return token
 
     def pick(self, cs: ChangeSet, requester: int, incarnation: int, budget: int, stream: int) -> Round:
-        """This round's rows for `requester`; complete when it then holds (or has on its way) the whole change set.
-        Raises Superseded when a newer Pull of this asker for this shard has opened."""
+        """This round's rows for `requester`; complete when it then holds (or has on its way) the whole change set,
+        exactly. Raises Superseded when a newer Pull of this asker for this shard has opened."""
         if not self.is_wan(requester):
             return Round(cs.updates, True)
+        codec = self.codec
         with self._lock:
             if self._streams.get((requester, incarnation, cs.shard)) != stream:
                 raise Superseded(f"a newer Pull of node {requester} for shard {cs.shard} is open")
             now = self._refill()
-            cands: list[tuple[TableUpdate, np.ndarray, _Mirror]] = []
+            cands: list[tuple[TableUpdate, np.ndarray, _Mirror, np.ndarray]] = []
             inputs: list[PolicyInputs] = []
-            for up in cs.updates:
+            waiting_rows = 0  # changes left in the residual this round (compressed only)
+            for ti, up in enumerate(cs.updates):
                 m = self._mirrors.get((requester, incarnation, up.table))
                 if m is None:
                     m = self._mirrors[(requester, incarnation, up.table)] = _Mirror(up.values.shape[1])
@@ -260,7 +294,11 @@ class SloScheduler:
                 known = rows >= 0
                 held_ts = np.full(rows.size, -1, np.int64)
                 held_ts[known] = m.view_ts(rows[known])
-                todo = np.flatnonzero(held_ts != up.ts)  # held, or on its way at this version: skip
+                todo = held_ts != up.ts  # held, or on its way at this version: skip
+                if codec is not None:  # ... unless held only approximately
+                    at = np.flatnonzero(known & ~todo)
+                    todo[at] = (m.view_values(rows[at]) != up.values[at]).any(axis=1)
+                todo = np.flatnonzero(todo)
                 if todo.size == 0:
                     continue
                 sub = up.take(todo)
@@ -273,20 +311,40 @@ class SloScheduler:
                 delta = np.linalg.norm(sub.values - m.view_values(rows), axis=1)
                 scale = np.where(m.norm[rows] > 0, m.norm[rows], np.linalg.norm(sub.values, axis=1) + 1e-12)
                 rel = np.where(is_new, np.inf, delta / scale)
+                how = np.zeros(rows.size, np.int8)
+                if codec is not None:
+                    seen = m.seen_ts[rows] != sub.ts
+                    m.seen_ts[rows[seen]], m.seen_at[rows[seen]] = sub.ts[seen], now
+                    settled = now - m.seen_at[rows] >= codec.settle_s
+                    go = is_new | (rel >= codec.significance) | settled
+                    waiting_rows += int((~go).sum())
+                    sure = (m.sent_round[rows] != 0) | m.sure[rows]
+                    how = np.where(settled & (rel < codec.significance), compress.RAW,
+                                   np.where(is_new | ~sure, compress.ABS, compress.DELTA)).astype(np.int8)
+                    keep = np.flatnonzero(go)
+                    sub, rows, rel, how = sub.take(keep), rows[keep], rel[keep], how[keep]
+                    is_new = is_new[keep]
+                    if keep.size == 0:
+                        continue
                 inputs.append(PolicyInputs(is_new, rel, self.traffic.share(up.table, sub.keys),
-                                           now - m.waiting_since[rows], sub.ts, m.queued_ts[rows]))
-                cands.append((sub, rows, m))
+                                           now - m.waiting_since[rows], sub.ts, m.queued_ts[rows],
+                                           np.linalg.norm(sub.values - m.view_values(rows), axis=1),
+                                           np.full(len(sub), ti)))
+                cands.append((sub, rows, m, how))
             if not cands:
-                return Round([], True)
+                return Round([], waiting_rows == 0)
             x = PolicyInputs(*(np.concatenate([getattr(i, f) for i in inputs]) for f in
-                               ("is_new", "rel_change", "traffic", "wait_s", "ts", "queued_ts")))
+                               ("is_new", "rel_change", "traffic", "wait_s", "ts", "queued_ts", "change", "table")))
             prio = np.asarray(self.policy(x), np.float64)
-            cost = np.concatenate([np.full(len(s), ROW_OVERHEAD + 4 * s.values.shape[1]) for s, _, _ in cands])
+            cost = np.concatenate([np.full(len(s), ROW_OVERHEAD + 4 * s.values.shape[1]) if codec is None else
+                                   codec.cost(s.values.shape[1], how) for s, _, _, how in cands])
             order = np.argsort(-prio, kind="stable")
-            fits = np.cumsum(cost[order]) <= self._tokens
+            fits = np.cumsum(cost[order]) <= self._allowance((requester, incarnation, cs.shard), now)
+            if not fits[0] and self._tokens > 0:  # a row bigger than any round's share would block the queue for
+                fits[0] = True  # good: it goes when the link has credit, and the bucket runs into debt
             chosen = order[fits]
-            complete = bool(fits.all())
-            if not complete:
+            complete = bool(fits.all()) and waiting_rows == 0
+            if not bool(fits.all()):
                 self.deferred_rounds += 1
             self._tokens -= float(cost[chosen].sum())
             take = np.zeros(prio.size, bool)
@@ -295,7 +353,7 @@ class SloScheduler:
             self._next_round += 1 if chosen.size else 0
             out: list[TableUpdate] = []
             lo = 0
-            for sub, rows, m in cands:
+            for sub, rows, m, how in cands:
                 sel = np.flatnonzero(take[lo: lo + len(sub)])
                 lo += len(sub)
                 if sel.size == 0:
@@ -304,11 +362,16 @@ class SloScheduler:
                 r = rows[sel]
                 norms = np.linalg.norm(part.values, axis=1)
                 m.norm[r] = np.where(m.view_ts(r) < 0, norms, 0.9 * m.norm[r] + 0.1 * norms)
-                m.sent_ts[r] = part.ts
-                m.sent_values[r] = part.values
-                m.sent_round[r] = rid
-                m.waiting_since[r] = 0.0
-                out.append(part)
+                parts = [part] if codec is None else compress.encode(codec, part, how[sel], m.view_values(r),
+                                                                     m.view_ts(r))
+                for p in parts:
+                    pr = m.rows(p.keys)
+                    m.sent_ts[pr] = p.ts
+                    m.sent_values[pr] = p.values  # what the asker will hold: exact, or as decoded there
+                    m.sent_round[pr] = rid
+                    m.waiting_since[pr] = 0.0
+                    complete &= not isinstance(p, compress.PackedUpdate)  # approximate rows: not yet complete
+                    out.append(p)
                 self.sent_rows += len(part)
             self.sent_bytes += int(cost[chosen].sum())
             return Round(out, complete, rid)

@@ -7,6 +7,7 @@ from types import ModuleType
 
 import numpy as np
 
+from recmine.ekko.ps import compress
 from recmine.ekko.ps.core import Request
 from recmine.ekko.ps.store import TableUpdate, VersionVector
 from recmine.protos import load_proto
@@ -18,28 +19,54 @@ def stubs() -> tuple[ModuleType, ModuleType]:
 
 
 def rows_to_pb(pb2: ModuleType, up: TableUpdate):
-    """TableUpdate -> Rows message."""
+    """TableUpdate -> Rows message (a compress.PackedUpdate travels as its codes)."""
+    dim = int(up.values.shape[1])
+    if isinstance(up, compress.PackedUpdate):
+        assert up.codes is not None and up.scale is not None and up.base_ts is not None
+        codes = up.codes.astype("<f2" if up.codec == compress.CODECS["fp16"] else np.int8)
+        return pb2.Rows(table=up.table, keys=up.keys.tolist(), ts=up.ts.tolist(), origin=up.origin.tolist(), dim=dim,
+                        codec=up.codec, codes=np.ascontiguousarray(codes).tobytes(),
+                        scales=np.ascontiguousarray(up.scale, "<f4").tobytes()
+                        if up.codec == compress.CODECS["int8"] else b"",
+                        base_back=np.where(up.base_ts != 0, up.ts - up.base_ts + 1, 0).tolist())
     return pb2.Rows(table=up.table, keys=up.keys.tolist(), values=np.ascontiguousarray(up.values, "<f4").tobytes(),
-                    ts=up.ts.tolist(), origin=up.origin.tolist(), dim=int(up.values.shape[1]))
+                    ts=up.ts.tolist(), origin=up.origin.tolist(), dim=dim)
 
 
-def pb_to_rows(msg, dims: dict[str, int]) -> TableUpdate:
-    """Rows message -> TableUpdate; ValueError naming what is wrong (unknown table, dim, lengths, NaN)."""
+def pb_to_rows(msg, dims: dict[str, int], held: object | None = None) -> TableUpdate:
+    """Rows message -> TableUpdate; ValueError naming what is wrong (unknown table, dim, lengths, NaN). Compressed
+    rows need `held`, the receiving store (a delta applies to the row it holds; see compress.decode)."""
     if msg.table not in dims:
         raise ValueError(f"unknown table {msg.table!r}; tables are {sorted(dims)}")
     dim = dims[msg.table]
     if msg.dim != dim:
         raise ValueError(f"table {msg.table!r} has dim {dim}, message says {msg.dim}")
     n = len(msg.keys)
-    if len(msg.values) != n * dim * 4:
-        raise ValueError(f"table {msg.table!r}: {len(msg.values)} value bytes for {n} keys of dim {dim}")
     if len(msg.ts) != n or len(msg.origin) != n:
         raise ValueError(f"table {msg.table!r}: versions do not match {n} keys")
+    keys, ts, origin = np.array(msg.keys, np.int64), np.array(msg.ts, np.int64), np.array(msg.origin, np.int32)
+    if msg.codec:
+        if held is None:
+            raise ValueError(f"table {msg.table!r}: compressed rows are accepted only from a peer's Pull")
+        width = {compress.CODECS["fp16"]: 2, compress.CODECS["int8"]: 1}.get(msg.codec)
+        if width is None:
+            raise ValueError(f"table {msg.table!r}: unknown codec {msg.codec}")
+        int8 = msg.codec == compress.CODECS["int8"]
+        if len(msg.codes) != n * dim * width or len(msg.scales) != (4 * n if int8 else 0) or len(msg.base_back) != n:
+            raise ValueError(f"table {msg.table!r}: compressed payload does not match {n} keys of dim {dim}")
+        codes = np.frombuffer(msg.codes, "<f2" if not int8 else np.int8).reshape(n, dim)
+        scale = np.frombuffer(msg.scales, "<f4").astype(np.float32) if int8 else np.ones(n, np.float32)
+        if not np.isfinite(scale).all() or (not int8 and not np.isfinite(codes).all()):
+            raise ValueError(f"table {msg.table!r}: non-finite value (NaN/Inf) in compressed rows")
+        back = np.array(msg.base_back, np.int64)
+        return compress.decode(msg.table, keys, ts, origin, msg.codec, codes, scale,
+                               np.where(back != 0, ts - back + 1, 0), held)
+    if len(msg.values) != n * dim * 4:
+        raise ValueError(f"table {msg.table!r}: {len(msg.values)} value bytes for {n} keys of dim {dim}")
     values = np.frombuffer(msg.values, dtype="<f4").reshape(n, dim).astype(np.float32)
     if not np.isfinite(values).all():
         raise ValueError(f"table {msg.table!r}: non-finite value (NaN/Inf) in rows")
-    return TableUpdate(msg.table, np.array(msg.keys, np.int64), values, np.array(msg.ts, np.int64),
-                       np.array(msg.origin, np.int32))
+    return TableUpdate(msg.table, keys, values, ts, origin)
 
 
 def decode_values(table: str, keys: list[int], data: bytes, dim: int, expected_dim: int) -> np.ndarray:

@@ -12,7 +12,13 @@ names the sources that wrote since the last good window, and a `Quarantine` hold
 (latest value per key) instead of applying them. Each window it scores the held rows in shadow (served rows with
 the held ones laid over them) against the served rows: held rows that hurt are discarded; after `release_after`
 healthy windows in a row they are released (written) and the source is trusted again; an operator can release
-or discard at any time."""
+or discard at any time.
+
+Some harm is visible in the update itself, before anything is served: `screen` refuses a batch with a NaN/Inf row,
+a row whose norm is far above its table's typical norm (an exploding layer), or a model step that goes back (a
+trainer replaying a stale checkpoint), naming what was wrong. Harm confined to one group of users (e.g. their
+labels flipped) barely moves a global metric: `check` compares live and witness on every slice `evaluate` returns
+(e.g. user cohorts) and alarms on the worst one."""
 
 from __future__ import annotations
 
@@ -25,20 +31,27 @@ import numpy as np
 
 RowGetter = Callable[[str, np.ndarray], np.ndarray]  # (table, keys) -> (n, dim) float32
 RowWriter = Callable[[str, np.ndarray, np.ndarray], object]  # (table, keys, values) -> anything (e.g. a ts)
+Quality = float | tuple[np.ndarray, np.ndarray]  # one number, or (per-event quality, cohort of each event)
 
 
 @dataclass
 class GuardConfig:
-    """Detection knobs: quality is "higher is better" (AUC, HR@10; pass -logloss for logloss)."""
+    """Detection knobs: quality is "higher is better" (AUC, HR@10; pass -logloss for logloss). `slice_margin`
+    applies to each slice an evaluation returns besides "all"; `norm_factor` bounds a row's norm (x its table's
+    typical norm) in `screen`."""
 
     margin: float = 0.02
     patience: int = 2
     witness_delay: int = 8
+    slice_margin: float = 0.05
+    slice_z: float = 3.0
+    norm_factor: float = 50.0
+    to_witness: bool = False  # roll back every key changed within the witness delay, not only since the last good
 
 
 @dataclass
 class Verdict:
-    """One window's comparison."""
+    """One window's comparison (live / witness: the whole evaluation; `slice`: the slice that alarmed, if any)."""
 
     window: int
     live: float
@@ -46,6 +59,20 @@ class Verdict:
     bad: bool
     consecutive_bad: int
     rollback_due: bool
+    slice: str = ""
+
+
+@dataclass
+class Screening:
+    """What `screen` let through and what it refused (one line per problem, naming table, key or source)."""
+
+    accepted: list[tuple[str, np.ndarray, np.ndarray]]
+    refused: list[str]
+
+    @property
+    def harmful(self) -> bool:
+        """Whether anything was refused."""
+        return bool(self.refused)
 
 
 @dataclass
@@ -121,6 +148,8 @@ class ModelStateManager:
         self.rollbacks: list[RollbackReport] = []
         self._first_bad_window: int | None = None
         self._sources_since_good: set[str] = set()
+        self._steps: dict[str, int] = {}  # source -> last model step screened in
+        self._norms: dict[str, tuple[int, float]] = {}  # table -> (window, typical row norm)
 
     def record_batch(self, updates: list[tuple[str, np.ndarray, np.ndarray]], source: str = "trainer") -> None:
         """Call after every batch applied to the PS with the rows it wrote (and who wrote them): feeds the witness,
@@ -137,13 +166,42 @@ class ModelStateManager:
         """Row reads from the witness (its serving share)."""
         return lambda table, keys: self.witness.get(table, keys, self.dims[table])[0]
 
-    def check(self, evaluate: Callable[[RowGetter], float], live: RowGetter) -> Verdict:
-        """Score one window with the live rows and the witness rows; track consecutive bad windows."""
-        q_live = float(evaluate(live))
-        q_wit = float(evaluate(self.witness_getter()))
-        if not (np.isfinite(q_live) and np.isfinite(q_wit)):
-            raise ValueError(f"quality must be finite, got live={q_live} witness={q_wit}")
-        bad = q_live < q_wit - self.cfg.margin
+    def check(self, evaluate: Callable[[RowGetter], Quality], live: RowGetter) -> Verdict:
+        """Score one window with the live rows and the witness rows; track consecutive bad windows. `evaluate`
+        returns one quality, or (per-event quality, cohort of each event): then the whole window is bad when live
+        trails the witness by more than `margin`, and a cohort when its events trail the witness by `slice_margin`
+        more than the whole window's do (the witness's general lag cancels out) and by `slice_z` standard errors
+        of that difference (a small cohort's noise does not alarm)."""
+        q_live, q_wit = evaluate(live), evaluate(self.witness_getter())
+        if isinstance(q_live, tuple) != isinstance(q_wit, tuple):
+            raise ValueError("evaluate must return the same kind of quality for live and witness")
+        if isinstance(q_live, tuple):
+            (a, groups), (b, _) = q_live, q_wit  # type: ignore[misc]
+            a, b, groups = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(groups)
+            if a.shape != b.shape or a.shape != groups.shape or a.size == 0:
+                raise ValueError(f"per-event quality and cohorts must have one equal, non-zero length, got "
+                                 f"{a.shape}, {b.shape}, {groups.shape}")
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise ValueError("quality must be finite (NaN/Inf in per-event quality)")
+            top_live, top_wit = float(a.mean()), float(b.mean())
+            d = b - a  # > 0 where live serves worse than the witness
+            worst, gap = ("all", top_wit - top_live - self.cfg.margin)
+            for g in np.unique(groups).tolist():
+                m = groups == g
+                if m.sum() < 30:
+                    continue
+                excess = float(d[m].mean() - d.mean())
+                se = float(d[m].std(ddof=1) / np.sqrt(m.sum())) + 1e-12
+                if excess > self.cfg.slice_margin and excess / se > self.cfg.slice_z and excess > gap:
+                    worst, gap = f"cohort {g}", excess
+            if gap <= 0:
+                worst = ""
+        else:
+            top_live, top_wit = float(q_live), float(q_wit)  # type: ignore[arg-type]
+            if not (np.isfinite(top_live) and np.isfinite(top_wit)):
+                raise ValueError(f"quality must be finite, got live={top_live} witness={top_wit}")
+            worst = "all" if top_live < top_wit - self.cfg.margin else ""
+        bad = bool(worst)
         if bad:
             self.consecutive_bad += 1
             if self._first_bad_window is None:
@@ -154,19 +212,67 @@ class ModelStateManager:
             for s in self.changed_since_good.values():  # a good point: later rollbacks start from here
                 s.clear()
             self._sources_since_good.clear()
-        v = Verdict(self.window, q_live, q_wit, bad, self.consecutive_bad,
-                    self.consecutive_bad >= self.cfg.patience)
+        v = Verdict(self.window, top_live, top_wit, bad, self.consecutive_bad,
+                    self.consecutive_bad >= self.cfg.patience, worst)
         self.history.append(v)
         self.window += 1
         return v
 
-    def rollback(self, write: RowWriter) -> RollbackReport:
-        """Write the witness's values for every key changed since the last good window (fresh versions, so they
-        reach every DC); keys the witness never saw (born within its delay) go back to the cold-start prior, the
-        zero row a PS serves for a key it does not hold. Returns what was restored so a trainer can reset too."""
+    def screen(self, updates: list[tuple[str, np.ndarray, np.ndarray]], source: str = "trainer",
+               step: int | None = None) -> Screening:
+        """Check one batch before it is applied: a NaN/Inf row, a row whose norm exceeds `norm_factor` times its
+        table's typical norm (the witness's median row norm), or a model `step` below the source's last one (a
+        stale checkpoint replayed) refuses the whole batch. Returns what to apply and what was refused, by name."""
+        refused: list[str] = []
+        if step is not None:
+            last = self._steps.get(source)
+            if last is not None and step < last:
+                refused.append(f"source {source!r}: model step {step} went back from {last} (a stale checkpoint "
+                               "replayed)")
+        for table, keys, vals in updates:
+            vals = np.asarray(vals, np.float64)
+            keys = np.asarray(keys)
+            finite = np.isfinite(vals).all(axis=1)
+            if not finite.all():
+                bad = keys[~finite]
+                refused.append(f"table {table!r}: non-finite value (NaN/Inf) in {bad.size} row(s), first key "
+                               f"{int(bad[0])}")
+                continue
+            typical = self._typical_norm(table)
+            if typical > 0 and vals.size:
+                norms = np.linalg.norm(vals, axis=1)
+                big = norms > self.cfg.norm_factor * typical
+                if big.any():
+                    j = int(np.argmax(norms))
+                    refused.append(f"table {table!r}: row norm {norms[j]:.3g} for key {int(keys[j])} is "
+                                   f"{norms[j] / typical:.0f}x the table's typical {typical:.3g} (exploding)")
+        if not refused and step is not None:
+            self._steps[source] = step
+        return Screening([] if refused else list(updates), refused)
+
+    def _typical_norm(self, table: str) -> float:
+        """Median row norm of the witness's table (cached until the witness moves on a window)."""
+        cached = self._norms.get(table)
+        if cached is not None and cached[0] == self.window:
+            return cached[1]
+        rows = self.witness.rows.get(table, {})
+        norm = float(np.median(np.linalg.norm(np.stack(list(rows.values())), axis=1))) if rows else 0.0
+        self._norms[table] = (self.window, norm)
+        return norm
+
+    def rollback(self, write: RowWriter, to_witness: bool | None = None) -> RollbackReport:
+        """Write the witness's values for every key changed since the last good window (with `to_witness`, every
+        key changed within the witness's delay: harm that slipped past earlier windows goes too) as fresh versions,
+        so they reach every DC; keys the witness never saw (born within its delay) go back to the cold-start prior,
+        the zero row a PS serves for a key it does not hold. `to_witness` overrides the config's. Returns what was
+        restored so a trainer can reset."""
         t0 = time.perf_counter()
         restored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         counts, reset = {}, {}
+        if self.cfg.to_witness if to_witness is None else to_witness:
+            for batch in self.witness.pending:
+                for table, keys, _ in batch:
+                    self.changed_since_good[table].update(np.asarray(keys).tolist())
         for table, keyset in self.changed_since_good.items():
             if not keyset:
                 continue
@@ -192,6 +298,20 @@ class ModelStateManager:
 Updates = list[tuple[str, np.ndarray, np.ndarray]]  # [(table, keys, values)], as ModelStateManager.record_batch
 
 
+def _summary(q: Quality) -> dict[str, float]:
+    """{"all": mean quality, "cohort g": mean over its events (30 or more)}."""
+    if not isinstance(q, tuple):
+        return {"all": float(q)}
+    vals, groups = np.asarray(q[0], np.float64), np.asarray(q[1])
+    out = {"all": float(vals.mean()) if vals.size else float("nan")}
+    for g in np.unique(groups).tolist():
+        m = groups == g
+        if m.sum() >= 30:
+            out[f"cohort {g}"] = float(vals[m].mean())
+    return out
+
+
+
 @dataclass
 class Review:
     """One shadow window of a quarantined source: its held rows laid over the served ones vs the served ones."""
@@ -209,12 +329,12 @@ class Quarantine:
     """Holds the updates of quarantined sources instead of applying them, until a healthy streak or an operator
     releases them (see module docstring). Values are absolute rows, so only the latest per key is kept."""
 
-    def __init__(self, margin: float = 0.02, release_after: int = 2) -> None:
-        if not (np.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    def __init__(self, margin: float = 0.02, release_after: int = 2, slice_margin: float = 0.05) -> None:
+        if not (np.isfinite(margin) and margin >= 0 and np.isfinite(slice_margin) and slice_margin >= 0):
+            raise ValueError(f"margin must be finite and >= 0, got {margin} (slice margin {slice_margin})")
         if release_after < 1:
             raise ValueError(f"release_after must be >= 1, got {release_after}")
-        self.margin, self.release_after = margin, release_after
+        self.margin, self.release_after, self.slice_margin = margin, release_after, slice_margin
         self._held: dict[str, dict[str, dict[int, np.ndarray]]] = {}
         self._healthy: dict[str, int] = {}
         self.reasons: dict[str, str] = {}
@@ -269,17 +389,20 @@ class Quarantine:
             return vals
         return get
 
-    def review(self, source: str, evaluate: Callable[[RowGetter], float], served: RowGetter) -> Review:
-        """Score `source`'s held rows in shadow on one window: harmful ones are discarded, and after
+    def review(self, source: str, evaluate: Callable[[RowGetter], Quality], served: RowGetter) -> Review:
+        """Score `source`'s held rows in shadow on one window (quality as ModelStateManager.check takes it; with
+        cohorts, every cohort's mean must hold within `slice_margin` too): harmful ones are discarded, and after
         `release_after` healthy windows in a row they are released (returned in `Review.released`)."""
         if source not in self._held:
             raise KeyError(f"source {source!r} is not quarantined; quarantined: {self.sources}")
-        q_served = float(evaluate(served))
-        q_shadow = float(evaluate(self.overlay(source, served)))
-        if not (np.isfinite(q_served) and np.isfinite(q_shadow)):
-            raise ValueError(f"quality must be finite, got shadow={q_shadow} served={q_served}")
+        q_served, q_shadow = _summary(evaluate(served)), _summary(evaluate(self.overlay(source, served)))
+        for name in q_served:
+            if not (np.isfinite(q_served[name]) and np.isfinite(q_shadow.get(name, np.nan))):
+                raise ValueError(f"quality must be finite, got shadow={q_shadow.get(name)} served={q_served[name]} "
+                                 f"(slice {name!r})")
         n = self.held_rows(source)
-        healthy = q_shadow >= q_served - self.margin
+        healthy = all(q_shadow[k] >= q_served[k] - (self.margin if k == "all" else self.slice_margin)
+                      for k in q_served)
         released: Updates = []
         if not healthy:
             self._healthy[source] = 0
@@ -290,7 +413,7 @@ class Quarantine:
             action = "holding"
             if self._healthy[source] >= self.release_after:
                 released, action = self.release(source), "released"
-        rev = Review(source, q_shadow, q_served, healthy, n, action, released)
+        rev = Review(source, q_shadow["all"], q_served["all"], healthy, n, action, released)
         self.reviews.append(rev)
         return rev
 

@@ -198,6 +198,12 @@ def ranked_csr(indptr: np.ndarray, indices: np.ndarray, order: np.ndarray, rank:
 
 
 @njit(cache=True, nogil=True)
+def _edge_work(indptr, v, x):
+    """Estimated work of start edge v -> x: 1 + deg(v) + deg(x)."""
+    return 1.0 + (indptr[v + 1] - indptr[v]) + (indptr[x + 1] - indptr[x])
+
+
+@njit(cache=True, nogil=True)
 def slot_bounds(indptr, indices, lo, hi, parts):
     """Cut CSR slots [lo, hi) into at most `parts` contiguous ranges of about equal estimated work (1 + deg(v0) +
     deg(v1) per start edge v0 -> v1); returns (bounds int64[k+1], work per range float64[k])."""
@@ -217,8 +223,7 @@ def slot_bounds(indptr, indices, lo, hi, parts):
     for e in range(lo, hi):
         while indptr[v + 1] <= e:
             v += 1
-        x = indices[e]
-        total += 1.0 + (indptr[v + 1] - indptr[v]) + (indptr[x + 1] - indptr[x])
+        total += _edge_work(indptr, v, indices[e])
     bounds = np.empty(parts + 1, np.int64)
     work = np.zeros(parts, np.float64)
     bounds[0] = lo
@@ -229,9 +234,9 @@ def slot_bounds(indptr, indices, lo, hi, parts):
     for e in range(lo, hi):
         while indptr[v + 1] <= e:
             v += 1
-        x = indices[e]
-        acc += 1.0 + (indptr[v + 1] - indptr[v]) + (indptr[x + 1] - indptr[x])
-        work[k] += 1.0 + (indptr[v + 1] - indptr[v]) + (indptr[x + 1] - indptr[x])
+        c = _edge_work(indptr, v, indices[e])
+        acc += c
+        work[k] += c
         if acc >= target * (k + 1) and k < parts - 1 and e + 1 < hi:
             k += 1
             bounds[k] = e + 1

@@ -9,27 +9,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
-@njit(cache=True, nogil=True)
-def count_below(a, ub):
-    """Number of elements of sorted `a` that are < ub (binary search)."""
-    lo, hi = 0, a.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < ub:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, nogil=True)
-def contains(a, x):
-    """True when sorted `a` holds x (binary search)."""
-    i = count_below(a, x)
-    return i < a.shape[0] and a[i] == x
-
-
 SKEW = 16  # a list this many times longer than the other is probed by binary search instead of merged
 
 
@@ -43,6 +22,19 @@ def lower_bound(b, lo, hi, x):
         else:
             hi = mid
     return lo
+
+
+@njit(cache=True, nogil=True)
+def count_below(a, ub):
+    """Number of elements of sorted `a` that are < ub (binary search)."""
+    return lower_bound(a, 0, a.shape[0], ub)
+
+
+@njit(cache=True, nogil=True)
+def contains(a, x):
+    """True when sorted `a` holds x (binary search)."""
+    i = count_below(a, x)
+    return i < a.shape[0] and a[i] == x
 
 
 @njit(cache=True, nogil=True)

@@ -169,6 +169,15 @@ def test_model_beats_popularity_on_the_movielens_replay():
     assert 0.2 < r.cold_share < 0.8 and r.positives > 10_000
 
 
+@pytest.mark.skipif(not ML.exists(), reason="../shared MovieLens-100K not present")
+def test_fresh_ranking_beats_popularity_on_hr_with_fine_updates():
+    """FRESH_RANKING scored every 10 events (as fresh as ekko publishes): on the full replay HR@10 1.22x popularity
+    and AUC +0.115 (README); on the first 40k events 1.09x and +0.088 measured, asserted with margins."""
+    r = prequential(load_movielens(ML, limit=40_000), OnlineTrainer(seed=0, **FRESH_RANKING), batch=10)
+    assert r.hr > 1.05 * r.popularity_hr and r.ndcg > 1.05 * r.popularity_ndcg, r
+    assert r.auc > r.popularity_auc + 0.07, r
+
+
 def test_model_beats_popularity_on_the_drifting_stream():
     r = prequential(synthetic(n_users=500, n_items=400, n_events=12_000, seed=1), OnlineTrainer(dim=16, seed=0))
     assert r.auc > r.popularity_auc + 0.05 and r.hr > r.popularity_hr and r.ndcg > r.popularity_ndcg, r

@@ -7,9 +7,11 @@ ekko) = one-way delay x WAN hops + serialisation of one batch on the busiest NIC
 broadcaster (many Applies in flight per destination, retried until acknowledged).
 Usage: python benchmarks/ekko_bench.py [--dcs 2,4,8,16] [--duration 8] [--checkpoint-s 10] [--json]
        python benchmarks/ekko_bench.py --scenario model|slo|compress|rollback [--data movielens|synthetic] [--repeats 5]
+                                       [--batches 250,10]
                                        [--out runs.json] [--json]
 Scenario model: the recommender's prequential AUC, HR@10 and NDCG@10 beside popularity (targets: HR@10 >= 1.2x
-and AUC >= +0.07 on MovieLens-100K). Scenario slo: MovieLens-100K (or the drifting synthetic stream) replayed over
+and AUC >= +0.07 on MovieLens-100K), for the default trainer and FRESH_RANKING, at each --batches (events between
+published updates; default 250,10). Scenario slo: MovieLens-100K (or the drifting synthetic stream) replayed over
 20 s into 4 DCs with the PyTorch two-tower recommender; the WAN links carry 10%, 25% and 50% of what the update
 stream needs. Far-DC serving AUC (each event scored before training on it) with the SLO-aware updater vs FIFO vs an
 unthrottled link vs checkpoints only, and SLO-aware with int8 deltas; target: SLO-aware closes >= 50% of the
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None, help="scenarios: write every run's JSON and the summary here")
     ap.add_argument("--data", default="movielens")
+    ap.add_argument("--batches", default="250,10", help="model: events per published update, comma-separated")
     ap.add_argument("--traffic-half-life", type=float, default=30.0,
                     help="slo: seconds over which the scheduler forgets which keys inference reads")
     ap.add_argument("--simulate", action="store_true", help="run the discrete-event simulator instead")
@@ -130,17 +133,23 @@ def simulate(args: argparse.Namespace) -> None:
 
 def model_quality(args: argparse.Namespace) -> None:
     """The recommender on the prequential replay (rec/evaluate.py), seeds 0..repeats-1: AUC, HR@10, NDCG@10 beside
-    popularity."""
+    popularity, per trainer (the defaults, and FRESH_RANKING) and per batch (events between published updates)."""
     from recmine.ekko.lab.scenarios import ScenarioSpec, load_data
     from recmine.ekko.rec.evaluate import prequential
-    from recmine.ekko.rec.model import OnlineTrainer
+    from recmine.ekko.rec.model import FRESH_RANKING, OnlineTrainer
 
     data = load_data(ScenarioSpec(data=args.data))
-    runs = [prequential(data, OnlineTrainer(seed=seed), seed=seed).as_dict() for seed in range(args.repeats)]
+    rows = []
+    for batch in (int(x) for x in args.batches.split(",")):
+        for name, kw in (("default", {}), ("fresh_ranking", FRESH_RANKING)):
+            runs = [prequential(data, OnlineTrainer(seed=seed, **kw), batch=batch, seed=seed).as_dict()
+                    for seed in range(args.repeats)]
+            rows.append({"trainer": name, "batch": batch,
+                         **{k: _median_spread([r[k] for r in runs])
+                            for k in ("auc", "popularity_auc", "auc_gain", "hr", "popularity_hr", "hr_ratio",
+                                      "ndcg", "popularity_ndcg", "cold_share")}})
     summary = {"date": time.strftime("%Y-%m-%d"), "scenario": "model", "data": data.source, "events": len(data),
-               **{k: _median_spread([r[k] for r in runs]) for k in ("auc", "popularity_auc", "auc_gain", "hr",
-                                                                     "popularity_hr", "hr_ratio", "ndcg",
-                                                                     "popularity_ndcg", "cold_share")}}
+               "rows": rows}
     if args.json:
         print(json.dumps(summary))
     else:

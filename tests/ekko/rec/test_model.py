@@ -14,7 +14,7 @@ from recmine.cli import app
 from recmine.ekko.lab.scenarios import ScenarioSpec, run_rollback
 from recmine.ekko.rec.data import load_movielens, synthetic
 from recmine.ekko.rec.evaluate import prequential, ranking_metrics
-from recmine.ekko.rec.model import OnlineTrainer, score_rows, tables
+from recmine.ekko.rec.model import FRESH_RANKING, OnlineTrainer, score_rows, tables
 from recmine.ekko.rec.serving import InferenceServer, auc, logloss
 
 ML = Path("../shared/data/movielens/ml-100k.inter")
@@ -85,6 +85,28 @@ def test_trainer_rows_cold_start_nan_and_harm():
     np.testing.assert_allclose(db, 50 * da, rtol=1e-4, atol=1e-6)
 
 
+def test_history_user_rows_are_id_plus_mean_of_recent_items():
+    """With `history`, the published user row is the id embedding plus the mean embedding of the user's last
+    `history` items (recomputed here in float64 from the model's tables); every item trained through it is in the
+    update; a restart from the published rows gives them back unchanged."""
+    tr = OnlineTrainer(dim=8, seed=3, history=3, history_grad=True, cold_weight=1.0)
+    tr.step(np.array([1, 1, 2, 1]), np.array([10, 11, 12, 13]), np.array([1.0, 0.0, 1.0, 1.0]))
+    up = tr.step(np.array([1, 3]), np.array([14, 10]), np.array([1.0, 1.0]))
+    assert {10, 11, 12, 13, 14} >= set(up.tables["item"][0].tolist()) >= {10, 11, 13, 14}  # user 1's history too
+    emb_u = tr.model.user.weight.detach().numpy().astype(np.float64)
+    emb_i = tr.model.item.weight.detach().numpy().astype(np.float64)[:, :8]
+    row = dict(zip(tr.items.keys, range(len(tr.items)), strict=True))
+    keys, vals = up.tables["user"]
+    for k, v in zip(keys.tolist(), vals, strict=True):
+        last = {1: [11, 13, 14], 3: [10]}[k]  # user 1's last three items
+        want = emb_u[tr.users.rows(np.array([k]))[0]] + emb_i[[row[i] for i in last]].mean(0)
+        np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(tr.published_users()[tr.users.rows(keys)], vals)
+    full = tr.full_state()
+    tr.restart(full.tables)
+    np.testing.assert_allclose(tr.full_state().tables["user"][1], full.tables["user"][1], atol=1e-6)
+
+
 def test_serving_scores_cold_users_from_the_prior():
     rows = {"user": {1: np.ones(4, np.float32)}, "item": {7: np.r_[np.ones(4), 0.5].astype(np.float32)}}
 
@@ -145,6 +167,15 @@ def test_model_beats_popularity_on_the_movielens_replay():
     assert r.auc > r.popularity_auc + 0.045, r  # 0.700 vs 0.638 measured
     assert r.hr > 0.85 * r.popularity_hr and r.ndcg > 0.85 * r.popularity_ndcg, r  # 0.96x measured
     assert 0.2 < r.cold_share < 0.8 and r.positives > 10_000
+
+
+@pytest.mark.skipif(not ML.exists(), reason="../shared MovieLens-100K not present")
+def test_fresh_ranking_beats_popularity_on_hr_with_fine_updates():
+    """FRESH_RANKING scored every 10 events (as fresh as ekko publishes): on the full replay HR@10 1.22x popularity
+    and AUC +0.115 (README); on the first 40k events 1.09x and +0.088 measured, asserted with margins."""
+    r = prequential(load_movielens(ML, limit=40_000), OnlineTrainer(seed=0, **FRESH_RANKING), batch=10)
+    assert r.hr > 1.05 * r.popularity_hr and r.ndcg > 1.05 * r.popularity_ndcg, r
+    assert r.auc > r.popularity_auc + 0.07, r
 
 
 def test_model_beats_popularity_on_the_drifting_stream():

@@ -131,7 +131,7 @@ class _Rows:
 
     def __init__(self, tr: OnlineTrainer) -> None:
         self.tr = tr
-        self.user_w = tr.model.user.weight.detach().numpy()
+        self.user_w = tr.published_users()
         self.item_w = tr.model.item.weight.detach().numpy()
         self.head, self.engage = heads(tr.dense_rows()[1], tr.dim)
 

@@ -44,6 +44,7 @@ from recmine.ekko.lab.bench import BenchSpec, run_bench
 from recmine.output import emit, rows_table
 
 console = Console(width=200)
+log = Console(stderr=True, width=200)  # progress and per-run lines: stdout stays one JSON object with --json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(x) for x in args.dcs.split(",")):
         spec = BenchSpec(dcs=n, duration_s=args.duration, checkpoint_s=args.checkpoint_s, colocate=args.colocate)
         t = time.perf_counter()
-        r = run_bench(spec, tuple(args.modes.split(",")), progress=lambda m, n=n: console.print(f"  [{n} DCs] {m}"))
+        r = run_bench(spec, tuple(args.modes.split(",")), progress=lambda m, n=n: log.print(f"  [{n} DCs] {m}"))
         row = {"dcs": n, "floor_s": r["floor_s"]}
         for m in args.modes.split(","):  # share of updates visible everywhere; the rest are +inf in p50/p99
             row[f"{m}_visible"] = r[f"{m}_visible"] / max(1, r[f"{m}_updates"])
@@ -116,10 +117,10 @@ def simulate(args: argparse.Namespace) -> None:
                    batch_every_s=(args.batch_ms or 100.0) / 1000.0, duration_s=args.duration if args.duration != 8.0
                    else 1.5, checkpoint_s=args.checkpoint_s)
     cpu = measure_cpu(base.dim)
-    console.print(f"CPU costs per message (s): send {cpu.send_msg:.2e}, shared send {cpu.shared_msg:.2e}, "
+    log.print(f"CPU costs per message (s): send {cpu.send_msg:.2e}, shared send {cpu.shared_msg:.2e}, "
                   f"receive {cpu.recv_msg:.2e}, put {cpu.put_msg:.2e} ({cpu.source})")
     rows = scale_rows(dcs, base, tuple(args.modes.split(",")), cpu,
-                      progress=lambda m: console.print(f"  {m}") if "simulated" not in m else None)
+                      progress=lambda m: log.print(f"  {m}") if "simulated" not in m else None)
     if args.json:
         emit({"date": time.strftime("%Y-%m-%d"), "spec": dataclasses.asdict(base), "cpu": cpu.to_json(), "rows": rows},
              as_json=True, title="")
@@ -176,10 +177,10 @@ def scenario(args: argparse.Namespace) -> None:
     for rep in range(args.repeats):
         spec = ScenarioSpec(data=args.data, seed=rep, traffic_half_life_s=args.traffic_half_life)
         fn = {"slo": run_slo, "compress": run_compress, "rollback": run_rollback}[args.scenario]
-        r = fn(spec, progress=lambda m, rep=rep: console.print(f"  [{rep}] {m}") if "batch 0/" in m else None)
+        r = fn(spec, progress=lambda m, rep=rep: log.print(f"  [{rep}] {m}") if "batch 0/" in m else None)
         r.pop("runs", None)
         runs.append(r)
-        console.print({k: v for k, v in r.items() if k not in ("spec", "windows", "harms")})
+        log.print({k: v for k, v in r.items() if k not in ("spec", "windows", "harms")})
     summary: dict = {"date": time.strftime("%Y-%m-%d"), "scenario": args.scenario, "data": args.data,
                      "repeats": args.repeats}
     if args.scenario == "slo":

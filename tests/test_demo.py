@@ -280,7 +280,14 @@ def test_ctrl_c_stops_everything() -> None:
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
-        rest, err = proc.communicate(timeout=60)
+        try:
+            rest, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: the demo dumps every thread's stack on SIGUSR1
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            rest, err = proc.communicate()
+            raise AssertionError(f"the demo did not stop within 60 s of SIGINT; its threads:\n{err[-6000:]}") from None
         stop_s = time.monotonic() - t0
     finally:
         if proc.poll() is None:

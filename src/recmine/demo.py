@@ -15,6 +15,7 @@ This module and `datasets.py` are the only places that import more than one syst
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -915,6 +916,8 @@ def main(report: Path | None = None, quick: bool = False, as_json: bool = False,
     ui = UI(console)
     cfg = DemoConfig.quick_config(seed) if quick else DemoConfig(seed=seed)
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints where every thread is (a hung run can say where)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     out_dir = Path(report) if report is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -234,4 +234,4 @@ def test_bad_scenario_input_is_refused(tmp_path):
 def test_default_movielens_path_is_the_shared_copy(shared_data):
     from recmine.ekko.rec.data import default_movielens_path
 
-    assert default_movielens_path() == (shared_data / "movielens" / "ml-100k.inter").resolve()
+    assert default_movielens_path().resolve() == (shared_data / "movielens" / "ml-100k.inter").resolve()  # ../shared may be a link

@@ -22,6 +22,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -93,14 +94,17 @@ class UI:
                       TextColumn("{task.completed:.0f}/{task.total:.0f}" if total else ""),
                       TimeElapsedColumn(), console=self.console, transient=False,
                       auto_refresh=not timed) as prog:
+            _check_interrupt()
             task = prog.add_task(description, total=total)
 
             def advance(n: float = 1.0) -> None:
+                _check_interrupt()
                 prog.advance(task, n)
                 if timed:
                     prog.refresh()
 
             yield advance
+            _check_interrupt()
             if total is not None:
                 prog.update(task, completed=total)
 
@@ -390,6 +394,7 @@ class _EkkoLive:
         ids changed."""
         changed: list[np.ndarray] = []
         for _ in range(n_batches):
+            _check_interrupt()
             u, i, y = self.next_batch()
             if not len(u):
                 break
@@ -906,8 +911,18 @@ def _ekko_status(sec: dict[str, Any]) -> str:
     return ", ".join(problems) or "ok"
 
 
+_INTERRUPTED = threading.Event()  # set by SIGINT/SIGTERM; checked at every step, in case a library swallowed the raise
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _check_interrupt() -> None:
+    """Raise KeyboardInterrupt again if a signal came and the exception it raised was lost on the way."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt("interrupted")
 
 
 def main(report: Path | None = None, quick: bool = False, as_json: bool = False, seed: int = 0) -> int:
@@ -915,7 +930,9 @@ def main(report: Path | None = None, quick: bool = False, as_json: bool = False,
     console = Console(stderr=True) if as_json else Console()
     ui = UI(console)
     cfg = DemoConfig.quick_config(seed) if quick else DemoConfig(seed=seed)
+    _INTERRUPTED.clear()
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old_int = signal.signal(signal.SIGINT, _raise_interrupt)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints where every thread is (a hung run can say where)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     out_dir = Path(report) if report is not None else None
@@ -928,6 +945,7 @@ def main(report: Path | None = None, quick: bool = False, as_json: bool = False,
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     if out_dir is not None:
         from recmine.report import write_report
 

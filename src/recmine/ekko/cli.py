@@ -27,6 +27,8 @@ cluster_app = typer.Typer(help="Start, inspect and stop a local multi-DC cluster
 app.add_typer(cluster_app, name="cluster")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+RateOpt = Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")]
+RttOpt = Annotated[float, typer.Option("--rtt-ms", help="Round-trip time between DCs.")]
 StateOpt = Annotated[Path, typer.Option("--state", help="Folder holding the cluster's configs, logs and state.")]
 
 
@@ -179,9 +181,9 @@ def simulate(
     servers_per_dc: Annotated[int, typer.Option("--servers-per-dc", help="Parameter servers in every DC.")] = 70,
     shards: Annotated[int, typer.Option("--shards", help="Shards (each led by one server per DC).")] = 2,
     duration: Annotated[float, typer.Option("--duration", help="Simulated seconds of update stream.")] = 1.0,
-    rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,
+    rate: RateOpt = 2000.0,
     batch_ms: Annotated[float, typer.Option("--batch-ms", help="The trainer writes a batch this often.")] = 100.0,
-    rtt_ms: Annotated[float, typer.Option("--rtt-ms", help="Round-trip time between DCs.")] = 50.0,
+    rtt_ms: RttOpt = 50.0,
     jitter_ms: Annotated[float, typer.Option("--jitter-ms", help="Std. deviation of the one-way delay.")] = 0.0,
     loss: Annotated[float, typer.Option("--loss", help="Packet loss on WAN links (a loss costs one RTO).")] = 0.0,
     nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="WAN egress bandwidth of every server.")] = 1000.0,
@@ -254,8 +256,8 @@ def bench(
         "(slo).")] = "0.1,0.25,0.5",
     dcs: Annotated[int, typer.Option("--dcs", help="Number of data centres (2 replicas each).")] = 4,
     duration: Annotated[float, typer.Option("--duration", help="Seconds of update stream per mode.")] = 8.0,
-    rate: Annotated[float, typer.Option("--rate", help="Key updates per second (Zipf 1.1, dim 64).")] = 2000.0,
-    rtt_ms: Annotated[float, typer.Option("--rtt-ms", help="Round-trip time between DCs.")] = 50.0,
+    rate: RateOpt = 2000.0,
+    rtt_ms: RttOpt = 50.0,
     nic_mbps: Annotated[float, typer.Option("--nic-mbps", help="Egress bandwidth of every PS.")] = 100.0,
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",

@@ -185,3 +185,56 @@ def test_per_vertex_counts_match_brute_force(edges, labels, induced):
             got = count(g, p, induced=induced, threads=threads, per_vertex=True)
             assert got.dtype == np.int64 and np.array_equal(got, want), (p.text(), threads)
         assert got.sum() == k * count(g, p, induced=induced)
+
+
+# Connected 4- and 5-vertex patterns whose edge-induced plan counts its last levels in closed form, C(n, m): the
+# 3-star (m = 2), diamond (2), 4-star (3), those whose first tail level needs the "an earlier vertex is among the
+# candidates" correction (the path-plus-leaves ones), and the book-like ones (m = 3)
+CLOSED_FORM = {
+    ((0, 1), (0, 2), (0, 3)): 2, ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3)): 2,
+    ((0, 1), (0, 2), (0, 3), (0, 4)): 3, ((0, 1), (0, 3), (0, 4), (1, 2)): 2,
+    ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2)): 2, ((0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4)): 2,
+    ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4)): 3,
+    ((0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4), (2, 3), (2, 4)): 2,
+}
+
+
+def test_closed_form_tail_matches_brute_force():
+    """The analyzer finds exactly these closed-form tails among all connected 3- to 5-vertex patterns (never
+    vertex-induced, never labeled), and each such count equals brute force, as do the vertex-induced and labeled
+    plans of the same structures, which must enumerate instead."""
+    from recmine.g2miner import analyze
+
+    found = {}
+    for k in (3, 4, 5):
+        for edges in _all_connected(k):
+            p = Pattern(k, tuple(edges))
+            assert analyze(p, True).closed_tail == 1
+            assert analyze(Pattern(k, tuple(edges), (0,) + (-1,) * (k - 1)), False).closed_tail == 1
+            if (m := analyze(p, False).closed_tail) > 1:
+                found[tuple(edges)] = m
+    for edges in found:
+        k = max(max(e) for e in edges) + 1
+        for labels, induced in ((None, False), (None, True), ((0,) + (-1,) * (k - 1), False)):
+            p = Pattern(k, edges, labels)
+            for gi, (g, adj, glabels) in enumerate(GRAPHS):
+                want = brute_force_matches(adj, glabels, k, list(edges), labels, induced)
+                assert count(g, p, induced=induced) == len(want), (p.text(), induced, gi)
+    assert found == CLOSED_FORM
+
+
+def test_closed_form_needs_a_chain_of_bounds():
+    """Same candidate set but bounds that do not chain each level below its predecessor (v3 bounded only by v1, or
+    by v1 and v2 with v2 not provably below v1): the tail must be enumerated, so closed_tail stays 1."""
+    from recmine.g2miner.analyzer import Level, closed_tail
+
+    def levels(u2: tuple[int, ...], u3: tuple[int, ...]) -> list[Level]:
+        return [Level(0, (), (), (), -1), Level(1, (0,), (), (), -1), Level(2, (0,), (1,), u2, -1),
+                Level(3, (0,), (1, 2), u3, -1)]
+
+    assert closed_tail(levels((1,), (1, 2)), False, False) == 2  # v3 < v2 < v1: a chain
+    assert closed_tail(levels((1,), (2,)), False, False) == 2
+    assert closed_tail(levels((1,), (1,)), False, False) == 1  # v3 and v2 unordered
+    assert closed_tail(levels((), (1, 2)), False, False) == 1  # v3 < v1 may be the tighter bound
+    assert closed_tail(levels((1,), (1, 2)), True, False) == 1  # vertex-induced
+    assert closed_tail(levels((1,), (1, 2)), False, True) == 1  # labeled

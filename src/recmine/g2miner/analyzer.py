@@ -45,6 +45,9 @@ class SearchPlan:
     label_placements: tuple[tuple[int, ...], ...] | None = None
     # per level, the labels some alternative allows there (empty: any label); prunes the search early
     label_allow: tuple[tuple[int, ...], ...] | None = None
+    # counting: the last `closed_tail` levels are counted in closed form, C(n, closed_tail) with n the valid
+    # candidates of the first of them (1: only the last level is counted, by its set size); see closed_tail()
+    closed_tail: int = 1
 
     @property
     def labeled(self) -> bool:
@@ -54,7 +57,7 @@ class SearchPlan:
     def key(self) -> str:
         """Stable text identifying the generated code: the pattern structure, never its labels (runtime data)."""
         lv = ";".join(f"{lv_.vertex}:{lv_.connected}:{lv_.disconnected}:{lv_.upper}" for lv_ in self.levels)
-        return f"{self.kind}|{int(self.induced)}|{int(self.labeled)}|{lv}"
+        return f"{self.kind}|{int(self.induced)}|{int(self.labeled)}|{self.closed_tail}|{lv}"
 
     def describe(self) -> str:
         """Human-readable plan: one line per level."""
@@ -68,6 +71,10 @@ class SearchPlan:
             allow = self.label_allow[i] if self.label_allow is not None else ()
             lab = f", label in {{{', '.join(map(str, allow))}}}" if allow else ""
             lines.append(f"  v{i} = pattern vertex {lv.vertex}: {ops}{bound}{lab}")
+        if self.closed_tail > 1:
+            first = len(self.levels) - self.closed_tail
+            lines.append(f"  count: v{first}..v{len(self.levels) - 1} are any {self.closed_tail} of v{first}'s candidates "
+                         f"(one order each): C(n, {self.closed_tail}) per match of v0..v{first - 1}")
         if self.label_alternatives is not None:
             alts = " | ".join(" ".join(f"v{i}:{lab}" for i, lab in alt) for alt in self.label_alternatives)
             lines.append(f"  keep a match when its labels fit one placement: {alts}")
@@ -130,6 +137,30 @@ def symmetry_constraints(p: Pattern, order: tuple[int, ...],
     return constraints
 
 
+def closed_tail(levels: tuple[Level, ...] | list[Level], induced: bool, labeled: bool) -> int:
+    """How many trailing levels a count takes in closed form: the longest tail v_f..v_last (f >= 2) drawing from one
+    candidate set (same connected levels, edge-induced, unlabeled) whose only constraints among themselves chain
+    them v_f > v_f+1 > ... > v_last, each level's bound being exactly its predecessor (every other bound of it
+    provably above that). Each m-subset of v_f's valid candidates is then exactly one match, so the tail counts
+    C(n, m) without enumerating it. Vertex-induced tails would also need non-adjacency among themselves."""
+    if induced or labeled:
+        return 1
+    above: list[set[int]] = []  # above[l]: levels whose matched id is provably greater than level l's
+    for lv in levels:
+        s = set(lv.upper)
+        for u in lv.upper:
+            s |= above[u]
+        above.append(s)
+    k = len(levels)
+    m = 1
+    for j in range(k - 1, 2, -1):
+        lv, prev = levels[j], levels[j - 1]
+        if lv.connected != prev.connected or j - 1 not in lv.upper or not set(lv.upper) - {j - 1} <= above[j - 1]:
+            break
+        m += 1
+    return m
+
+
 def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
     """Build the SearchPlan for counting/listing `p` (vertex-induced when `induced`, else edge-induced)."""
     order = matching_order(p)
@@ -174,5 +205,6 @@ def analyze(p: Pattern, induced: bool = True) -> SearchPlan:
                 raise AssertionError("symmetry constraint points the wrong way")
         levels.append(Level(v, conn, disc, tuple(sorted(upper)), level_label.get(v, WILDCARD)))
     kind = "clique" if p.is_clique() and p.labels is None else "generic"
+    tail = closed_tail(levels, induced, alternatives is not None) if kind == "generic" else 1
     return SearchPlan(p, induced, order, tuple(levels), len(group), tuple(constraints), kind, alternatives,
-                      placements, allow)
+                      placements, allow, tail)

@@ -144,7 +144,8 @@ def _emit_label_check(w: _Writer, ind: int, plan: SearchPlan, i: int) -> None:
 
 def _emit_last_count(w: _Writer, ind: int, plan: SearchPlan, i: int, ub: str,
                      cands: dict[int, tuple[str, str]]) -> None:
-    """Count-only last level: no materialisation where the set algebra allows it."""
+    """Count-only level i (the last, or the first of a closed-form tail of m levels: C(count, m) matches): no
+    materialisation where the set algebra allows it."""
     lv = plan.levels[i]
     subtract = plan.induced and bool(lv.disconnected)
     conn = lv.connected
@@ -189,7 +190,8 @@ def _emit_last_count(w: _Writer, ind: int, plan: SearchPlan, i: int, ub: str,
             cond += [f"not contains(a{d}, v{j})" for d in lv.disconnected]
         w(ind, "if " + " and ".join(cond) + ":")
         w(ind + 1, "cnt -= 1")
-    w(ind, "local += cnt")
+    m = len(plan.levels) - i
+    w(ind, "local += cnt" if m == 1 else f"local += choose(cnt, {m})")
 
 
 def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int], mode: str,
@@ -199,7 +201,7 @@ def _emit_generic(w: _Writer, plan: SearchPlan, ind: int, i: int, need: set[int]
     lv = plan.levels[i]
     last = i == k - 1
     ub = _emit_bound(w, ind, i, lv.upper)
-    if last and mode == "count" and not plan.labeled:
+    if mode == "count" and not plan.labeled and i == k - plan.closed_tail:
         _emit_last_count(w, ind, plan, i, ub, cands)
         return
     arr, n = _emit_candidates(w, ind, plan, i, ub, cands)
@@ -330,7 +332,7 @@ def generate_source(plan: SearchPlan) -> str:
         "import numpy as np",
         "from numba import njit",
         "from recmine.g2miner.setops import (contains, copy_below, count_below, difference_count,",
-        "                                    difference_inplace, intersect, intersect_count, intersect_inplace,",
+        "                                    choose, difference_inplace, intersect, intersect_count, intersect_inplace,",
         "                                    label_ok, merge_count, merge_intersect, row_of)",
         "",
         f"BIG = {BIG}",

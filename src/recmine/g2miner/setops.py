@@ -190,6 +190,17 @@ def difference_count(buf, n, b):
     return _difference(buf, n, b, None)
 
 
+@njit(cache=True, nogil=True)
+def choose(n, m):
+    """Binomial coefficient C(n, m) in exact integer steps (0 when n < m): closed-form counts of a plan's tail."""
+    if n < m:
+        return 0
+    r = 1
+    for t in range(m):
+        r = r * (n - t) // (t + 1)
+    return r
+
+
 def intersect_np(a: np.ndarray, b: np.ndarray, ub: int = 2**31 - 1) -> np.ndarray:
     """Convenience wrapper: sorted a ∩ b below ub as a new array."""
     out = np.empty(min(a.shape[0], b.shape[0]), dtype=np.int32)

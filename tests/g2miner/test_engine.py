@@ -157,9 +157,10 @@ def test_reference_counts_facebook(shared_data):
 
 
 def test_set_operations_match_numpy():
-    """Merged and binary-probed (one list 16x longer) intersections, bounded, in place, both argument orders, and
-    the plain merges of the clique kernels."""
+    """Merged and galloped (one list more than SKEW times longer) intersections, bounded, in place, both argument
+    orders, and the plain merges of the clique kernels."""
     from recmine.g2miner.setops import (
+        SKEW,
         intersect,
         intersect_count,
         intersect_inplace,
@@ -168,17 +169,20 @@ def test_set_operations_match_numpy():
     )
 
     rng = np.random.default_rng(15)
-    out = np.empty(600, np.int32)
+    out = np.empty(3000, np.int32)
+    galloped = 0
     for t in range(400):
-        a = np.unique(rng.integers(0, 300, rng.integers(0, 40))).astype(np.int32)
-        b = np.unique(rng.integers(0, 300, rng.integers(0, 500 if t % 2 else 30))).astype(np.int32)
-        ub = int(rng.integers(0, 310))
+        a = np.unique(rng.integers(0, 3000, rng.integers(0, 40))).astype(np.int32)
+        b = np.unique(rng.integers(0, 3000, rng.integers(0, 3000 if t % 2 else 30))).astype(np.int32)
+        ub = int(rng.integers(0, 3100))
+        galloped += 0 < len(a) and len(b) > SKEW * len(a)
         want = [int(x) for x in np.intersect1d(a, b) if x < ub]
         for x, y in ((a, b), (b, a)):
             assert out[:intersect(x, y, ub, out)].tolist() == want
             assert intersect_count(x, y, ub) == len(want)
-            buf = np.zeros(600, np.int32)
+            buf = np.zeros(3000, np.int32)
             buf[:len(x)] = x
             assert buf[:intersect_inplace(buf, len(x), y, ub)].tolist() == want
             both = np.intersect1d(x, y).tolist()
             assert merge_count(x, y) == len(both) and out[:merge_intersect(x, y, out)].tolist() == both
+    assert galloped >= 50

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-SKEW = 16  # a list this many times longer than the other is probed by galloping instead of merged
+SKEW = 64  # a list this many times longer than the other is galloped into instead of merged (16 and 32 were 3% slower
+# on the 10M-edge Chung-Lu diamond count, 4-motifs within 1%)
 
 # Positions are unsigned (U0, U1, np.uint64 of an int64): numba wraps a negative signed index around, a select on the
 # address of every load that sits in the merge loops' critical path; unsigned positions compile to plain loads (2x on

@@ -373,26 +373,22 @@ def _term(q64, row, j, l2):
     return q64[j] * np.float64(row[j])
 
 
-@njit(cache=True, nogil=True)
-def _exact_key(q64, row, l2):
-    """Sort key of one row (ascending = better): -q.x, or |q - x|^2 for l2; in float64 with one fixed summation
-    order (eight interleaved partial sums, then their pairwise sum), so identical rows get identical keys."""
-    dim = q64.shape[0]
+@njit(cache=True, nogil=True, inline="always")
+def _exact_key(q64, qi, master, r, l2):
+    """Sort key of row r of master against query q64[qi] (ascending = better): -q.x, or
+    |q - x|^2 for l2; in float64 with one fixed summation order (eight interleaved partial sums, eight SIMD lanes
+    at a time (`simd.dot_lanes8`), the leftover columns into the first, then their pairwise sum), so identical
+    rows get identical keys."""
+    dim = master.shape[1]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    j = 0
-    while j + 8 <= dim:
-        a0 += _term(q64, row, j, l2)
-        a1 += _term(q64, row, j + 1, l2)
-        a2 += _term(q64, row, j + 2, l2)
-        a3 += _term(q64, row, j + 3, l2)
-        a4 += _term(q64, row, j + 4, l2)
-        a5 += _term(q64, row, j + 5, l2)
-        a6 += _term(q64, row, j + 6, l2)
-        a7 += _term(q64, row, j + 7, l2)
-        j += 8
-    while j < dim:
-        a0 += _term(q64, row, j, l2)
-        j += 1
+    if dim >= 8:
+        if l2:
+            a0, a1, a2, a3, a4, a5, a6, a7 = simd.sqdiff_lanes8(q64, qi, master, r)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = simd.dot_lanes8(q64, qi, master, r)
+    qrow, row = q64[qi], master[r]
+    for j in range(dim // 8 * 8, dim):
+        a0 += _term(qrow, row, j, l2)
     acc = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
     return acc if l2 else -acc
 
@@ -454,7 +450,7 @@ def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
         for c in range(c0, c1):
             simd.prefetch_row(master, slots[c])
         for c in range(c0, c1):
-            keys[c] = _exact_key(q64[qof[c]], master[slots[c]], l2)
+            keys[c] = _exact_key(q64, qof[c], master, slots[c], l2)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -499,8 +495,9 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
 def exact_scores(q64, master, slots):
     """Exact float64 inner products q.x for the candidate slots (fp32 master rows)."""
     out = np.empty(slots.shape[0], np.float64)
+    q2 = np.ascontiguousarray(q64).reshape((1, q64.shape[0]))
     for t in range(slots.shape[0]):
-        out[t] = -_exact_key(q64, master[slots[t]], False)
+        out[t] = -_exact_key(q2, 0, master, slots[t], False)
     return out
 
 
@@ -508,8 +505,9 @@ def exact_scores(q64, master, slots):
 def exact_l2(q64, master, slots):
     """Exact float64 squared L2 distances to the candidate slots."""
     out = np.empty(slots.shape[0], np.float64)
+    q2 = np.ascontiguousarray(q64).reshape((1, q64.shape[0]))
     for t in range(slots.shape[0]):
-        out[t] = _exact_key(q64, master[slots[t]], True)
+        out[t] = _exact_key(q2, 0, master, slots[t], True)
     return out
 
 

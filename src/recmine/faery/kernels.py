@@ -111,56 +111,87 @@ def _value(tier, tile_i, tile_f, t, qq, corr):
     return tile_f[t, qq]
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-    """Row r passed query q's filter: record the candidate, feed the reservoir (raising the threshold when it
-    fills). False when the candidate buffer overflowed."""
+@njit(cache=True, nogil=True)
+def _smallest(vals, k):
+    """min(vals[:k]) (a plain loop: kept out of line, it costs the filter's hot loop nothing)."""
+    lo = vals[0]
+    for i in range(1, k):
+        lo = min(lo, vals[i])
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _make_room(cslot, cq, cub, theta, cstate):
+    """The candidate buffer is full: drop candidates below their query's risen threshold. False (and the overflow
+    flag set) when that frees too little."""
     cap_c = cslot.shape[0]
-    if cstate[0] == cap_c:
-        cstate[0] = _compact_candidates(cslot, cq, cub, cstate[0], theta)
-        if cstate[0] > (3 * cap_c) // 4:
-            cstate[1] = 1
-            return False
-    e = cstate[0]
-    cslot[e] = r
-    cq[e] = q
-    cub[e] = ub
-    cstate[0] = e + 1
-    if lb > theta[q]:
-        n = res_n[q]
-        res[q, n] = lb
-        n += 1
-        if n == res.shape[1]:
-            theta[q] = _compact_reservoir(res[q], k)
-            n = k
-        elif n == k and theta[q] == -np.inf:
-            theta[q] = res[q, :k].min()
-        res_n[q] = n
+    cstate[0] = _compact_candidates(cslot, cq, cub, cstate[0], theta)
+    if cstate[0] > (3 * cap_c) // 4:
+        cstate[1] = 1
+        return False
     return True
 
 
 @njit(cache=True, nogil=True)
-def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, q, u, ca, cb, cc, k, theta, res, res_n, cslot, cq, cub,
-                 cstate):
+def _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate):
+    """Rows prow[i] whose upper bound pub[i] passed query pq[i]'s filter (lower bound plb[i]), in order: each still
+    at or above its query's current threshold is recorded as a candidate and feeds the reservoir (raising the
+    threshold when it fills). One call per block, not per row (a call per row paid a reference count per array
+    argument: ~70 ns a row, most of a large K's scan overhead). False when the candidate buffer overflowed."""
+    for i in range(npass):
+        q = pq[i]
+        if pub[i] < theta[q]:
+            continue
+        if cstate[0] == cslot.shape[0] and not _make_room(cslot, cq, cub, theta, cstate):
+            return False
+        e = cstate[0]
+        cslot[e] = prow[i]
+        cq[e] = q
+        cub[e] = pub[i]
+        cstate[0] = e + 1
+        if plb[i] > theta[q]:
+            n = res_n[q]
+            res[q, n] = plb[i]
+            n += 1
+            if n == res.shape[1]:
+                theta[q] = _compact_reservoir(res[q], k)
+                n = k
+            elif n == k and theta[q] == -np.inf:
+                theta[q] = _smallest(res[q], k)
+            res_n[q] = n
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, q, u, ca, cb, cc, k, theta, res, res_n,
+                 cslot, cq, cub, cstate):
     """The filter for one query over block rows (vals: their dot products; rds/rrn/rb: their scale, norm, bias):
-    a vectorised pass computes every upper bound, a scalar pass compares them with the running threshold, and only
-    rows that pass get their lower bound."""
+    a vectorised pass computes every upper bound, a branch-free pass lists the rows whose upper bound reaches the
+    threshold as it stood at the block's start (a superset of those reaching the current one: a rise only drops
+    rows), and only those get their lower bound and go to `_accept`."""
     uq, caq, cbq, ccq = u[q], ca[q], cb[q], cc[q]
     for t in range(m):
         ubuf[t], _ = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
-    for t in range(m):
-        if ubuf[t] >= theta[q]:
-            ub, lb = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
-            if not _accept(rowbuf[t], q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-                return
+    th = theta[q]
+    npass = 0
+    for t in range(m):  # no branch to mispredict: at large K a few percent of rows pass, scattered at random
+        prow[npass] = t
+        npass += ubuf[t] >= th
+    for i in range(npass):
+        t = prow[i]
+        pub[i], plb[i] = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
+        prow[i] = rowbuf[t]
+        pq[i] = q
+    _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate)
 
 
 @njit(cache=True, nogil=True)
 def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias, corr, u, ca, cb, cc, k, theta, res,
-                 res_n, cslot, cq, cub, cstate):
+                 res_n, prow, pq, pub, plb, cslot, cq, cub, cstate):
     """The filter for a query tile (q0..q0+nqt) over block rows, second pass: the GEMM micro-kernel's epilogue
     (`simd._hits_epilogue`) marked in hitbuf[t] the queries whose upper bound reached their threshold; only those
-    are examined, with `_bounds` against the current (possibly risen) threshold."""
+    get `_bounds` and go to `_accept` (which checks the current, possibly risen, threshold)."""
+    npass = 0
     for t in range(m):
         h = hitbuf[t]
         if h == 0:
@@ -177,8 +208,10 @@ def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias,
             q = q0 + qq
             ub, lb = _bounds(_value(tier, tile_i, tile_f, t, qq, np.int32(corr[q])), dsr, rnr, br, abr, u[q], ca[q],
                              cb[q], cc[q])
-            if ub >= theta[q] and not _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-                return
+            if ub >= theta[q]:
+                prow[npass], pq[npass], pub[npass], plb[npass] = r, q, ub, lb
+                npass += 1
+    _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -214,6 +247,10 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
     rrn = np.empty(blk, np.float32)
     rb = np.empty(blk, np.float32)
     ubuf = np.empty(blk, np.float32)
+    prow = np.empty((blk + rt) * width, np.int64)  # rows that passed a filter, their queries and bounds
+    pq = np.empty((blk + rt) * width, np.int64)
+    pub = np.empty((blk + rt) * width, np.float32)
+    plb = np.empty((blk + rt) * width, np.float32)
     vals = np.empty(blk, np.float32)
     st = cstate[lane]
     for b0 in range(lo, hi, blk):
@@ -256,7 +293,8 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                         _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
                                    corr32[ti], th, hitbuf[r0:])
                 _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
-                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], prow, pq, pub, plb, cslot[lane], cq[lane],
+                             cub[lane], st)
                 if st[1]:
                     break
         else:
@@ -275,8 +313,8 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                 else:
                     for t in range(m):
                         vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
-                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, qi, u, ca, cb, cc, k, theta, res[lane],
-                             res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, qi, u, ca, cb, cc, k, theta,
+                             res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
                 if st[1]:
                     break
 

@@ -22,7 +22,8 @@ BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 8}  # batches at least this l
 PARALLEL_MIN_ROWS = 32_768  # fewer rows to scan: one lane (no thread hand-off)
 RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups whose reservoirs fit this
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
-SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32
+SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
+SAMPLE_EXPECT = 256  # a sparser sample while it still expects this many rows above the threshold
 SORT_IN_NUMPY = 2048  # re-ranked groups larger than this are ordered by numpy's (vectorised) sort
 
 
@@ -473,7 +474,8 @@ class Index:
 
     def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
                            bitmap: np.ndarray, batch: bool) -> np.ndarray:
-        """A starting threshold per query for large K, from every SAMPLE_STRIDE-th block of rows: the r-th largest
+        """A starting threshold per query for large K, from every stride-th block of rows (SAMPLE_STRIDE, or sparser
+        while SAMPLE_EXPECT rows of the sample are still expected above the threshold): the r-th largest
         lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
         are expected above it. The scan then passes few more than the final candidates from its first row on; if
         the guess was too high (fewer than K rows reach it), merge reports it and the query is scanned again."""
@@ -482,7 +484,8 @@ class Index:
         space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
         if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
             return none
-        starts = np.arange(0, space, SAMPLE_STRIDE * 64)
+        stride = max(SAMPLE_STRIDE, k // SAMPLE_EXPECT)
+        starts = np.arange(0, space, stride * 64)
         pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
         pos = pos[pos < space]
         expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too

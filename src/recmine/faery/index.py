@@ -14,7 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from recmine.faery import filters, kernels, simd
+from recmine.faery import filters, kernels, pages, simd
 from recmine.faery.corpus import CHUNK_ROWS, STORAGES, Corpus, check_attr_name
 
 METRICS = ("ip", "cosine", "l2")
@@ -258,10 +258,11 @@ class Index:
             at0 = at = c.size
             if total is not None:
                 c._grow(at0 + total)
-            for part in chunks:
-                part = self._normalised(np.ascontiguousarray(part), offset=at - at0)
+            for raw in chunks:
+                part = self._normalised(np.ascontiguousarray(raw), offset=at - at0)
                 c.stage(part, at, offset=at - at0)
                 at += part.shape[0]
+                pages.release(raw)  # a memory-mapped input's consumed rows leave this process (they stay on disk)
             n = at - at0
             if arr is None:
                 arr = np.arange(self._next_id, self._next_id + n, dtype=np.int64)

@@ -4,9 +4,9 @@
   (MADV_DONTNEED). Only for shared file mappings (numpy memmap mode "r" or "r+"): the file keeps every byte, a later
   read maps it again. Never for a copy-on-write ("c") mapping, whose modified pages exist nowhere else, nor for RAM.
   Building a 1M x 128 index from a mapped .npy then never holds the whole input resident beside the index.
-- `prefetch(arrays)`: a search is about to read these mapped arrays from end to end; ask for read-ahead
-  (MADV_WILLNEED, asynchronous) and map their pages into this process on a background thread (MADV_POPULATE_READ,
-  Linux >= 5.14), so `Index.load` stays instant while the first search after it mostly finds its pages mapped.
+- `prefetch(arrays)`: a search is about to read these mapped arrays from end to end; on a background thread, ask
+  for read-ahead (MADV_WILLNEED) and map their pages into this process (MADV_POPULATE_READ, Linux >= 5.14), so
+  `Index.load` stays instant while the first search after it mostly finds its pages mapped.
 
 madvise is called through ctypes, which releases the GIL for the call, so the background thread never holds up
 Python code in other threads."""
@@ -68,16 +68,15 @@ def release(chunk: np.ndarray) -> bool:
 
 
 def prefetch(arrays: Sequence[np.ndarray]) -> threading.Thread | None:
-    """Read-ahead, then page mapping on a daemon thread, for the file-mapped arrays among `arrays` (in order);
+    """Read-ahead, then page mapping, on a daemon thread, for the file-mapped arrays among `arrays` (in order);
     returns the thread (None when there is nothing to do)."""
     mapped = [a for a in arrays if isinstance(a, np.memmap) and getattr(a, "_mmap", None) is not None and a.nbytes]
     spans = [(a.ctypes.data, a.nbytes) for a in mapped]
     if _MADVISE is None or not spans:
         return None
-    for addr, nbytes in spans:
-        advise(addr, nbytes, MADV_WILLNEED, inward=False)
-
     def populate(keep: list[np.ndarray] = mapped) -> None:  # keep: the mappings stay open while it runs
+        for addr, nbytes in spans:
+            advise(addr, nbytes, MADV_WILLNEED, inward=False)
         for addr, nbytes in spans:
             for off in range(0, nbytes, POPULATE_STEP):
                 if not advise(addr + off, min(POPULATE_STEP, nbytes - off), MADV_POPULATE_READ, inward=False):

@@ -3,8 +3,8 @@
 `allow` is an id set (any iterable of ints, or an integer array) or a bitmap over ids (a boolean array: id i is
 allowed when i < len(bitmap) and bitmap[i]). `where` maps attribute names to a predicate on the row's integer
 attribute: a `range` (lo <= v < hi, any step 1) or a set of values (any other iterable of ints). Every condition
-must hold. The result is a sorted list of slots (an id set, or selective predicates: the scan reads only those
-rows), or a byte mask over slots (dense predicates) and/or an id bitmap that the scan checks row by row as it
+must hold. The result is a sorted list of slots (an id set, a selective id bitmap or selective predicates: the
+scan reads only those rows), or a byte mask over slots (dense predicates) and/or an id bitmap that the scan checks row by row as it
 builds each block (skipped rows are never scored); all are applied before K-selection, so the search is exact over
 the allowed rows."""
 

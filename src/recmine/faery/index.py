@@ -228,7 +228,9 @@ class Index:
         ----------
         vectors
             (n, dim) array of any real dtype (a memory-mapped .npy is read chunk by chunk, so a corpus larger than
-            RAM can be added with `master_path`), or an iterator (e.g. a generator) of (m, dim) chunks.
+            RAM can be added with `master_path`; the pages of each consumed chunk of a read-only or shared mapping
+            are dropped from this process, see `pages.release`), or an iterator (e.g. a generator) of (m, dim)
+            chunks.
         ids
             (n,) int64 ids; default: consecutive new integers.
         attrs
@@ -559,8 +561,9 @@ class Index:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = False,
              master_path: str | os.PathLike[str] | None = None) -> Index:
-        """Open a saved index: every array is memory-mapped, nothing is read until a search touches it (instant at
-        any size; the ids -> slots table is built on first use).
+        """Open a saved index: every array is memory-mapped (instant at any size; the ids -> slots table is built on
+        first use); a background thread reads ahead and maps the scan tier's pages, so the first search finds most
+        of them mapped (`pages.prefetch`).
 
         Parameters
         ----------

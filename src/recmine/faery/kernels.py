@@ -20,7 +20,9 @@ the K-th largest lower bound seen, so the true top K always reach the exact re-r
 
 Selection: each lane (thread) keeps, per query, a reservoir of lower bounds (capacity 2K): when full, one
 partition keeps the K largest and raises the threshold. That is O(1) per surviving row at any K (a heap costs
-log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10."""
+log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10. Rows that pass
+are listed by a branch-free pass and accepted in one call per block; the exact re-rank computes its float64 keys
+eight SIMD lanes at a time (`simd.dot_lanes8`), in the same order as the scalar loop."""
 
 from __future__ import annotations
 
@@ -448,11 +450,13 @@ def order_topk(keys, ids, k):
 
 
 @njit(cache=True, nogil=True)
-def _kept(keys, offsets, q, k, sort):
-    """How many of query q's candidates rerank returns (see rerank)."""
+def _kept(keys, offsets, q, k, sort, kths):
+    """How many of query q's candidates rerank returns (see rerank); kths[q]: the k-th smallest key (inf when all
+    are kept), for `_select`."""
     m = offsets[q + 1] - offsets[q]
+    kths[q] = np.inf
     if m > k and not sort:
-        kth = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
+        kth = kths[q] = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
         m = 0
         for c in range(offsets[q], offsets[q + 1]):
             m += keys[c] <= kth
@@ -460,7 +464,7 @@ def _kept(keys, offsets, q, k, sort):
 
 
 @njit(cache=True, nogil=True)
-def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
+def _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i):
     """Query q's returned candidates into out_k/out_i at out_off[q] (see rerank)."""
     lo, hi, o = offsets[q], offsets[q + 1], out_off[q]
     if sort:
@@ -470,9 +474,7 @@ def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
             out_k[o + t] = keys[lo + best[t]]
             out_i[o + t] = cid[best[t]]
         return
-    kth = np.inf
-    if hi - lo > k:
-        kth = np.partition(keys[lo:hi], k - 1)[k - 1]
+    kth = kths[q]
     for c in range(lo, hi):
         if keys[c] <= kth:
             out_k[o] = keys[c]
@@ -511,21 +513,22 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
     else:  # a few rows: no parallel region (see merge)
         _score_range(master, q64, qof, slots, l2, keys, 0, total)
     counts = np.zeros(nq + 1, np.int64)
+    kths = np.empty(nq, np.float64)
     if nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
-            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+            counts[q + 1] = _kept(keys, offsets, q, k, sort, kths)
     else:
         for q in range(nq):
-            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+            counts[q + 1] = _kept(keys, offsets, q, k, sort, kths)
     out_off = np.cumsum(counts)
     out_k = np.empty(out_off[-1], np.float64)
     out_i = np.empty(out_off[-1], np.int64)
     if nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
-            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+            _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i)
     else:
         for q in range(nq):
-            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+            _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i)
     return out_k, out_i, out_off
 
 

@@ -39,3 +39,23 @@ def test_selective_bitmap_is_exact(ids_kind: str, selectivity: float, monkeypatc
     monkeypatch.setattr(filters, "BITMAP_LIST_BELOW", 0.0)  # the bitmap-checking scan: the same answer
     _, scan = idx.search(qs, K, allow=bits)
     assert np.array_equal(scan, want)
+
+
+@pytest.mark.parametrize("dim", [3, 8, 13, 128, 131])
+def test_rerank_keys_are_the_fixed_order_float64_sums(dim: int) -> None:
+    """The SIMD re-rank key (simd.dot_lanes8) equals the documented scalar order bit for bit: eight interleaved
+    float64 partial sums, leftover columns into the first, then their pairwise sum."""
+    from recmine.faery import kernels
+
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((64, dim)) * rng.uniform(1e-3, 1e3, (64, 1))).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32).astype(np.float64)
+    want = []
+    for row in x.astype(np.float64):
+        acc = [0.0] * 8
+        for j in range(dim // 8 * 8):
+            acc[j % 8] += q[j] * row[j]
+        for j in range(dim // 8 * 8, dim):
+            acc[0] += q[j] * row[j]
+        want.append(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+    assert np.array_equal(kernels.exact_scores(q, x, np.arange(64, dtype=np.int64)), np.array(want))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from recmine.faery import durable, kernels
+from recmine.faery import durable, kernels, pages
 from recmine.faery.idmap import IdMap
 
 STORAGES = ("int8", "fp16", "fp32")
@@ -84,6 +84,7 @@ class Corpus:
         self._sorted = True  # ids[:size] strictly ascending: ids -> slots by binary search, no table
         self.attrs: dict[str, np.ndarray] = {}
         self._readonly = False
+        self._prefetch: Any = None  # the background page-mapping thread of a loaded corpus (pages.prefetch)
         self._alloc(max(0, capacity))
 
     # ---- allocation
@@ -396,7 +397,8 @@ class Corpus:
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True,
              master_path: str | os.PathLike[str] | None = None) -> tuple[Corpus, dict]:
         """Open a saved corpus: every array memory-mapped (nothing is read until used; never written), sizes checked
-        against the manifest; ValueError naming a missing or truncated file. Checksums: `verify`."""
+        against the manifest; ValueError naming a missing or truncated file. Checksums: `verify`. The scan tier is
+        prefetched in the background (`pages.prefetch`)."""
         d = Path(directory)
         manifest = cls.read_manifest(d)
         c = cls(manifest["dim"], manifest["storage"], capacity=0, l2=manifest.get("metric") == "l2",
@@ -437,6 +439,8 @@ class Corpus:
             c._map = IdMap.of_tables(tables["idmap.keys"], tables["idmap.vals"], manifest["idmap"]["count"],
                                      manifest["idmap"]["used"])
         c._readonly = True
+        # the scan tier and its row metadata: read-ahead now, pages mapped in the background (load stays instant)
+        c._prefetch = pages.prefetch([c.packed, c.scale, c.norms, c.bias, c.live]) if mmap else None
         return c, manifest
 
     @staticmethod

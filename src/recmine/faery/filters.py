@@ -3,8 +3,8 @@
 `allow` is an id set (any iterable of ints, or an integer array) or a bitmap over ids (a boolean array: id i is
 allowed when i < len(bitmap) and bitmap[i]). `where` maps attribute names to a predicate on the row's integer
 attribute: a `range` (lo <= v < hi, any step 1) or a set of values (any other iterable of ints). Every condition
-must hold. The result is a sorted list of slots (an id set, or selective predicates: the scan reads only those
-rows), or a byte mask over slots (dense predicates) and/or an id bitmap that the scan checks row by row as it
+must hold. The result is a sorted list of slots (an id set, a selective id bitmap or selective predicates: the
+scan reads only those rows), or a byte mask over slots (dense predicates) and/or an id bitmap that the scan checks row by row as it
 builds each block (skipped rows are never scored); all are applied before K-selection, so the search is exact over
 the allowed rows."""
 
@@ -17,6 +17,8 @@ import numpy as np
 from numba import njit, prange
 
 LIST_BELOW = 0.125  # allowed fraction under which the scan reads a list of rows instead of a mask
+BITMAP_LIST_BELOW = 0.25  # an id bitmap allowing fewer than this fraction of the rows: their list is scanned
+# (1M x 128, K = 100: the list scan took 0.12x the bitmap-checking scan at 0.3% allowed, 0.8x at 10%, 0.96x at 50%)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -93,6 +95,20 @@ def check_allow(allow: Any) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
+def bitmap_rows(corpus: Any, bitmap: np.ndarray) -> np.ndarray:
+    """The sorted live slots whose ids an id bitmap allows: a selective bitmap becomes a list of rows, so the scan
+    reads only those rows instead of checking every row's id (ids 0..size-1 in slot order, the default ids: the
+    bitmap's set bits are the slots themselves)."""
+    n = corpus.size
+    ids = corpus.ids
+    if corpus._sorted and corpus._map is None and n and ids[0] == 0 and ids[n - 1] == n - 1:
+        rows = np.flatnonzero(bitmap[:n]).astype(np.int64)
+        return rows if corpus.n_live == n else rows[np.asarray(corpus.live[rows]) != 0]
+    slots = corpus.slots_of(np.flatnonzero(bitmap))
+    rows = slots[slots >= 0]
+    return rows if corpus._sorted else np.sort(rows)
+
+
 def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(mask, rowlist, bitmap, at_most): the rows a search reads. rowlist (sorted slots) when non-empty; else the
@@ -116,6 +132,9 @@ def resolve(corpus: Any, allow: np.ndarray | None, where: dict[str, Any]
         return empty8, rows, nobits, int(rows.size)
     bitmap = nobits if allow is None else allow
     if not where:
+        if bitmap.shape[0] and np.count_nonzero(bitmap) < BITMAP_LIST_BELOW * n:
+            rows = bitmap_rows(corpus, bitmap)
+            return empty8, rows, nobits, int(rows.size)
         mask = empty8 if corpus.n_live == n else corpus.live_mask()
         return mask, empty64, bitmap, corpus.n_live
     mask = corpus.live_mask().copy()

@@ -14,7 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from recmine.faery import filters, kernels, simd
+from recmine.faery import filters, kernels, pages, simd
 from recmine.faery.corpus import CHUNK_ROWS, STORAGES, Corpus, check_attr_name
 
 METRICS = ("ip", "cosine", "l2")
@@ -22,7 +22,8 @@ BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 8}  # batches at least this l
 PARALLEL_MIN_ROWS = 32_768  # fewer rows to scan: one lane (no thread hand-off)
 RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups whose reservoirs fit this
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
-SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32
+SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
+SAMPLE_EXPECT = 256  # a sparser sample while it still expects this many rows above the threshold
 SORT_IN_NUMPY = 2048  # re-ranked groups larger than this are ordered by numpy's (vectorised) sort
 
 
@@ -227,7 +228,9 @@ class Index:
         ----------
         vectors
             (n, dim) array of any real dtype (a memory-mapped .npy is read chunk by chunk, so a corpus larger than
-            RAM can be added with `master_path`), or an iterator (e.g. a generator) of (m, dim) chunks.
+            RAM can be added with `master_path`; the pages of each consumed chunk of a read-only or shared mapping
+            are dropped from this process, see `pages.release`), or an iterator (e.g. a generator) of (m, dim)
+            chunks.
         ids
             (n,) int64 ids; default: consecutive new integers.
         attrs
@@ -257,10 +260,11 @@ class Index:
             at0 = at = c.size
             if total is not None:
                 c._grow(at0 + total)
-            for part in chunks:
-                part = self._normalised(np.ascontiguousarray(part), offset=at - at0)
+            for raw in chunks:
+                part = self._normalised(np.ascontiguousarray(raw), offset=at - at0)
                 c.stage(part, at, offset=at - at0)
                 at += part.shape[0]
+                pages.release(raw)  # a memory-mapped input's consumed rows leave this process (they stay on disk)
             n = at - at0
             if arr is None:
                 arr = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
@@ -473,7 +477,8 @@ class Index:
 
     def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
                            bitmap: np.ndarray, batch: bool) -> np.ndarray:
-        """A starting threshold per query for large K, from every SAMPLE_STRIDE-th block of rows: the r-th largest
+        """A starting threshold per query for large K, from every stride-th block of rows (SAMPLE_STRIDE, or sparser
+        while SAMPLE_EXPECT rows of the sample are still expected above the threshold): the r-th largest
         lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
         are expected above it. The scan then passes few more than the final candidates from its first row on; if
         the guess was too high (fewer than K rows reach it), merge reports it and the query is scanned again."""
@@ -482,7 +487,8 @@ class Index:
         space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
         if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
             return none
-        starts = np.arange(0, space, SAMPLE_STRIDE * 64)
+        stride = max(SAMPLE_STRIDE, k // SAMPLE_EXPECT)
+        starts = np.arange(0, space, stride * 64)
         pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
         pos = pos[pos < space]
         expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too
@@ -555,8 +561,9 @@ class Index:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = False,
              master_path: str | os.PathLike[str] | None = None) -> Index:
-        """Open a saved index: every array is memory-mapped, nothing is read until a search touches it (instant at
-        any size; the ids -> slots table is built on first use).
+        """Open a saved index: every array is memory-mapped (instant at any size; the ids -> slots table is built on
+        first use); a background thread reads ahead and maps the scan tier's pages, so the first search finds most
+        of them mapped (`pages.prefetch`).
 
         Parameters
         ----------

@@ -20,7 +20,9 @@ the K-th largest lower bound seen, so the true top K always reach the exact re-r
 
 Selection: each lane (thread) keeps, per query, a reservoir of lower bounds (capacity 2K): when full, one
 partition keeps the K largest and raises the threshold. That is O(1) per surviving row at any K (a heap costs
-log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10."""
+log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10. Rows that pass
+are listed by a branch-free pass and accepted in one call per block; the exact re-rank computes its float64 keys
+eight SIMD lanes at a time (`simd.dot_lanes8`), in the same order as the scalar loop."""
 
 from __future__ import annotations
 
@@ -111,56 +113,87 @@ def _value(tier, tile_i, tile_f, t, qq, corr):
     return tile_f[t, qq]
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-    """Row r passed query q's filter: record the candidate, feed the reservoir (raising the threshold when it
-    fills). False when the candidate buffer overflowed."""
+@njit(cache=True, nogil=True)
+def _smallest(vals, k):
+    """min(vals[:k]) (a plain loop: kept out of line, it costs the filter's hot loop nothing)."""
+    lo = vals[0]
+    for i in range(1, k):
+        lo = min(lo, vals[i])
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _make_room(cslot, cq, cub, theta, cstate):
+    """The candidate buffer is full: drop candidates below their query's risen threshold. False (and the overflow
+    flag set) when that frees too little."""
     cap_c = cslot.shape[0]
-    if cstate[0] == cap_c:
-        cstate[0] = _compact_candidates(cslot, cq, cub, cstate[0], theta)
-        if cstate[0] > (3 * cap_c) // 4:
-            cstate[1] = 1
-            return False
-    e = cstate[0]
-    cslot[e] = r
-    cq[e] = q
-    cub[e] = ub
-    cstate[0] = e + 1
-    if lb > theta[q]:
-        n = res_n[q]
-        res[q, n] = lb
-        n += 1
-        if n == res.shape[1]:
-            theta[q] = _compact_reservoir(res[q], k)
-            n = k
-        elif n == k and theta[q] == -np.inf:
-            theta[q] = res[q, :k].min()
-        res_n[q] = n
+    cstate[0] = _compact_candidates(cslot, cq, cub, cstate[0], theta)
+    if cstate[0] > (3 * cap_c) // 4:
+        cstate[1] = 1
+        return False
     return True
 
 
 @njit(cache=True, nogil=True)
-def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, q, u, ca, cb, cc, k, theta, res, res_n, cslot, cq, cub,
-                 cstate):
+def _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate):
+    """Rows prow[i] whose upper bound pub[i] passed query pq[i]'s filter (lower bound plb[i]), in order: each still
+    at or above its query's current threshold is recorded as a candidate and feeds the reservoir (raising the
+    threshold when it fills). One call per block, not per row (a call per row paid a reference count per array
+    argument: ~70 ns a row, most of a large K's scan overhead). False when the candidate buffer overflowed."""
+    for i in range(npass):
+        q = pq[i]
+        if pub[i] < theta[q]:
+            continue
+        if cstate[0] == cslot.shape[0] and not _make_room(cslot, cq, cub, theta, cstate):
+            return False
+        e = cstate[0]
+        cslot[e] = prow[i]
+        cq[e] = q
+        cub[e] = pub[i]
+        cstate[0] = e + 1
+        if plb[i] > theta[q]:
+            n = res_n[q]
+            res[q, n] = plb[i]
+            n += 1
+            if n == res.shape[1]:
+                theta[q] = _compact_reservoir(res[q], k)
+                n = k
+            elif n == k and theta[q] == -np.inf:
+                theta[q] = _smallest(res[q], k)
+            res_n[q] = n
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, q, u, ca, cb, cc, k, theta, res, res_n,
+                 cslot, cq, cub, cstate):
     """The filter for one query over block rows (vals: their dot products; rds/rrn/rb: their scale, norm, bias):
-    a vectorised pass computes every upper bound, a scalar pass compares them with the running threshold, and only
-    rows that pass get their lower bound."""
+    a vectorised pass computes every upper bound, a branch-free pass lists the rows whose upper bound reaches the
+    threshold as it stood at the block's start (a superset of those reaching the current one: a rise only drops
+    rows), and only those get their lower bound and go to `_accept`."""
     uq, caq, cbq, ccq = u[q], ca[q], cb[q], cc[q]
     for t in range(m):
         ubuf[t], _ = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
-    for t in range(m):
-        if ubuf[t] >= theta[q]:
-            ub, lb = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
-            if not _accept(rowbuf[t], q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-                return
+    th = theta[q]
+    npass = 0
+    for t in range(m):  # no branch to mispredict: at large K a few percent of rows pass, scattered at random
+        prow[npass] = t
+        npass += ubuf[t] >= th
+    for i in range(npass):
+        t = prow[i]
+        pub[i], plb[i] = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
+        prow[i] = rowbuf[t]
+        pq[i] = q
+    _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate)
 
 
 @njit(cache=True, nogil=True)
 def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias, corr, u, ca, cb, cc, k, theta, res,
-                 res_n, cslot, cq, cub, cstate):
+                 res_n, prow, pq, pub, plb, cslot, cq, cub, cstate):
     """The filter for a query tile (q0..q0+nqt) over block rows, second pass: the GEMM micro-kernel's epilogue
     (`simd._hits_epilogue`) marked in hitbuf[t] the queries whose upper bound reached their threshold; only those
-    are examined, with `_bounds` against the current (possibly risen) threshold."""
+    get `_bounds` and go to `_accept` (which checks the current, possibly risen, threshold)."""
+    npass = 0
     for t in range(m):
         h = hitbuf[t]
         if h == 0:
@@ -177,8 +210,10 @@ def _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, nqt, ds, rn, bias,
             q = q0 + qq
             ub, lb = _bounds(_value(tier, tile_i, tile_f, t, qq, np.int32(corr[q])), dsr, rnr, br, abr, u[q], ca[q],
                              cb[q], cc[q])
-            if ub >= theta[q] and not _accept(r, q, ub, lb, k, theta, res, res_n, cslot, cq, cub, cstate):
-                return
+            if ub >= theta[q]:
+                prow[npass], pq[npass], pub[npass], plb[npass] = r, q, ub, lb
+                npass += 1
+    _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -214,6 +249,10 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
     rrn = np.empty(blk, np.float32)
     rb = np.empty(blk, np.float32)
     ubuf = np.empty(blk, np.float32)
+    prow = np.empty((blk + rt) * width, np.int64)  # rows that passed a filter, their queries and bounds
+    pq = np.empty((blk + rt) * width, np.int64)
+    pub = np.empty((blk + rt) * width, np.float32)
+    plb = np.empty((blk + rt) * width, np.float32)
     vals = np.empty(blk, np.float32)
     st = cstate[lane]
     for b0 in range(lo, hi, blk):
@@ -256,7 +295,8 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                         _tile_hits(lanes, packed, rowbuf, r0, qtf[ti], tile_f[r0:], ds, rn, bias, qv[ti],
                                    corr32[ti], th, hitbuf[r0:])
                 _filter_hits(tier, tile_i, tile_f, rowbuf, hitbuf, m, q0, min(lanes, nq - q0), ds, rn, bias, corr,
-                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                             u, ca, cb, cc, k, theta, res[lane], res_n[lane], prow, pq, pub, plb, cslot[lane], cq[lane],
+                             cub[lane], st)
                 if st[1]:
                     break
         else:
@@ -275,8 +315,8 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                 else:
                     for t in range(m):
                         vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
-                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, m, qi, u, ca, cb, cc, k, theta, res[lane],
-                             res_n[lane], cslot[lane], cq[lane], cub[lane], st)
+                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, qi, u, ca, cb, cc, k, theta,
+                             res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
                 if st[1]:
                     break
 
@@ -373,26 +413,22 @@ def _term(q64, row, j, l2):
     return q64[j] * np.float64(row[j])
 
 
-@njit(cache=True, nogil=True)
-def _exact_key(q64, row, l2):
-    """Sort key of one row (ascending = better): -q.x, or |q - x|^2 for l2; in float64 with one fixed summation
-    order (eight interleaved partial sums, then their pairwise sum), so identical rows get identical keys."""
-    dim = q64.shape[0]
+@njit(cache=True, nogil=True, inline="always")
+def _exact_key(q64, qi, master, r, l2):
+    """Sort key of row r of master against query q64[qi] (ascending = better): -q.x, or
+    |q - x|^2 for l2; in float64 with one fixed summation order (eight interleaved partial sums, eight SIMD lanes
+    at a time (`simd.dot_lanes8`), the leftover columns into the first, then their pairwise sum), so identical
+    rows get identical keys."""
+    dim = master.shape[1]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    j = 0
-    while j + 8 <= dim:
-        a0 += _term(q64, row, j, l2)
-        a1 += _term(q64, row, j + 1, l2)
-        a2 += _term(q64, row, j + 2, l2)
-        a3 += _term(q64, row, j + 3, l2)
-        a4 += _term(q64, row, j + 4, l2)
-        a5 += _term(q64, row, j + 5, l2)
-        a6 += _term(q64, row, j + 6, l2)
-        a7 += _term(q64, row, j + 7, l2)
-        j += 8
-    while j < dim:
-        a0 += _term(q64, row, j, l2)
-        j += 1
+    if dim >= 8:
+        if l2:
+            a0, a1, a2, a3, a4, a5, a6, a7 = simd.sqdiff_lanes8(q64, qi, master, r)
+        else:
+            a0, a1, a2, a3, a4, a5, a6, a7 = simd.dot_lanes8(q64, qi, master, r)
+    qrow, row = q64[qi], master[r]
+    for j in range(dim // 8 * 8, dim):
+        a0 += _term(qrow, row, j, l2)
     acc = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
     return acc if l2 else -acc
 
@@ -414,11 +450,13 @@ def order_topk(keys, ids, k):
 
 
 @njit(cache=True, nogil=True)
-def _kept(keys, offsets, q, k, sort):
-    """How many of query q's candidates rerank returns (see rerank)."""
+def _kept(keys, offsets, q, k, sort, kths):
+    """How many of query q's candidates rerank returns (see rerank); kths[q]: the k-th smallest key (inf when all
+    are kept), for `_select`."""
     m = offsets[q + 1] - offsets[q]
+    kths[q] = np.inf
     if m > k and not sort:
-        kth = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
+        kth = kths[q] = np.partition(keys[offsets[q]: offsets[q + 1]], k - 1)[k - 1]
         m = 0
         for c in range(offsets[q], offsets[q + 1]):
             m += keys[c] <= kth
@@ -426,7 +464,7 @@ def _kept(keys, offsets, q, k, sort):
 
 
 @njit(cache=True, nogil=True)
-def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
+def _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i):
     """Query q's returned candidates into out_k/out_i at out_off[q] (see rerank)."""
     lo, hi, o = offsets[q], offsets[q + 1], out_off[q]
     if sort:
@@ -436,9 +474,7 @@ def _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i):
             out_k[o + t] = keys[lo + best[t]]
             out_i[o + t] = cid[best[t]]
         return
-    kth = np.inf
-    if hi - lo > k:
-        kth = np.partition(keys[lo:hi], k - 1)[k - 1]
+    kth = kths[q]
     for c in range(lo, hi):
         if keys[c] <= kth:
             out_k[o] = keys[c]
@@ -454,7 +490,7 @@ def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
         for c in range(c0, c1):
             simd.prefetch_row(master, slots[c])
         for c in range(c0, c1):
-            keys[c] = _exact_key(q64[qof[c]], master[slots[c]], l2)
+            keys[c] = _exact_key(q64, qof[c], master, slots[c], l2)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -477,21 +513,22 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
     else:  # a few rows: no parallel region (see merge)
         _score_range(master, q64, qof, slots, l2, keys, 0, total)
     counts = np.zeros(nq + 1, np.int64)
+    kths = np.empty(nq, np.float64)
     if nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
-            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+            counts[q + 1] = _kept(keys, offsets, q, k, sort, kths)
     else:
         for q in range(nq):
-            counts[q + 1] = _kept(keys, offsets, q, k, sort)
+            counts[q + 1] = _kept(keys, offsets, q, k, sort, kths)
     out_off = np.cumsum(counts)
     out_k = np.empty(out_off[-1], np.float64)
     out_i = np.empty(out_off[-1], np.int64)
     if nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
-            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+            _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i)
     else:
         for q in range(nq):
-            _select(keys, offsets, slots, ids, q, k, sort, out_off, out_k, out_i)
+            _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i)
     return out_k, out_i, out_off
 
 
@@ -499,8 +536,9 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
 def exact_scores(q64, master, slots):
     """Exact float64 inner products q.x for the candidate slots (fp32 master rows)."""
     out = np.empty(slots.shape[0], np.float64)
+    q2 = np.ascontiguousarray(q64).reshape((1, q64.shape[0]))
     for t in range(slots.shape[0]):
-        out[t] = -_exact_key(q64, master[slots[t]], False)
+        out[t] = -_exact_key(q2, 0, master, slots[t], False)
     return out
 
 
@@ -508,8 +546,9 @@ def exact_scores(q64, master, slots):
 def exact_l2(q64, master, slots):
     """Exact float64 squared L2 distances to the candidate slots."""
     out = np.empty(slots.shape[0], np.float64)
+    q2 = np.ascontiguousarray(q64).reshape((1, q64.shape[0]))
     for t in range(slots.shape[0]):
-        out[t] = _exact_key(q64, master[slots[t]], True)
+        out[t] = _exact_key(q2, 0, master, slots[t], True)
     return out
 
 

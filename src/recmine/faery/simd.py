@@ -340,3 +340,48 @@ def ctz(typingctx, x_t):  # noqa: ANN001, ANN202
         return builder.call(fn, [x, ir.Constant(ir.IntType(1), 1)])
 
     return sig, codegen
+
+
+def _make_lanes8(l2: bool):  # noqa: ANN202
+    @intrinsic
+    def lanes8(typingctx, q_t, qi_t, x_t, row_t):  # noqa: ANN001, ANN202
+        """Eight float64 partial sums of one float32 row of x (2-D) against row qi of q (2-D float64) over the first 8 * (dim // 8) columns: lane l sums the terms of columns j = l mod 8
+        in column order (rows contiguous in memory), term = q[j] * x[j] (or (q[j] - x[j])^2 for l2), every product and sum rounded as IEEE
+        float64 (no fused multiply-add, no reassociation): exactly the scalar loop with eight interleaved sums, eight
+        lanes at a time. dim >= 8 is required."""
+        if not (isinstance(q_t, types.Array) and isinstance(x_t, types.Array) and q_t.dtype == types.float64
+                and x_t.dtype == types.float32 and x_t.ndim == 2 and q_t.ndim == 2):
+            return None
+        sig = types.UniTuple(types.float64, 8)(q_t, types.intp, x_t, types.intp)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            q, qi, x, row = args
+            qbase, _, qstrides = _base(context, builder, q_t, q)
+            xbase, xshape, xstrides = _base(context, builder, x_t, x)
+            qbase = builder.add(qbase, builder.mul(qi, builder.extract_value(qstrides, 0)))
+            rp = builder.add(xbase, builder.mul(row, builder.extract_value(xstrides, 0)))
+            chunks = builder.udiv(builder.extract_value(xshape, 1), ir.Constant(I64, 8))
+            v8f32, v8f64 = ir.VectorType(F32, 8), ir.VectorType(F64, 8)
+
+            def body(c, accs):  # noqa: ANN001, ANN202
+                xv = builder.fpext(builder.load(_addr(builder, rp, builder.mul(c, ir.Constant(I64, 32)), v8f32),
+                                                align=4), v8f64)
+                qv = builder.load(_addr(builder, qbase, builder.mul(c, ir.Constant(I64, 64)), v8f64), align=8)
+                if l2:
+                    d = builder.fsub(qv, xv)
+                    return [builder.fadd(accs[0], builder.fmul(d, d))]
+                return [builder.fadd(accs[0], builder.fmul(qv, xv))]
+
+            (acc,) = _counted_loop(builder, chunks, [ir.Constant(v8f64, None)], body)
+            out = context.get_constant_undef(signature.return_type)
+            for lane in range(8):
+                out = builder.insert_value(out, builder.extract_element(acc, ir.Constant(I32, lane)), lane)
+            return out
+
+        return sig, codegen
+
+    return lanes8
+
+
+F64 = ir.DoubleType()
+dot_lanes8, sqdiff_lanes8 = _make_lanes8(False), _make_lanes8(True)

@@ -1,0 +1,85 @@
+"""Memory-mapped inputs and indexes: a build drops the consumed pages of a shared read-only input (never of a
+copy-on-write one), a load prefetches the scan tier in the background; results stay equal to the float64 oracle."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recmine.faery import Index
+from recmine.faery.corpus import CHUNK_ROWS
+from recmine.faery.exact import brute_force_topk
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and madvise are Linux's")
+N = 2 * CHUNK_ROWS + 1234  # three chunks of the build
+DIM = 16
+
+
+def _resident(path: Path) -> int:
+    """Bytes of the file at path resident in this process's mappings (sum of Rss over its entries in smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1]) * 1024
+    return total
+
+
+def _corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(5).standard_normal((N, DIM)).astype(np.float32))
+    return path
+
+
+def _check(idx: Index, x: np.ndarray, k: int = 20) -> None:
+    qs = np.random.default_rng(6).standard_normal((4, DIM)).astype(np.float32)
+    _, want = brute_force_topk(np.asarray(x), None, qs, k)
+    for q in (qs[:1], qs):  # the single-query path and the batch path (the batch path from 8 queries on)
+        _, got = idx.search(np.tile(q, (8 // q.shape[0], 1)) if q.shape[0] > 1 else q, k)
+        assert np.array_equal(got[: q.shape[0]], want[: q.shape[0]])
+
+
+@linux
+def test_build_from_a_mapped_file_releases_its_pages_and_stays_exact(tmp_path: Path) -> None:
+    path = _corpus(tmp_path)
+    x = np.load(path, mmap_mode="r")
+    idx = Index(DIM)
+    idx.add(x)
+    assert _resident(path) < 0.1 * path.stat().st_size  # the consumed input is not held beside the index
+    _check(idx, x)
+
+
+@linux
+def test_a_copy_on_write_input_keeps_its_changes(tmp_path: Path) -> None:
+    """Pages of a "c" mapping that were written exist only in this process: dropping them would lose the change."""
+    path = _corpus(tmp_path)
+    x = np.load(path, mmap_mode="c")
+    changed = [1000, CHUNK_ROWS + 1000, 2 * CHUNK_ROWS + 600]  # a row inside every chunk, changed in memory only
+    x[changed] = 50.0
+    idx = Index(DIM)
+    idx.add(x)
+    assert np.array_equal(idx.get(changed), x[changed])
+    assert np.array_equal(x[changed], np.full((3, DIM), 50.0, np.float32))
+    _check(idx, x)
+
+
+@linux
+def test_load_prefetches_the_scan_tier_and_the_first_search_is_exact(tmp_path: Path) -> None:
+    path = _corpus(tmp_path)
+    x = np.load(path)
+    idx = Index(DIM)
+    idx.add(x)
+    idx.save(tmp_path / "idx")
+    del idx
+    back = Index.load(tmp_path / "idx")
+    _check(back, x)  # searched while the pages are being mapped
+    th = back.corpus._prefetch
+    assert th is not None
+    th.join(30)
+    packed = tmp_path / "idx" / "packed.npy"
+    assert _resident(packed) > 0.9 * packed.stat().st_size

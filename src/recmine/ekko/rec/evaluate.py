@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmine.ekko.rec.data import Interactions
-from recmine.ekko.rec.model import OnlineTrainer, RequestContext, context_vectors, heads, rank_rows, score_rows
+from recmine.ekko.rec.model import (
+    OnlineTrainer,
+    RequestContext,
+    context_vectors,
+    heads,
+    rank_rows,
+    score_rows,
+)
 from recmine.ekko.rec.serving import auc
 
 

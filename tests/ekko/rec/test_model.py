@@ -89,7 +89,7 @@ def test_history_user_rows_are_id_plus_mean_of_recent_items():
     """With `history`, the published user row is the id embedding plus the mean embedding of the user's last
     `history` items (recomputed here in float64 from the model's tables); every item trained through it is in the
     update; a restart from the published rows gives them back unchanged."""
-    tr = OnlineTrainer(dim=8, seed=3, history=3, history_grad=True, cold_weight=1.0)
+    tr = OnlineTrainer(dim=8, seed=3, history=3, history_grad=True, cold_weight=1.0, context=0)
     tr.step(np.array([1, 1, 2, 1]), np.array([10, 11, 12, 13]), np.array([1.0, 0.0, 1.0, 1.0]))
     up = tr.step(np.array([1, 3]), np.array([14, 10]), np.array([1.0, 1.0]))
     assert {10, 11, 12, 13, 14} >= set(up.tables["item"][0].tolist()) >= {10, 11, 13, 14}  # user 1's history too

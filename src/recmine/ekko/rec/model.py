@@ -26,7 +26,7 @@ FRESH_RANKING: dict[str, int | float | bool] = {"history": 50, "history_grad": T
                                                 "context": 0}
 """OnlineTrainer settings for ranking from fresh updates (picked on the MovieLens-100K replay at 10 events per
 batch: HR@10 1.22x popularity, see README); the defaults stay those the drifting-stream scenarios were tuned on."""
-CONTEXT = 50
+CONTEXT = 10
 """Default request context: a user's vector reads the rows of the items of its last CONTEXT events."""
 torch.sparse.check_sparse_tensor_invariants.disable()  # opt out explicitly (Adagrad's sparse steps are well formed)
 

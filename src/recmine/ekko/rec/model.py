@@ -5,7 +5,11 @@ recommenders: *like* (is a shown item rated well? the stream's own labels: AUC i
 are negatives). Ranking a catalogue (HR@10, NDCG@10) scores log P(engage) + log P(like), i.e. P(engage and like).
 After every mini-batch the trainer hands back the embedding rows it changed (and, every `dense_every` batches, the
 dense heads) as key -> vector updates for the parameter servers. Serving scores from those rows alone
-(`score_rows`, `rank_rows`), so any PS replica can serve.
+(`score_rows`, `rank_rows`), so any PS replica can serve. The user tower reads request-time features, as YouTube
+DNN / DLRM-style recommenders do: a user's vector is its id row plus the mean embedding of the item rows of its last
+`CONTEXT` events, a request context the serving side keeps from the event stream (`RequestContext`,
+`context_vectors`); so a user the PS holds no row for yet is scored from its history, and item-row freshness
+reaches the user side too.
 
 Tables on the PS: "user" (dim d), "item" (dim d + 2: embedding, like bias, engage bias), "dense" (dim d * d; key 0
 the like head, key 1 the engage head)."""
@@ -220,13 +224,17 @@ class OnlineTrainer:
 
     Like task: the stream's labels. Engage task: each event is a positive, with `negatives` items per event
     sampled uniformly from the items seen so far. `replay` past events (from a reservoir of recent history) are
-    re-trained per step; the engage loss counts `engage_weight` times the like loss. `history` > 0 makes a user's
-    vector its id embedding plus the mean embedding of its last `history` items (the item itself left out when
-    training on it; `history_grad`: those item embeddings learn through it too), published as the user's row so
-    serving stays row-based. `cold_weight` adds a bias-only copy of both losses: a user without a row is scored by
-    the item biases alone, so they are trained for that. `scale` multiplies the update (1.0 normal; a large value simulates a harmful update such as
-    exploding gradients). Defaults (lr 0.2, no replay, 8 negatives, engage weight 0.3) were picked on the MovieLens-100K replay and the
-    drifting stream (see README): under drift, replaying the past holds the model back."""
+    re-trained per step; the engage loss counts `engage_weight` times the like loss. `context` > 0 (the default,
+    `CONTEXT`): an event's user vector is the user's id embedding plus the mean embedding of the items of its user's
+    last `context` earlier events (`RequestContext`, as serving computes it; those items learn through it too);
+    the user row published is the id embedding alone. `history` > 0 (with context=0) instead makes a user's vector
+    its id embedding plus the mean embedding of its last `history` items (the item itself left out when training on
+    it; `history_grad`: those item embeddings learn through it too), published as the user's row. `cold_weight`
+    adds a bias-only copy of both losses: a user without a row is scored by the item biases alone, so they are
+    trained for that. `scale` multiplies the update (1.0 normal; a large value simulates a harmful update such as
+    exploding gradients). Defaults (lr 0.2, no replay, 8 negatives, engage weight 0.3, context 10) were picked on
+    the MovieLens-100K replay and the drifting stream (see README): under drift, replaying the past holds the
+    model back."""
 
     def __init__(self, dim: int = 16, lr: float = 0.2, negatives: int = 8, dense_every: int = 20,
                  seed: int = 0, stream_negatives: bool = True, passes: int = 1, replay: int = 0,

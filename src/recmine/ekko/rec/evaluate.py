@@ -1,5 +1,6 @@
 """Offline quality of the recommender on a replayed stream, beside a popularity baseline (prequential: every batch
-is scored with the model as it was before training on that batch, then trained on).
+is scored with the model as it was before training on that batch, then trained on; each user's vector reads the
+request context the serving side has then: the items of the user's events strictly before the scored one).
 
 - AUC of the like logit on the stream's own labels (all events), popularity = the item's positives so far.
 - HR@k and NDCG@k: every positive event ranks its item among `negatives` items sampled uniformly from the items

@@ -10,8 +10,9 @@ Usage: python benchmarks/ekko_bench.py [--dcs 2,4,8,16] [--duration 8] [--checkp
                                        [--batches 250,10]
                                        [--out runs.json] [--json]
 Scenario model: the recommender's prequential AUC, HR@10 and NDCG@10 beside popularity (targets: HR@10 >= 1.2x
-and AUC >= +0.07 on MovieLens-100K), for the default trainer and FRESH_RANKING, at each --batches (events between
-published updates; default 250,10). Scenario slo: MovieLens-100K (or the drifting synthetic stream) replayed over
+and AUC >= +0.07 on MovieLens-100K), for the default trainer (users read with their request context), the same
+by id rows alone (context=0, the default before) and FRESH_RANKING, at each --batches (events between published
+updates; default 250,10). Scenario slo: MovieLens-100K (or the drifting synthetic stream) replayed over
 20 s into 4 DCs with the PyTorch two-tower recommender; the WAN links carry 10%, 25% and 50% of what the update
 stream needs. Far-DC serving AUC (each event scored before training on it) with the SLO-aware updater vs FIFO vs an
 unthrottled link vs checkpoints only, and SLO-aware with int8 deltas; target: SLO-aware closes >= 50% of the
@@ -134,7 +135,8 @@ def simulate(args: argparse.Namespace) -> None:
 
 def model_quality(args: argparse.Namespace) -> None:
     """The recommender on the prequential replay (rec/evaluate.py), seeds 0..repeats-1: AUC, HR@10, NDCG@10 beside
-    popularity, per trainer (the defaults, and FRESH_RANKING) and per batch (events between published updates)."""
+    popularity, per trainer (the defaults, id rows alone, and FRESH_RANKING) and per batch (events between published
+    updates)."""
     from recmine.ekko.lab.scenarios import ScenarioSpec, load_data
     from recmine.ekko.rec.evaluate import prequential
     from recmine.ekko.rec.model import FRESH_RANKING, OnlineTrainer
@@ -142,7 +144,7 @@ def model_quality(args: argparse.Namespace) -> None:
     data = load_data(ScenarioSpec(data=args.data))
     rows = []
     for batch in (int(x) for x in args.batches.split(",")):
-        for name, kw in (("default", {}), ("fresh_ranking", FRESH_RANKING)):
+        for name, kw in (("default", {}), ("id_rows", {"context": 0}), ("fresh_ranking", FRESH_RANKING)):
             runs = [prequential(data, OnlineTrainer(seed=seed, **kw), batch=batch, seed=seed).as_dict()
                     for seed in range(args.repeats)]
             rows.append({"trainer": name, "batch": batch,

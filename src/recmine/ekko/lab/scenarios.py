@@ -27,7 +27,7 @@ from recmine.ekko.ps.scheduler import ROW_OVERHEAD, Traffic
 from recmine.ekko.ps.store import ParamStore, TableUpdate
 from recmine.ekko.rec.data import Interactions, default_movielens_path, load_movielens, synthetic
 from recmine.ekko.rec.guard import GuardConfig, ModelStateManager, Quarantine
-from recmine.ekko.rec.model import DENSE_KEYS, OnlineTrainer, Update, heads, score_rows, tables
+from recmine.ekko.rec.model import DENSE_KEYS, OnlineTrainer, Update, heads, score_context, tables
 from recmine.ekko.rec.serving import InferenceServer, QualityWindow, auc, logloss, ps_reader
 
 Progress = Callable[[str], None]
@@ -98,6 +98,15 @@ def warm_start(spec: ScenarioSpec, data: Interactions) -> tuple[OnlineTrainer, i
     return trainer, n_warm
 
 
+def _server(read: Callable, spec: ScenarioSpec, name: str, trainer: OnlineTrainer, seen: Interactions,
+            **kw: Any) -> InferenceServer:
+    """An inference server for the trainer's model whose request context already holds the events `seen` (the
+    stream before serving began: the serving side saw it too)."""
+    srv = InferenceServer(read, spec.dim, name, context=trainer.context.size, **kw)
+    srv.observe(seen.user, seen.item)
+    return srv
+
+
 class _DictReader:
     """In-process row reader over a checkpoint (the checkpoint baseline's serving copy)."""
 
@@ -135,10 +144,11 @@ def _replay(spec: ScenarioSpec, data: Interactions, variant: str, nic_mbps: floa
         with LocalCluster(topo, run_dir=run_dir) as c:
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
             try:
-                servers = [InferenceServer(ps_reader(cl), spec.dim, f"dc{d}", window=len(data))
+                seen = data.slice(0, n_warm)
+                servers = [_server(ps_reader(cl), spec, f"dc{d}", trainer, seen, window=len(data))
                            for d, cl in enumerate(clients)]
-                ckpt = InferenceServer(_DictReader(trainer.full_state(), stamp), spec.dim, "checkpoint",
-                                       window=len(data))
+                ckpt = _server(_DictReader(trainer.full_state(), stamp), spec, "checkpoint", trainer, seen,
+                               window=len(data))
                 rest = data.slice(n_warm, len(data))
                 n_batches = (len(rest) + spec.batch - 1) // spec.batch
                 pace = spec.replay_s / n_batches
@@ -367,13 +377,16 @@ def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer
         with LocalCluster(topo, run_dir=run_dir) as c:
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(spec.dcs)]
             far = clients[-1]
-            far_srv = InferenceServer(ps_reader(far), spec.dim, "far", dense_refresh_s=0.0, window=window * spec.batch)
+            far_srv = _server(ps_reader(far), spec, "far", trainer, data.slice(0, n_warm), dense_refresh_s=0.0,
+                              window=window * spec.batch)
             written = harm_keys.written
 
             def evaluate_on(ev: Interactions) -> Callable[[Callable[[str, np.ndarray], np.ndarray]], Any]:
+                ctx = far_srv.context.batch(ev.user, ev.item, commit=False)  # as the far DC will serve them
+
                 def evaluate(get: Callable[[str, np.ndarray], np.ndarray]) -> Any:
-                    z = score_rows(get("user", ev.user), get("item", ev.item),
-                                   heads(get("dense", np.array(DENSE_KEYS)), spec.dim)[0]).astype(np.float64)
+                    z = score_context(get, ev.user, ev.item, ctx,
+                                      heads(get("dense", np.array(DENSE_KEYS)), spec.dim)[0]).astype(np.float64)
                     per_event = -(np.logaddexp(0.0, z) - ev.label * z)  # -logloss of each event
                     return (per_event, ev.user % SLICES) if sliced else float(per_event.mean())
                 return evaluate
@@ -520,7 +533,7 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
         _bootstrap(run_dir, topo, state)
         with LocalCluster(topo, run_dir=run_dir) as c:
             clients = [c.client(c.node(d).node_id, timeout=30.0) for d in range(topo["dcs"])]
-            servers = [InferenceServer(ps_reader(cl), spec.dim, f"dc{d}", window=20 * spec.batch)
+            servers = [_server(ps_reader(cl), spec, f"dc{d}", trainer, data.slice(0, n_warm), window=20 * spec.batch)
                        for d, cl in enumerate(clients)]
             far = clients[-1]
             faulty = False
@@ -541,10 +554,12 @@ def run_live(spec: ScenarioSpec, topology: dict[str, Any] | None = None, inject_
                     if b % window == window - 1:
                         nxt = rest.slice((b + 1) * spec.batch, (b + 2) * spec.batch)
                         if len(nxt):
-                            def evaluate(get: Callable[[str, np.ndarray], np.ndarray], ev: Interactions = nxt
-                                         ) -> float:
+                            ctx = servers[-1].context.batch(nxt.user, nxt.item, commit=False)
+
+                            def evaluate(get: Callable[[str, np.ndarray], np.ndarray], ev: Interactions = nxt,
+                                         ctx: tuple[np.ndarray, np.ndarray] = ctx) -> float:
                                 head = get("dense", np.array([0]))[0].reshape(spec.dim, spec.dim)
-                                return -logloss(score_rows(get("user", ev.user), get("item", ev.item), head), ev.label)
+                                return -logloss(score_context(get, ev.user, ev.item, ctx, head), ev.label)
 
                             v = mgr.check(evaluate, lambda t, k: far.get(t, k)[0])
                             if v.rollback_due:
@@ -599,11 +614,12 @@ def simulate(spec: ScenarioSpec, data: Interactions, scheduler: str, link_bytes_
                                  np.zeros(k.shape[0], np.int32)) for t, (k, v) in state.tables.items()],
                     {s: {0: stamp} for s in range(link.src.num_shards)})
     traffic = getattr(link.sender, "traffic", None)
-    local = InferenceServer(_store_reader(link.src, traffic), spec.dim, "dc0", window=len(data))
+    seen = data.slice(0, n_warm)
+    local = _server(_store_reader(link.src, traffic), spec, "dc0", trainer, seen, window=len(data))
     far_read: Callable = _store_reader(link.dst)
     if scheduler == "checkpoint":
         far_read = _DictReader(state, stamp)
-    far = InferenceServer(far_read, spec.dim, "far", window=len(data))
+    far = _server(far_read, spec, "far", trainer, seen, window=len(data))
     rest = data.slice(n_warm, len(data))
     n_batches = (len(rest) + spec.batch - 1) // spec.batch
     pace = spec.replay_s / n_batches

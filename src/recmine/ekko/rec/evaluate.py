@@ -1,5 +1,6 @@
 """Offline quality of the recommender on a replayed stream, beside a popularity baseline (prequential: every batch
-is scored with the model as it was before training on that batch, then trained on).
+is scored with the model as it was before training on that batch, then trained on; each user's vector reads the
+request context the serving side has then: the items of the user's events strictly before the scored one).
 
 - AUC of the like logit on the stream's own labels (all events), popularity = the item's positives so far.
 - HR@k and NDCG@k: every positive event ranks its item among `negatives` items sampled uniformly from the items
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmine.ekko.rec.data import Interactions
-from recmine.ekko.rec.model import OnlineTrainer, heads, rank_rows, score_rows
+from recmine.ekko.rec.model import (
+    OnlineTrainer,
+    RequestContext,
+    context_vectors,
+    heads,
+    rank_rows,
+    score_rows,
+)
 from recmine.ekko.rec.serving import auc
 
 
@@ -72,13 +80,16 @@ def prequential(data: Interactions, trainer: OnlineTrainer | None = None, batch:
     pos_count: dict[int, float] = {}
     history: dict[int, set[int]] = {}
     seen: list[int] = []
+    context = RequestContext(tr.context.size)  # serving's own, from the events before each scored one
     like_s, pop_s, labels, rank_m, rank_p = [], [], [], [], []
     cold = 0
     for lo in range(0, len(data), batch):
         b = data.slice(lo, lo + batch)
+        hist, counts = context.batch(b.user, b.item)
         if lo >= n_warm and len(seen) > negatives:
             state = _Rows(tr)
-            like_s.append(score_rows(state.get("user", b.user), state.get("item", b.item), state.head))
+            vec = context_vectors(state.get("user", b.user), state.get("item", hist), counts)
+            like_s.append(score_rows(vec, state.get("item", b.item), state.head))
             pop_s.append(np.array([pos_count.get(i, 0.0) for i in b.item.tolist()]))
             labels.append(b.label)
             pos = np.flatnonzero(b.label > 0.5)
@@ -86,7 +97,7 @@ def prequential(data: Interactions, trainer: OnlineTrainer | None = None, batch:
                 cand = _candidates(b.user[pos], b.item[pos], history, np.array(seen), negatives, rng)
                 cold += sum(int(u) not in history for u in b.user[pos].tolist())
                 items = state.get("item", cand.reshape(-1)).reshape(*cand.shape, -1)
-                rank_m.append(rank_rows(state.get("user", b.user[pos]), items, state.head, state.engage))
+                rank_m.append(rank_rows(vec[pos], items, state.head, state.engage))
                 rank_p.append(np.vectorize(lambda i: pos_count.get(i, 0.0), otypes=[float])(cand))
         tr.step(b.user, b.item, b.label)
         for u, i, y in zip(b.user.tolist(), b.item.tolist(), b.label.tolist(), strict=True):

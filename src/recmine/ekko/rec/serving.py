@@ -1,6 +1,8 @@
 """Inference servers: each DC scores requests from its local parameter servers (`Get`) and reports serving
 quality online (AUC, logloss over a sliding window of replayed interactions) and freshness (age of the
-parameters it used). The reads are also the inference traffic the SLO-aware updater weighs keys by."""
+parameters it used). A user's vector is read at request time: its id row plus the rows of the items in its recent
+history (the request context the server keeps from the events it served). The reads are also the inference
+traffic the SLO-aware updater weighs keys by."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recmine.ekko.rec.model import DENSE_KEY, score_rows
+from recmine.ekko.rec.model import CONTEXT, DENSE_KEY, RequestContext, context_vectors, score_rows
 
 RowReader = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]  # -> (values, found, ts ns)
 
@@ -72,15 +74,16 @@ class Scored:
 
     logits: np.ndarray
     age_s: np.ndarray
-    cold: int  # events whose user or item the PS did not hold (scored from the prior: zeros)
+    cold: int  # events whose item, or whose user with no history, the PS did not hold (scored from the prior: zeros)
 
 
 class InferenceServer:
     """Scores (user, item) requests from one DC's parameter servers; the dense head is cached and re-read every
-    `dense_refresh_s` seconds (it changes rarely); embedding rows are read per request."""
+    `dense_refresh_s` seconds (it changes rarely); embedding rows are read per request, a user's vector from its
+    id row and the rows of its last `context` items (the model's request context size: the trainer's `context`)."""
 
     def __init__(self, read: RowReader, dim: int, name: str = "", dense_refresh_s: float = 0.5,
-                 window: int = 5000) -> None:
+                 window: int = 5000, context: int = CONTEXT) -> None:
         self.read = read
         self.dim = dim
         self.name = name
@@ -88,6 +91,7 @@ class InferenceServer:
         self._head: np.ndarray | None = None
         self._head_at = -1e9
         self.quality = QualityWindow(window)
+        self.context = RequestContext(context)
 
     def head(self) -> np.ndarray:
         """The dense head as served here (identity before the trainer's first dense update arrives)."""
@@ -98,20 +102,31 @@ class InferenceServer:
             self._head_at = now
         return self._head
 
-    def score(self, user: np.ndarray, item: np.ndarray) -> Scored:
-        """Logits for request pairs, from this DC's rows; unknown users/items score from zero rows (cold start)."""
-        uk, uinv = np.unique(np.asarray(user, np.int64), return_inverse=True)
-        ik, iinv = np.unique(np.asarray(item, np.int64), return_inverse=True)
+    def observe(self, user: np.ndarray, item: np.ndarray) -> None:
+        """Record events in the request context without scoring them (e.g. the stream before serving began)."""
+        self.context.batch(user, item)
+
+    def score(self, user: np.ndarray, item: np.ndarray, record: bool = False) -> Scored:
+        """Logits for a time-ordered batch of request pairs, from this DC's rows: each user's vector reads the
+        items of its events before the request (earlier ones of the batch too); unknown users/items score from
+        zero rows (cold start). `record`: the batch joins the request context afterwards."""
+        user, item = np.asarray(user, np.int64), np.asarray(item, np.int64)
+        hist, counts = self.context.batch(user, item, commit=record)
+        uk, uinv = np.unique(user, return_inverse=True)
+        ik, iinv = np.unique(np.concatenate([item, hist]), return_inverse=True)  # one read for both
         uv, uf, _ = self.read("user", uk)
         iv, if_, its = self.read("item", ik)
-        logits = score_rows(uv[uinv], iv[iinv], self.head())
+        n = item.shape[0]
+        vec = context_vectors(uv[uinv], iv[iinv[n:]], counts)
+        iinv = iinv[:n]
+        logits = score_rows(vec, iv[iinv], self.head())
         now_ns = time.time_ns()
         age = np.where(if_[iinv], (now_ns - its[iinv]) / 1e9, np.nan)
-        return Scored(logits, age, int((~uf[uinv] | ~if_[iinv]).sum()))
+        return Scored(logits, age, int((~(uf[uinv] | (counts > 0)) | ~if_[iinv]).sum()))
 
     def serve(self, user: np.ndarray, item: np.ndarray, label: np.ndarray) -> Scored:
-        """Score a batch of replayed interactions and record them in the quality window."""
-        s = self.score(user, item)
+        """Score a batch of replayed interactions, record them in the quality window and the request context."""
+        s = self.score(user, item, record=True)
         ok = np.isfinite(np.asarray(label, np.float64))
         self.quality.add(s.logits[ok], np.asarray(label)[ok], np.nan_to_num(s.age_s[ok], nan=0.0))
         return s

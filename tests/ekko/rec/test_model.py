@@ -107,11 +107,10 @@ def test_history_user_rows_are_id_plus_mean_of_recent_items():
     np.testing.assert_allclose(tr.full_state().tables["user"][1], full.tables["user"][1], atol=1e-6)
 
 
-def test_serving_scores_cold_users_from_the_prior():
-    rows = {"user": {1: np.ones(4, np.float32)}, "item": {7: np.r_[np.ones(4), 0.5].astype(np.float32)}}
-
+def _row_reader(rows: dict[str, dict[int, np.ndarray]], item_dim: int):
+    """A PS read over a dict of rows: (values, found, versions) as the serving side gets them."""
     def read(table, keys):
-        dim = {"user": 4, "item": 5, "dense": 16}[table]
+        dim = {"user": 4, "item": item_dim, "dense": 16}[table]
         out = np.zeros((len(keys), dim), np.float32)
         found = np.zeros(len(keys), bool)
         for n, k in enumerate(keys.tolist()):
@@ -119,7 +118,12 @@ def test_serving_scores_cold_users_from_the_prior():
                 out[n], found[n] = rows[table][k], True
         return out, found, np.zeros(len(keys), np.int64)
 
-    srv = InferenceServer(read, 4)
+    return read
+
+
+def test_serving_scores_cold_users_from_the_prior():
+    rows = {"user": {1: np.ones(4, np.float32)}, "item": {7: np.r_[np.ones(4), 0.5].astype(np.float32)}}
+    srv = InferenceServer(_row_reader(rows, 5), 4)
     s = srv.serve(np.array([1, 99]), np.array([7, 7]), np.array([1.0, 0.0]))
     assert s.logits.tolist() == pytest.approx([4.5, 0.5]) and s.cold == 1  # identity head before any dense row
     assert srv.quality.summary()["events"] == 2
@@ -145,16 +149,7 @@ def test_request_context_holds_only_earlier_events():
 
 
 def _context_server(rows: dict[str, dict[int, np.ndarray]], context: int) -> InferenceServer:
-    def read(table, keys):
-        dim = {"user": 4, "item": 6, "dense": 16}[table]
-        out = np.zeros((len(keys), dim), np.float32)
-        found = np.zeros(len(keys), bool)
-        for n, k in enumerate(keys.tolist()):
-            if k in rows.get(table, {}):
-                out[n], found[n] = rows[table][k], True
-        return out, found, np.zeros(len(keys), np.int64)
-
-    return InferenceServer(read, 4, context=context)
+    return InferenceServer(_row_reader(rows, 6), 4, context=context)
 
 
 def test_serving_reads_the_users_earlier_items_and_never_the_scored_or_later_ones():

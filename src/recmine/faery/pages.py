@@ -54,7 +54,7 @@ def advise(addr: int, nbytes: int, advice: int, inward: bool) -> bool:
     return _MADVISE(lo, hi - lo, advice) == 0
 
 
-def _file_mapped(arr: np.ndarray, modes: tuple[str, ...]) -> bool:
+def _file_mapped(arr: np.ndarray, modes: tuple[str, ...] = ("r", "r+", "w+", "c")) -> bool:
     """arr is a view of a numpy memmap opened in one of these modes (its memory is a mapping of a file)."""
     return isinstance(arr, np.memmap) and getattr(arr, "_mmap", None) is not None and arr.mode in modes
 
@@ -70,7 +70,7 @@ def release(chunk: np.ndarray) -> bool:
 def prefetch(arrays: Sequence[np.ndarray]) -> threading.Thread | None:
     """Read-ahead, then page mapping, on a daemon thread, for the file-mapped arrays among `arrays` (in order);
     returns the thread (None when there is nothing to do)."""
-    mapped = [a for a in arrays if isinstance(a, np.memmap) and getattr(a, "_mmap", None) is not None and a.nbytes]
+    mapped = [a for a in arrays if _file_mapped(a) and a.nbytes]
     spans = [(a.ctypes.data, a.nbytes) for a in mapped]
     if _MADVISE is None or not spans:
         return None

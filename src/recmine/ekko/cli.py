@@ -262,7 +262,7 @@ def bench(
     checkpoint_s: Annotated[float, typer.Option("--checkpoint-s", help="Checkpoint baseline period.")] = 10.0,
     modes: Annotated[str, typer.Option("--modes", help="Comma list of ekko, push, checkpoint.")] = "ekko,push,checkpoint",
     harms: Annotated[str, typer.Option("--harms", help="Comma list of harms to inject (rollback): scale50, "
-                                       "label_flip, label_flip_unsliced, nan_rows, exploding_head, stale_replay, "
+                                       "label_flip, label_flip_unsliced, label_flip_all, nan_rows, exploding_head, stale_replay, "
                                        "stale_replay_unmarked; default all.")] = "",
     colocate: Annotated[int, typer.Option("--colocate", help="Servers of one DC per process (each its own gRPC "
                                           "endpoint; between them the cores talk in memory).")] = 1,

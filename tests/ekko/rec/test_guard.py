@@ -237,6 +237,56 @@ def test_screen_refuses_nan_exploding_rows_and_a_step_going_back_by_name():
     assert g.screen(ok, "other", step=4).accepted == ok  # steps are per source
 
 
+def test_screen_refuses_a_stale_model_replayed_without_its_step():
+    """Rows that go back in content to earlier published values (a trainer restarted from an old checkpoint that
+    sends no model step) are refused by name; a long clean random walk, the same rows re-sent unchanged, and a few
+    rows going back are not."""
+    rng = np.random.default_rng(1)
+    ids = np.arange(200)
+    rows = rng.normal(size=(200, 4)).astype(np.float32)
+    g = ModelStateManager({"item": (ids, rows)}, {"item": 4}, GuardConfig(replay_rows=16, replay_share=0.5))
+    checkpoint = rows.copy()
+    for _ in range(100):  # clean training: each batch moves the rows it touches a little
+        keys = rng.choice(ids, 60, replace=False)
+        rows[keys] += rng.normal(0, 0.01, (60, 4)).astype(np.float32)
+        up = [("item", keys, rows[keys].copy())]
+        assert g.screen(up, "t").accepted == up
+        g.record_batch(up, "t")
+    same = [("item", ids, rows.copy())]  # a full push of the current model: nothing changes, nothing goes back
+    assert g.screen(same, "t").accepted == same
+    few = [("item", ids[:10], checkpoint[:10])]  # 10 rows back: below replay_rows
+    assert not g.screen(few, "t").harmful
+    fresh = rows.copy()
+    fresh[:50] += 0.5  # the replayed model trained one batch before its push: some rows new, the rest stale
+    replay = [("item", ids, np.concatenate([fresh[:50], checkpoint[50:]]))]
+    (msg,) = g.screen(replay, "t").refused
+    assert msg == "source 't': 150 of 200 changed rows go back to values their keys held before (a stale model " \
+                  "replayed)"
+
+
+def test_screen_refuses_labels_that_differ_from_the_serving_log():
+    """The labels a batch was trained on are checked against the feedback serving logged for the same events:
+    every label flipped, or one cohort's, is refused naming the worst slice; equal labels, or a few late changes
+    within the tolerance, are not."""
+    rng = np.random.default_rng(2)
+    logged = (rng.random(800) < 0.6).astype(np.float32)
+    cohort = rng.integers(0, 8, 800)
+    g = ModelStateManager({}, {"item": 2}, GuardConfig(label_tolerance=0.05))
+    up = [("item", np.array([1]), np.ones((1, 2), np.float32))]
+    assert g.screen(up, "t", labels=(logged.copy(), logged, cohort)).accepted == up
+    late = logged.copy()
+    late[:16] = 1.0 - late[:16]  # 2% of the events changed: tolerated
+    assert not g.screen(up, "t", labels=(late, logged, cohort)).harmful
+    (msg,) = g.screen(up, "t", labels=(1.0 - logged, logged)).refused
+    assert msg == "source 't': 800 of 800 trained labels (all events) differ from the feedback serving logged " \
+                  "(labels corrupted in training)"
+    one = np.where(cohort == 5, 1.0 - logged, logged)
+    (msg,) = g.screen(up, "t", labels=(one, logged, cohort)).refused
+    assert f"of {(cohort == 5).sum()} trained labels (cohort 5) differ" in msg
+    with pytest.raises(ValueError, match="one length"):
+        g.screen(up, "t", labels=(logged[:5], logged))
+
+
 def test_cohort_check_catches_harm_confined_to_one_cohort_and_not_noise():
     """Per-event quality with cohorts: live is fresher than the witness everywhere (+0.04); a harm costing one
     cohort 0.1 alarms on that cohort; the same noise without harm, or a harm on a cohort too small to judge,

@@ -260,8 +260,8 @@ def run_compress(spec: ScenarioSpec, progress: Progress | None = None) -> dict[s
             "runs": list(wide.values()), "spec": asdict(spec), "data": data.source, "events": len(data)}
 
 
-HARMS = ("scale50", "label_flip", "label_flip_unsliced", "nan_rows", "exploding_head", "stale_replay",
-         "stale_replay_unmarked")
+HARMS = ("scale50", "label_flip", "label_flip_unsliced", "label_flip_all", "nan_rows", "exploding_head",
+         "stale_replay", "stale_replay_unmarked")
 SLICES = 8  # the guard watches -logloss per user cohort (user id mod 8) besides the whole window
 COHORT = 5  # the cohort whose labels the label-flip harm inverts
 
@@ -287,9 +287,10 @@ def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int
     screens every batch, compares the far DC's live rows with its witness per window (per user cohort too), rolls
     back in every DC and quarantines the trainer (held updates judged in shadow, released after healthy windows).
     Plus a clean run of the same length (false rollbacks). Harms: scale50 (row changes x50), label_flip (one
-    cohort's labels inverted; _unsliced: the guard without cohort slices), nan_rows (NaN/Inf rows), exploding_head
+    cohort's labels inverted; _unsliced: the guard without cohort slices; _all: every user's labels inverted), nan_rows (NaN/Inf rows), exploding_head
     (dense heads x1000), stale_replay (the trainer restarts from the warm checkpoint and pushes it; _unmarked: no
-    model step sent along, so only quality can tell)."""
+    model step sent along: its rows go back in content). Every batch is screened with the labels the trainer learned
+    from beside the feedback serving logged for the same events."""
     unknown = set(harms) - set(HARMS)
     if unknown:
         raise ValueError(f"unknown harm(s) {sorted(unknown)}; choose from {list(HARMS)}")
@@ -317,18 +318,19 @@ def run_rollback(spec: ScenarioSpec, harms: tuple[str, ...] = HARMS, window: int
 
 
 def _harmful_step(harm: str, trainer: OnlineTrainer, ev: Interactions, stale: OnlineTrainer | None
-                  ) -> tuple[Update, OnlineTrainer]:
-    """One step of a faulty trainer (returns its update and the trainer that goes on)."""
+                  ) -> tuple[Update, OnlineTrainer, np.ndarray]:
+    """One step of a faulty trainer (returns its update, the trainer that goes on and the labels it learned from)."""
     if harm == "scale50":
-        return trainer.step(ev.user, ev.item, ev.label, scale=50.0), trainer
+        return trainer.step(ev.user, ev.item, ev.label, scale=50.0), trainer, ev.label
     if harm.startswith("label_flip"):
-        cohort = ev.user % SLICES == COHORT
-        return trainer.step(ev.user, ev.item, np.where(cohort, 1.0 - ev.label, ev.label)), trainer
+        flip = np.full(len(ev), True) if harm == "label_flip_all" else ev.user % SLICES == COHORT
+        y = np.where(flip, 1.0 - ev.label, ev.label)
+        return trainer.step(ev.user, ev.item, y), trainer, y
     if harm.startswith("stale_replay"):
         if stale is not None:  # restarted from the warm checkpoint: pushes all of it, then trains on from there
             stale.step(ev.user, ev.item, ev.label)
-            return stale.full_state(), stale
-        return trainer.step(ev.user, ev.item, ev.label), trainer
+            return stale.full_state(), stale, ev.label
+        return trainer.step(ev.user, ev.item, ev.label), trainer, ev.label
     up = trainer.step(ev.user, ev.item, ev.label)
     if harm == "nan_rows":
         k, v = up.tables["item"]
@@ -340,7 +342,7 @@ def _harmful_step(harm: str, trainer: OnlineTrainer, ev: Interactions, stale: On
         up.tables["dense"] = (trainer.dense_rows()[0], trainer.dense_rows()[1] * 1000.0)
     else:
         raise ValueError(f"unknown harm {harm!r}")
-    return up, trainer
+    return up, trainer, ev.label
 
 
 def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer, int], harm: str | None,
@@ -420,11 +422,12 @@ def _guard_run(spec: ScenarioSpec, data: Interactions, warm: tuple[OnlineTrainer
                         trainer.restart(served)
                     if faulty:
                         stale = checkpoint if (harm or "").startswith("stale_replay") and b == inject else None
-                        up, trainer = _harmful_step(harm, trainer, ev, stale)  # type: ignore[arg-type]
+                        up, trainer, y = _harmful_step(harm, trainer, ev, stale)  # type: ignore[arg-type]
                     else:
-                        up = trainer.step(ev.user, ev.item, ev.label)
+                        up, y = trainer.step(ev.user, ev.item, ev.label), ev.label
                     sent = [(t, k, v) for t, (k, v) in up.tables.items()]
-                    scr = mgr.screen(sent, src, trainer.steps if marked else None)
+                    scr = mgr.screen(sent, src, trainer.steps if marked else None,  # labels vs the serving log
+                                     labels=(y, ev.label, ev.user % SLICES if sliced else None))
                     last_step = trainer.steps if not scr.harmful else last_step
                     if scr.harmful:  # refused before serving: quarantine the source, undo what it wrote lately
                         res["refused"].extend(scr.refused[:2])

@@ -15,8 +15,11 @@ healthy windows in a row they are released (written) and the source is trusted a
 or discard at any time.
 
 Some harm is visible in the update itself, before anything is served: `screen` refuses a batch with a NaN/Inf row,
-a row whose norm is far above its table's typical norm (an exploding layer), or a model step that goes back (a
-trainer replaying a stale checkpoint), naming what was wrong. Harm confined to one group of users (e.g. their
+a row whose norm is far above its table's typical norm (an exploding layer), a model step that goes back (a
+trainer replaying a stale checkpoint), rows that go back in content to values their keys held before (a stale
+checkpoint replayed without its step: a 64-bit fingerprint of each published row version is kept per key), or
+labels the trainer learned from that differ from the feedback serving logged for the same events (labels flipped
+in the training pipeline), naming what was wrong. Harm confined to one group of users (e.g. their
 labels flipped) barely moves a global metric: `check` compares live and witness on every slice `evaluate` returns
 (e.g. user cohorts) and alarms on the worst one."""
 
@@ -46,6 +49,10 @@ class GuardConfig:
     slice_margin: float = 0.05
     slice_z: float = 3.0
     norm_factor: float = 50.0
+    replay_rows: int = 16  # a batch whose changed rows go back to earlier values of their keys, this many ...
+    replay_share: float = 0.5  # ... and this share of its changed rows, is a replay
+    replay_memory: int = 64  # fingerprints of earlier row versions kept per key
+    label_tolerance: float = 0.05  # share of a cohort's trained labels allowed to differ from the logged feedback
     to_witness: bool = False  # roll back every key changed within the witness delay, not only since the last good
 
 
@@ -131,6 +138,19 @@ class Witness:
         self.pending.clear()
 
 
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def fingerprints(vals: np.ndarray) -> np.ndarray:
+    """A 64-bit FNV-1a-style hash of each row's exact float32 bits: equal rows get equal prints, a changed bit a new
+    one (collisions 2**-64 per pair)."""
+    bits = np.ascontiguousarray(np.asarray(vals, np.float32)).reshape(len(vals), -1).view(np.uint32)
+    h = np.full(bits.shape[0], _FNV_OFFSET, np.uint64)
+    for j in range(bits.shape[1]):
+        h = (h ^ bits[:, j].astype(np.uint64)) * _FNV_PRIME  # uint64 arithmetic wraps
+    return h
+
+
 class ModelStateManager:
     """Quality watch + rollback for a model whose rows live in parameter servers (see module docstring)."""
 
@@ -150,6 +170,20 @@ class ModelStateManager:
         self._sources_since_good: set[str] = set()
         self._steps: dict[str, int] = {}  # source -> last model step screened in
         self._norms: dict[str, tuple[int, float]] = {}  # table -> (window, typical row norm)
+        self._prints: dict[str, dict[int, deque[int]]] = {t: {} for t in self.dims}  # key -> versions, last = now
+        for t, (keys, vals) in initial.items():
+            if t in self._prints:
+                self._remember(t, np.asarray(keys), np.asarray(vals))
+
+    def _remember(self, table: str, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Record the published value of each key (its fingerprint becomes the key's current one)."""
+        dst = self._prints[table]
+        for k, p in zip(np.asarray(keys).tolist(), fingerprints(vals).tolist(), strict=True):
+            hist = dst.get(k)
+            if hist is None:
+                dst[k] = hist = deque(maxlen=self.cfg.replay_memory + 1)
+            if not hist or hist[-1] != p:
+                hist.append(p)
 
     def record_batch(self, updates: list[tuple[str, np.ndarray, np.ndarray]], source: str = "trainer") -> None:
         """Call after every batch applied to the PS with the rows it wrote (and who wrote them): feeds the witness,
@@ -158,6 +192,8 @@ class ModelStateManager:
             if table not in self.dims:
                 raise KeyError(f"unknown table {table!r}; guarded tables are {sorted(self.dims)}")
             self.changed_since_good[table].update(np.asarray(keys).tolist())
+        for table, keys, vals in updates:
+            self._remember(table, keys, vals)
         if updates:
             self._sources_since_good.add(source)
         self.witness.record_batch(updates)
@@ -219,11 +255,18 @@ class ModelStateManager:
         return v
 
     def screen(self, updates: list[tuple[str, np.ndarray, np.ndarray]], source: str = "trainer",
-               step: int | None = None) -> Screening:
+               step: int | None = None, labels: tuple[np.ndarray, ...] | None = None) -> Screening:
         """Check one batch before it is applied: a NaN/Inf row, a row whose norm exceeds `norm_factor` times its
-        table's typical norm (the witness's median row norm), or a model `step` below the source's last one (a
-        stale checkpoint replayed) refuses the whole batch. Returns what to apply and what was refused, by name."""
+        table's typical norm (the witness's median row norm), a model `step` below the source's last one (a stale
+        checkpoint replayed), changed rows that return to earlier values of their keys (`replay_rows` of them and
+        `replay_share` of the changed rows: a stale checkpoint replayed, step or not), or `labels` = (labels the
+        batch was trained on, feedback serving logged for the same events[, cohort of each event]) differing in more
+        than `label_tolerance` of a cohort's events, refuses the whole batch. Returns what to apply and what was
+        refused, by name."""
         refused: list[str] = []
+        if labels is not None:
+            refused.extend(self._label_skew(source, *labels))
+        changed = reverted = 0
         if step is not None:
             last = self._steps.get(source)
             if last is not None and step < last:
@@ -246,9 +289,38 @@ class ModelStateManager:
                     j = int(np.argmax(norms))
                     refused.append(f"table {table!r}: row norm {norms[j]:.3g} for key {int(keys[j])} is "
                                    f"{norms[j] / typical:.0f}x the table's typical {typical:.3g} (exploding)")
+            known = self._prints.get(table, {})
+            for k, p in zip(keys.tolist(), fingerprints(vals).tolist(), strict=True):
+                hist = known.get(k)
+                if hist and hist[-1] != p:
+                    changed += 1
+                    reverted += p in hist
+        if reverted >= self.cfg.replay_rows and reverted >= self.cfg.replay_share * changed:
+            refused.append(f"source {source!r}: {reverted} of {changed} changed rows go back to values their keys held "
+                           "before (a stale model replayed)")
         if not refused and step is not None:
             self._steps[source] = step
         return Screening([] if refused else list(updates), refused)
+
+    def _label_skew(self, source: str, trained: np.ndarray, observed: np.ndarray,
+                    groups: np.ndarray | None = None) -> list[str]:
+        """Refusal lines where the labels `source` trained on differ from the logged feedback of the same events in
+        more than `label_tolerance` of all events or of a cohort's (10 or more events)."""
+        trained, observed = np.asarray(trained, np.float64), np.asarray(observed, np.float64)
+        groups = np.zeros(trained.shape, np.int64) if groups is None else np.asarray(groups)
+        if not (trained.shape == observed.shape == groups.shape) or trained.ndim != 1:
+            raise ValueError(f"trained labels, logged feedback and cohorts must be 1-d of one length, got "
+                             f"{trained.shape}, {observed.shape}, {groups.shape}")
+        differ = trained != observed
+        worst, share, n = "", self.cfg.label_tolerance, 0
+        for name, m in [("all events", np.ones(differ.shape, bool))] + [
+                (f"cohort {g}", groups == g) for g in np.unique(groups).tolist()]:
+            if m.sum() >= 10 and differ[m].mean() > share:
+                worst, share, n = name, float(differ[m].mean()), int(m.sum())
+        if not worst:
+            return []
+        return [f"source {source!r}: {round(share * n)} of {n} trained labels ({worst}) differ from the feedback "
+                "serving logged (labels corrupted in training)"]
 
     def _typical_norm(self, table: str) -> float:
         """Median row norm of the witness's table (cached until the witness moves on a window)."""
@@ -281,6 +353,7 @@ class ModelStateManager:
             if (~known).any():
                 reset[table] = int((~known).sum())
             write(table, keys, vals)
+            self._remember(table, keys, vals)
             restored[table] = (keys, vals)
             counts[table] = int(keys.size)
             keyset.clear()

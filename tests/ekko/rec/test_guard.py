@@ -285,6 +285,8 @@ def test_screen_refuses_labels_that_differ_from_the_serving_log():
     assert f"of {(cohort == 5).sum()} trained labels (cohort 5) differ" in msg
     with pytest.raises(ValueError, match="one length"):
         g.screen(up, "t", labels=(logged[:5], logged))
+    with pytest.raises(ValueError, match="0 <= label_tolerance < 1"):
+        ModelStateManager({}, {"item": 2}, GuardConfig(label_tolerance=1.0))
 
 
 def test_cohort_check_catches_harm_confined_to_one_cohort_and_not_noise():

@@ -141,9 +141,9 @@ class Witness:
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
-def fingerprints(vals: np.ndarray) -> np.ndarray:
+def _fingerprints(vals: np.ndarray) -> np.ndarray:
     """A 64-bit FNV-1a-style hash of each row's exact float32 bits: equal rows get equal prints, a changed bit a new
-    one (collisions 2**-64 per pair)."""
+    one (collisions about 2**-64 per pair)."""
     bits = np.ascontiguousarray(np.asarray(vals, np.float32)).reshape(len(vals), -1).view(np.uint32)
     h = np.full(bits.shape[0], _FNV_OFFSET, np.uint64)
     for j in range(bits.shape[1]):
@@ -159,6 +159,11 @@ class ModelStateManager:
         self.cfg = config or GuardConfig()
         if self.cfg.patience < 1:
             raise ValueError("patience must be >= 1")
+        c = self.cfg
+        if c.replay_rows < 1 or c.replay_memory < 1 or not 0 < c.replay_share <= 1 or not 0 <= c.label_tolerance < 1:
+            raise ValueError(f"replay_rows >= 1, replay_memory >= 1, 0 < replay_share <= 1 and 0 <= label_tolerance < 1 "
+                             f"are required, got {c.replay_rows}, {c.replay_memory}, {c.replay_share}, "
+                             f"{c.label_tolerance}")
         self.dims = dict(dims)
         self.witness = Witness(initial, self.cfg.witness_delay)
         self.changed_since_good: dict[str, set[int]] = {t: set() for t in self.dims}
@@ -178,7 +183,7 @@ class ModelStateManager:
     def _remember(self, table: str, keys: np.ndarray, vals: np.ndarray) -> None:
         """Record the published value of each key (its fingerprint becomes the key's current one)."""
         dst = self._prints[table]
-        for k, p in zip(np.asarray(keys).tolist(), fingerprints(vals).tolist(), strict=True):
+        for k, p in zip(np.asarray(keys).tolist(), _fingerprints(vals).tolist(), strict=True):
             hist = dst.get(k)
             if hist is None:
                 dst[k] = hist = deque(maxlen=self.cfg.replay_memory + 1)
@@ -290,7 +295,7 @@ class ModelStateManager:
                     refused.append(f"table {table!r}: row norm {norms[j]:.3g} for key {int(keys[j])} is "
                                    f"{norms[j] / typical:.0f}x the table's typical {typical:.3g} (exploding)")
             known = self._prints.get(table, {})
-            for k, p in zip(keys.tolist(), fingerprints(vals).tolist(), strict=True):
+            for k, p in zip(keys.tolist(), _fingerprints(vals).tolist(), strict=True):
                 hist = known.get(k)
                 if hist and hist[-1] != p:
                     changed += 1

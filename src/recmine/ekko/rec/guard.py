@@ -312,14 +312,14 @@ class ModelStateManager:
         """Refusal lines where the labels `source` trained on differ from the logged feedback of the same events in
         more than `label_tolerance` of all events or of a cohort's (10 or more events)."""
         trained, observed = np.asarray(trained, np.float64), np.asarray(observed, np.float64)
-        groups = np.zeros(trained.shape, np.int64) if groups is None else np.asarray(groups)
-        if not (trained.shape == observed.shape == groups.shape) or trained.ndim != 1:
+        cohorts = np.zeros(trained.shape, np.int64) if groups is None else np.asarray(groups)
+        if not (trained.shape == observed.shape == cohorts.shape) or trained.ndim != 1:
             raise ValueError(f"trained labels, logged feedback and cohorts must be 1-d of one length, got "
-                             f"{trained.shape}, {observed.shape}, {groups.shape}")
+                             f"{trained.shape}, {observed.shape}, {cohorts.shape}")
         differ = trained != observed
         worst, share, n = "", self.cfg.label_tolerance, 0
-        for name, m in [("all events", np.ones(differ.shape, bool))] + [
-                (f"cohort {g}", groups == g) for g in np.unique(groups).tolist()]:
+        slices = [] if groups is None else [(f"cohort {g}", cohorts == g) for g in np.unique(cohorts).tolist()]
+        for name, m in [("all events", np.ones(differ.shape, bool)), *slices]:
             if m.sum() >= 10 and differ[m].mean() > share:
                 worst, share, n = name, float(differ[m].mean()), int(m.sum())
         if not worst:

@@ -244,7 +244,7 @@ def test_screen_refuses_a_stale_model_replayed_without_its_step():
     rng = np.random.default_rng(1)
     ids = np.arange(200)
     rows = rng.normal(size=(200, 4)).astype(np.float32)
-    g = ModelStateManager({"item": (ids, rows)}, {"item": 4}, GuardConfig(replay_rows=16, replay_share=0.5))
+    g = ModelStateManager({"item": (ids, rows)}, {"item": 4}, GuardConfig(replay_rows=16, replay_share=0.2))
     checkpoint = rows.copy()
     for _ in range(100):  # clean training: each batch moves the rows it touches a little
         keys = rng.choice(ids, 60, replace=False)
@@ -257,10 +257,10 @@ def test_screen_refuses_a_stale_model_replayed_without_its_step():
     few = [("item", ids[:10], checkpoint[:10])]  # 10 rows back: below replay_rows
     assert not g.screen(few, "t").harmful
     fresh = rows.copy()
-    fresh[:50] += 0.5  # the replayed model trained one batch before its push: some rows new, the rest stale
-    replay = [("item", ids, np.concatenate([fresh[:50], checkpoint[50:]]))]
+    fresh[:140] += 0.5  # the replayed model trained a few batches before its push: most rows new, the rest stale
+    replay = [("item", ids, np.concatenate([fresh[:140], checkpoint[140:]]))]
     (msg,) = g.screen(replay, "t").refused
-    assert msg == "source 't': 150 of 200 changed rows go back to values their keys held before (a stale model " \
+    assert msg == "source 't': 60 of 200 changed rows go back to values their keys held before (a stale model " \
                   "replayed)"
 
 

@@ -50,7 +50,7 @@ class GuardConfig:
     slice_z: float = 3.0
     norm_factor: float = 50.0
     replay_rows: int = 16  # a batch whose changed rows go back to earlier values of their keys, this many ...
-    replay_share: float = 0.5  # ... and this share of its changed rows, is a replay
+    replay_share: float = 0.2  # ... and this share of its changed rows, is a replay
     replay_memory: int = 64  # fingerprints of earlier row versions kept per key
     label_tolerance: float = 0.05  # share of a cohort's trained labels allowed to differ from the logged feedback
     to_witness: bool = False  # roll back every key changed within the witness delay, not only since the last good

@@ -261,7 +261,7 @@ def test_screen_refuses_a_stale_model_replayed_without_its_step():
     replay = [("item", ids, np.concatenate([fresh[:140], checkpoint[140:]]))]
     (msg,) = g.screen(replay, "t").refused
     assert msg == "source 't': 60 of 200 changed rows go back to values their keys held before (a stale model " \
-                  "replayed)"
+                  "replayed, or rolled-back values re-sent)"
 
 
 def test_screen_refuses_labels_that_differ_from_the_serving_log():

@@ -302,7 +302,7 @@ class ModelStateManager:
                     reverted += p in hist
         if reverted >= self.cfg.replay_rows and reverted >= self.cfg.replay_share * changed:
             refused.append(f"source {source!r}: {reverted} of {changed} changed rows go back to values their keys held "
-                           "before (a stale model replayed)")
+                           "before (a stale model replayed, or rolled-back values re-sent)")
         if not refused and step is not None:
             self._steps[source] = step
         return Screening([] if refused else list(updates), refused)

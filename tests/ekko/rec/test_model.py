@@ -297,3 +297,29 @@ def test_default_movielens_path_is_the_shared_copy(shared_data):
     from recmine.ekko.rec.data import default_movielens_path
 
     assert default_movielens_path().resolve() == (shared_data / "movielens" / "ml-100k.inter").resolve()  # ../shared may be a link
+
+
+def test_sampled_negatives_are_items_the_user_never_interacts_with(monkeypatch: pytest.MonkeyPatch):
+    """HR@10/NDCG@10 rank each positive among sampled negatives: none may be an item the same user rates anywhere in
+    the stream (in the same batch or later), brute force over the events. Before the fix negatives avoided only the
+    user's earlier batches: on MovieLens-100K, whose users rate in bursts, 6.2% of negatives were items the user
+    rated in the scored batch itself."""
+    import recmine.ekko.rec.evaluate as ev
+
+    data = synthetic(n_users=40, n_items=300, n_events=6_000, seed=2)
+    drawn: list[tuple[np.ndarray, np.ndarray]] = []
+    real = ev._candidates
+
+    def record(users, *args, **kw):  # noqa: ANN001, ANN202
+        out = real(users, *args, **kw)
+        drawn.append((users.copy(), out.copy()))
+        return out
+
+    monkeypatch.setattr(ev, "_candidates", record)
+    r = prequential(data, OnlineTrainer(dim=8, seed=0), batch=250)
+    mine = {}
+    for u, i in zip(data.user.tolist(), data.item.tolist(), strict=True):
+        mine.setdefault(u, set()).add(i)
+    rows = [(u, c) for users, cand in drawn for u, c in zip(users.tolist(), cand.tolist(), strict=True)]
+    assert len(rows) == r.positives > 1000
+    assert all(not (set(c[1:]) & mine[u]) for u, c in rows)

@@ -4,7 +4,8 @@ request context the serving side has then: the items of the user's events strict
 
 - AUC of the like logit on the stream's own labels (all events), popularity = the item's positives so far.
 - HR@k and NDCG@k: every positive event ranks its item among `negatives` items sampled uniformly from the items
-  seen so far that the user has not interacted with; the model ranks by log P(engage) + log P(like) (`rank_rows`),
+  seen so far that the user never interacts with anywhere in the stream (the usual sampled-negative protocol: an
+  item the user rates later in the same batch, or in a later one, is never drawn as a negative); the model ranks by log P(engage) + log P(like) (`rank_rows`),
   popularity by positives so far. A tie counts at the expected position of random tie-breaking."""
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def prequential(data: Interactions, trainer: OnlineTrainer | None = None, batch:
     n_warm = int(len(data) * warm_fraction)
     pos_count: dict[int, float] = {}
     history: dict[int, set[int]] = {}
+    touched: dict[int, set[int]] = {}  # every item of each user's events in the whole stream: never a negative
+    for u, i in zip(data.user.tolist(), data.item.tolist(), strict=True):
+        touched.setdefault(u, set()).add(i)
     seen: list[int] = []
     context = RequestContext(tr.context.size)  # serving's own, from the events before each scored one
     like_s, pop_s, labels, rank_m, rank_p = [], [], [], [], []
@@ -94,7 +98,7 @@ def prequential(data: Interactions, trainer: OnlineTrainer | None = None, batch:
             labels.append(b.label)
             pos = np.flatnonzero(b.label > 0.5)
             if pos.size:
-                cand = _candidates(b.user[pos], b.item[pos], history, np.array(seen), negatives, rng)
+                cand = _candidates(b.user[pos], b.item[pos], touched, np.array(seen), negatives, rng)
                 cold += sum(int(u) not in history for u in b.user[pos].tolist())
                 items = state.get("item", cand.reshape(-1)).reshape(*cand.shape, -1)
                 rank_m.append(rank_rows(vec[pos], items, state.head, state.engage))
@@ -115,13 +119,13 @@ def prequential(data: Interactions, trainer: OnlineTrainer | None = None, batch:
                        cold / hm.size)
 
 
-def _candidates(users: np.ndarray, items: np.ndarray, history: dict[int, set[int]], seen: np.ndarray,
+def _candidates(users: np.ndarray, items: np.ndarray, touched: dict[int, set[int]], seen: np.ndarray,
                 negatives: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 1 + negatives): each positive item, then distinct items seen so far that the user never touched (drawn
-    with replacement only when fewer than `negatives` such items exist)."""
+    """(n, 1 + negatives): each positive item, then distinct items seen so far outside the user's `touched` set
+    (drawn with replacement only when fewer than `negatives` such items exist)."""
     out = np.empty((users.size, 1 + negatives), np.int64)
     for r, (u, i) in enumerate(zip(users.tolist(), items.tolist(), strict=True)):
-        avoid = history.get(u, set()) | {i}
+        avoid = touched.get(u, set()) | {i}
         if seen.size - len(avoid) < 4 * negatives:  # few items left: draw from the explicit list
             allowed = np.array([c for c in seen.tolist() if c not in avoid], np.int64)
             if allowed.size == 0:

@@ -341,7 +341,7 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
     theta = np.full(max(nq, ntiles * lanes), np.inf, np.float32)  # padding lanes never pass
     theta[:nq] = theta0
     hitbuf = np.empty(blk + rt, np.int64)
-    rowbuf = np.empty(blk + rt, np.int64)
+    rowbuf = np.empty(blk + max(rt, 8), np.int64)  # padded to whole tiles (rt rows) or groups of eight
     tile_i = np.empty((blk + rt, width), np.int32)
     tile_f = np.empty((blk + rt, width), np.float32)
     rds = np.empty(blk, np.float32)
@@ -353,6 +353,7 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
     pub = np.empty((blk + rt) * width, np.float32)
     plb = np.empty((blk + rt) * width, np.float32)
     vals = np.empty(blk, np.float32)
+    dots = np.empty(blk + 8, np.int64)
     st = cstate[lane]
     for b0 in range(lo, hi, blk):
         if st[1]:
@@ -404,10 +405,14 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                 rds[t] = ds[r] if tier == INT8 else np.float32(1.0)
                 rrn[t] = rn[r]
                 rb[t] = bias[r]
+            for t in range(m, -(-m // 8) * 8):  # rowdot8 reads whole groups of eight rows
+                rowbuf[t] = rowbuf[m - 1]
             for qi in range(nq):
                 if tier == INT8:
+                    for t in range(0, m, 8):
+                        simd.rowdot8(packed, rowbuf, t, q8[qi], q8lo[qi], dots)
                     for t in range(m):
-                        vals[t] = np.float32(simd.rowdot(packed, rowbuf[t], q8[qi], q8lo[qi]) - corr[qi])
+                        vals[t] = np.float32(dots[t] - corr[qi])
                 elif tier == FP16:
                     for t in range(m):
                         vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)

@@ -3,7 +3,7 @@ bound, a filter against each query's running K-th best lower bound, then an exac
 
 One scan core (`scan`) serves single queries and batches, every storage tier (int8, fp16, fp32) and every row set
 (all rows, live rows, an allow-mask, a list of allowed rows); only the kernel that produces the dot products of a
-block differs: `simd.rowdot` (one int8 query, rows in the vector lanes), `simd.tile` (a tile of up to 64 queries
+block differs: `simd.rowdot8` (one int8 query, eight rows a call), `simd.tile` (a tile of up to 64 queries
 against a few rows: the batch path's int8 VNNI or fp32-FMA GEMM micro-kernel) or a plain fp32 dot (fp16/fp32 tiers,
 one query). Every score and bound then goes through the same filter and selection.
 

@@ -8,8 +8,9 @@ are emitted directly:
   list of rows: tombstones and filters cost nothing extra). For the int8 tier it multiplies int8 rows by int8
   queries with AVX-512 VNNI `vpdpbusd` (64 multiply-adds per instruction, exact int32 sums); for the fp16 and fp32
   tiers it uses fp32 fused multiply-adds.
-- `rowdot(x, row, qhi, qlo)`: one int8 row against one 16-bit query held as two int8 halves (the single-query
-  path, where memory, not arithmetic, sets the pace, so the query keeps 16 bits): rows in the lanes, exact sums.
+- `rowdot8(x, rows, r0, qhi, qlo, out)`: eight int8 rows against one 16-bit query held as two int8 halves (the
+  single-query path, where memory, not arithmetic, sets the pace, so the query keeps 16 bits): columns in the lanes,
+  the eight rows' lanes summed by one transposed reduction, exact sums.
 
 `vpdpbusd` multiplies unsigned by signed bytes, so rows are flipped to unsigned on the fly (x ^ 0x80 = x + 128) and
 every sum carries + 128 * sum(q), which the caller subtracts exactly in integers (`int8_offset`). Without VNNI the same
@@ -31,9 +32,6 @@ V16F32 = ir.VectorType(F32, 16)
 RT = 6  # corpus rows per tile call: RT x (lanes / 16) accumulators + lanes / 16 query vectors fit 32 registers
 LANES = (16, 32, 48, 64)  # query-tile widths the tile kernel is compiled for
 MAX_INT8_DIM = 65_536
-# rowdot adds each lane's 256 hi + lo before one reduction while the row has at most this many 64-byte chunks: a lane
-# then holds at most chunks * 4 * 255 * (127 * 256 + 128) in magnitude, and 16 lanes of 4 chunks stay below 2^31
-ONE_REDUCTION_CHUNKS = 4
 FLIP = 0x80808080 - (1 << 32)  # xor with this turns 4 signed bytes into unsigned (+128 each)
 
 
@@ -253,55 +251,6 @@ def _hits_epilogue(context, builder, tys, vals, kind: str, final: list, rowidx: 
             store(t)
 
 
-def _make_rowdot(vnni: bool):  # noqa: ANN202
-    @intrinsic
-    def rowdot(typingctx, x_t, row_t, qhi_t, qlo_t):  # noqa: ANN001, ANN202
-        """sum_j (x[row, j] + 128) * (256 qhi[j] + qlo[j]) over the first len(qhi) columns (a multiple of 64): one
-        int8 row against a 16-bit query split into two int8 halves, exact (int32 partial sums, int64 result)."""
-        if not all(isinstance(a, types.Array) for a in (x_t, qhi_t, qlo_t)):
-            return None
-        sig = types.int64(x_t, types.intp, qhi_t, qlo_t)
-
-        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            x, row, qhi, qlo = args
-            xbase, _, xstrides = _base(context, builder, x_t, x)
-            hbase, hshape, _ = _base(context, builder, qhi_t, qhi)
-            lbase, _, _ = _base(context, builder, qlo_t, qlo)
-            rp = builder.add(xbase, builder.mul(row, builder.extract_value(xstrides, 0)))
-            chunks = builder.udiv(builder.extract_value(hshape, 0), ir.Constant(I64, 64))
-            flip = ir.Constant(V16I32, [FLIP] * 16)
-
-            def body(c, accs):  # noqa: ANN001, ANN202
-                off = builder.mul(c, ir.Constant(I64, 64))
-                xv = builder.xor(builder.load(_addr(builder, rp, off, V16I32), align=1), flip)
-                hv = builder.load(_addr(builder, hbase, off, V16I32), align=1)
-                lv = builder.load(_addr(builder, lbase, off, V16I32), align=1)
-                return [_dpbusd(builder, accs[0], xv, hv, vnni), _dpbusd(builder, accs[1], xv, lv, vnni)]
-
-            zero = ir.Constant(V16I32, None)
-            hi, lo = _counted_loop(builder, chunks, [zero, zero], body)
-            red = _declare(builder, "llvm.vector.reduce.add.v16i32", ir.FunctionType(I32, [V16I32]))
-            small = builder.icmp_unsigned("<=", chunks, ir.Constant(I64, ONE_REDUCTION_CHUNKS))
-            with builder.if_else(small, likely=True) as (one, two):
-                with one:  # 256 hi + lo lane by lane, then one reduction (exact in int32, see ONE_REDUCTION_CHUNKS)
-                    both = builder.add(builder.shl(hi, ir.Constant(V16I32, [8] * 16)), lo)
-                    v1 = builder.sext(builder.call(red, [both]), I64)
-                    b1 = builder.block
-                with two:
-                    h64 = builder.sext(builder.call(red, [hi]), I64)
-                    l64 = builder.sext(builder.call(red, [lo]), I64)
-                    v2 = builder.add(builder.mul(h64, ir.Constant(I64, 256)), l64)
-                    b2 = builder.block
-            out = builder.phi(I64)
-            out.add_incoming(v1, b1)
-            out.add_incoming(v2, b2)
-            return out
-
-        return sig, codegen
-
-    return rowdot
-
-
 def _sum8(builder: ir.IRBuilder, vs: list[ir.Value]) -> ir.Value:
     """<8 x i32> whose lane i is the sum of the 16 lanes of vs[i] (eight <16 x i32>): a transposed reduction,
     three shuffle-and-add rounds that halve the vectors and one that halves the lanes (~3 operations per row, against
@@ -328,8 +277,9 @@ def _sum8(builder: ir.IRBuilder, vs: list[ir.Value]) -> ir.Value:
 def _make_rowdot8(vnni: bool):  # noqa: ANN202
     @intrinsic
     def rowdot8(typingctx, x_t, rows_t, r0_t, qhi_t, qlo_t, out_t):  # noqa: ANN001, ANN202
-        """out[r0 + t] = rowdot(x, rows[r0 + t], qhi, qlo) for t < 8 (int64 out): eight rows at a time, their
-        sums reduced together (`_sum8`) instead of two reductions per row."""
+        """out[r0 + t] = sum_j (x[rows[r0 + t], j] + 128) * (256 qhi[j] + qlo[j]) for t < 8, over the first
+        len(qhi) columns (a multiple of 64): eight int8 rows against a 16-bit query split into two int8 halves,
+        exact (int32 partial sums, int64 out). The rows' sums are reduced together (`_sum8`), not one by one."""
         if not all(isinstance(a, types.Array) for a in (x_t, rows_t, qhi_t, qlo_t, out_t)):
             return None
         sig = types.void(x_t, rows_t, types.intp, qhi_t, qlo_t, out_t)
@@ -379,11 +329,9 @@ tile16, tile32, tile48, tile64 = (TILES[w] for w in LANES)
 # the same micro-kernels followed by the batch filter's first pass (`_hits_epilogue`)
 HIT_TILES = {lanes: _make_tile(lanes, HAS_VNNI, epilogue=True) for lanes in LANES}
 tile_hits16, tile_hits32, tile_hits48, tile_hits64 = (HIT_TILES[w] for w in LANES)
-rowdot = _make_rowdot(HAS_VNNI)
 rowdot8 = _make_rowdot8(HAS_VNNI)
 # the same kernels without VNNI instructions: what a CPU without AVX-512 VNNI runs (tests compare the two)
 generic_tile16, generic_tile64 = _make_tile(16, False), _make_tile(64, False)
-generic_rowdot = _make_rowdot(False)
 generic_rowdot8 = _make_rowdot8(False)
 
 

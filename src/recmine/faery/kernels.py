@@ -588,10 +588,13 @@ def _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i):
 
 @njit(cache=True, nogil=True)
 def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
-    """keys[c] = exact key of candidate c for c in lo..hi, rows fetched a group ahead (their latencies overlap)."""
+    """keys[c] = exact key of candidate c for c in lo..hi, rows fetched a group ahead (their latencies overlap):
+    the next group's loads are issued before the current group is scored."""
+    for c in range(lo, min(hi, lo + PREFETCH)):
+        simd.prefetch_row(master, slots[c])
     for c0 in range(lo, hi, PREFETCH):
         c1 = min(hi, c0 + PREFETCH)
-        for c in range(c0, c1):
+        for c in range(c1, min(hi, c1 + PREFETCH)):
             simd.prefetch_row(master, slots[c])
         for c in range(c0, c1):
             keys[c] = _exact_key(q64, qof[c], master, slots[c], l2)

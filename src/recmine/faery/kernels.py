@@ -19,7 +19,7 @@ cover float32 rounding in forming approx (and the l2 bias -|x|^2). A row is drop
 the K-th largest lower bound seen, so the true top K always reach the exact re-rank.
 
 Selection: each lane (thread) keeps, per query, a reservoir of lower bounds (capacity 2K): when full, one
-partition keeps the K largest and raises the threshold. That is O(1) per surviving row at any K (a heap costs
+selection (`kth_value`, a radix select) keeps the K largest and raises the threshold. That is O(1) per surviving row at any K (a heap costs
 log K), and only about K ln(N/K) rows survive, which is why K = 16,384 costs little more than K = 10. Rows that pass
 are listed by a branch-free pass and accepted in one call per block; the exact re-rank computes its float64 keys
 eight SIMD lanes at a time (`simd.dot_lanes8`), in the same order as the scalar loop."""

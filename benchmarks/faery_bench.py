@@ -6,7 +6,7 @@ Usage: python benchmarks/faery_bench.py [--quick] [--case N,d] [--threads 1,2] [
 Section index: per (N, d) (default 1M x 128 and 10M x 128; the corpus is generated chunk by chunk into a .npy in
 --data-dir that every engine memory-maps, so 10M x 128 (5 GB) is never held twice): build time and peak RSS of each
 engine; save, load and the first search after the load beside a warm one; median and p99 single-query latency per
-K (10, 100, 1,000, 16,384) of faery at 1 and N threads, faiss at 1 and N threads (each K through its fastest
+K (10, 100, 1,000, 4,096, 16,384) of faery at 1 and N threads, faiss at 1 and N threads (each K through its fastest
 configuration: IndexFlatIP's scan, its BLAS path or IndexShards), numpy; batch-64 throughput at K = 100 (faiss
 through its fastest path); filtered search at 1%, 10% and 50% selectivity (faery allow= with an id bitmap, faiss
 SearchParameters(sel=IDSelectorBitmap), a numpy mask), K = 100, single queries and the batch; every result checked
@@ -41,7 +41,7 @@ from recmine.output import rows_table
 
 console = Console(width=100)
 log = Console(stderr=True)
-KS = [10, 100, 1000, 16384]
+KS = [10, 100, 1000, 4096, 16384]
 SELECTIVITIES = (0.01, 0.1, 0.5)
 FP32_TIER_MAX_BYTES = 1 << 30  # the fp32 tier is timed too while the corpus is at most this big
 

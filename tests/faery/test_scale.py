@@ -128,19 +128,33 @@ def test_vnni_and_generic_kernels_give_identical_sums():
     @njit
     def dots(x, rows, hi, lo, vnni):
         out = np.zeros(rows.size, np.int64)
-        for i in range(rows.size):
-            out[i] = simd.rowdot(x, rows[i], hi, lo) if vnni else simd.generic_rowdot(x, rows[i], hi, lo)
+        for r0 in range(0, rows.size, 8):
+            if vnni:
+                simd.rowdot8(x, rows, r0, hi, lo, out)
+            else:
+                simd.generic_rowdot8(x, rows, r0, hi, lo, out)
         return out
 
     rng = np.random.default_rng(11)
     x = rng.integers(-127, 128, (500, 128)).astype(np.int8)
     q = rng.integers(-127, 128, (64, 128)).astype(np.int8)
-    rows = rng.integers(0, 500, 6 * simd.RT).astype(np.int64)
+    rows = rng.integers(0, 500, 8 * simd.RT).astype(np.int64)  # whole tiles (RT rows) and groups of eight
     qt = q.reshape(64, 32, 4).transpose(1, 0, 2).reshape(32, 256).copy()
     want = (x[rows].astype(np.int64) + 128) @ q.T.astype(np.int64)
     for vnni in (True, False):
         np.testing.assert_array_equal(tiles(x, rows, qt, vnni), want)
         np.testing.assert_array_equal(dots(x, rows, q[1], q[2], vnni), 256 * want[:, 1] + want[:, 2])
+    # the 16-bit query kernel at the extremes of its range (largest sums) and over many 64-byte chunks
+    for dim in (64, 256, 320, 4096):
+        xe = np.where(rng.uniform(size=(40, dim)) < 0.5, 127, -127).astype(np.int8)
+        xe[::3] = 127
+        hi = np.where(rng.uniform(size=dim) < 0.8, 127, -127).astype(np.int8)
+        lo = np.where(rng.uniform(size=dim) < 0.5, 127, -128).astype(np.int8)
+        hi[: dim // 2], lo[: dim // 2] = 127, 127
+        rows = rng.integers(0, 40, 24).astype(np.int64)
+        want = ((xe[rows].astype(np.int64) + 128) * (256 * hi.astype(np.int64) + lo)).sum(axis=1)
+        for vnni in (True, False):
+            np.testing.assert_array_equal(dots(xe, rows, hi, lo, vnni), want)
 
 
 def test_build_from_a_memory_mapped_file_and_from_chunks(tmp_path, corpus):

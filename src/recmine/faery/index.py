@@ -544,9 +544,12 @@ class Index:
                     order = np.argsort(gk)
                     gk, gi = gk[order], gi[order]
                     tie = np.flatnonzero(gk[1:] == gk[:-1])
-                    if tie.size:
-                        order = np.lexsort((gi, gk))
-                        gk, gi = gk[order], gi[order]
+                    if tie.size:  # re-sort only the rows in runs of equal keys (each run is contiguous)
+                        run = np.zeros(gk.shape[0], np.bool_)
+                        run[tie] = run[tie + 1] = True
+                        at = np.flatnonzero(run)
+                        sub = at[np.lexsort((gi[at], gk[at]))]
+                        gk[at], gi[at] = gk[sub], gi[sub]
                 m = min(k, gk.shape[0])
                 keys[g0 + j, :m], ids[g0 + j, :m] = gk[:m], gi[:m]
             passed += int(slots.shape[0])

@@ -8,8 +8,9 @@ are emitted directly:
   list of rows: tombstones and filters cost nothing extra). For the int8 tier it multiplies int8 rows by int8
   queries with AVX-512 VNNI `vpdpbusd` (64 multiply-adds per instruction, exact int32 sums); for the fp16 and fp32
   tiers it uses fp32 fused multiply-adds.
-- `rowdot(x, row, qhi, qlo)`: one int8 row against one 16-bit query held as two int8 halves (the single-query
-  path, where memory, not arithmetic, sets the pace, so the query keeps 16 bits): rows in the lanes, exact sums.
+- `rowdot8(x, rows, r0, qhi, qlo, out)`: eight int8 rows against one 16-bit query held as two int8 halves (the
+  single-query path, where memory, not arithmetic, sets the pace, so the query keeps 16 bits): columns in the lanes,
+  the eight rows' lanes summed by one transposed reduction, exact sums.
 
 `vpdpbusd` multiplies unsigned by signed bytes, so rows are flipped to unsigned on the fly (x ^ 0x80 = x + 128) and
 every sum carries + 128 * sum(q), which the caller subtracts exactly in integers (`int8_offset`). Without VNNI the same
@@ -250,41 +251,77 @@ def _hits_epilogue(context, builder, tys, vals, kind: str, final: list, rowidx: 
             store(t)
 
 
-def _make_rowdot(vnni: bool):  # noqa: ANN202
+def _sum8(builder: ir.IRBuilder, vs: list[ir.Value]) -> ir.Value:
+    """<8 x i32> whose lane i is the sum of the 16 lanes of vs[i] (eight <16 x i32>): a transposed reduction,
+    three shuffle-and-add rounds that halve the vectors and one that halves the lanes (~3 operations per row, against
+    ~9 for a reduction of its own)."""
+    def pair(a: ir.Value, b: ir.Value, m1: list[int], m2: list[int]) -> ir.Value:
+        return builder.add(builder.shuffle_vector(a, b, ir.Constant(V16I32, m1)),
+                           builder.shuffle_vector(a, b, ir.Constant(V16I32, m2)))
+
+    # rows (a, b) -> lanes 0-7 a's partial sums, 8-15 b's
+    s = [pair(vs[2 * i], vs[2 * i + 1], [*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)])
+         for i in range(4)]
+    # -> four lanes per row, rows in the order 0 2 1 3 (and 4 6 5 7)
+    t = [pair(s[2 * i], s[2 * i + 1], [*range(4), *range(16, 20), *range(8, 12), *range(24, 28)],
+              [*range(4, 8), *range(20, 24), *range(12, 16), *range(28, 32)]) for i in range(2)]
+    # -> two lanes per row, rows 0 4 2 6 1 5 3 7
+    z = pair(t[0], t[1], [j + o for j in range(0, 16, 4) for o in (0, 1, 16, 17)],
+             [j + o for j in range(0, 16, 4) for o in (2, 3, 18, 19)])
+    pos = [0, 4, 2, 6, 1, 5, 3, 7]  # lane pair of row i
+    v8 = ir.VectorType(I32, 8)
+    return builder.add(builder.shuffle_vector(z, z, ir.Constant(v8, [2 * pos[i] for i in range(8)])),
+                       builder.shuffle_vector(z, z, ir.Constant(v8, [2 * pos[i] + 1 for i in range(8)])))
+
+
+def _make_rowdot8(vnni: bool):  # noqa: ANN202
     @intrinsic
-    def rowdot(typingctx, x_t, row_t, qhi_t, qlo_t):  # noqa: ANN001, ANN202
-        """sum_j (x[row, j] + 128) * (256 qhi[j] + qlo[j]) over the first len(qhi) columns (a multiple of 64): one
-        int8 row against a 16-bit query split into two int8 halves, exact (int32 partial sums, int64 result)."""
-        if not all(isinstance(a, types.Array) for a in (x_t, qhi_t, qlo_t)):
+    def rowdot8(typingctx, x_t, rows_t, r0_t, qhi_t, qlo_t, out_t):  # noqa: ANN001, ANN202
+        """out[r0 + t] = sum_j (x[rows[r0 + t], j] + 128) * (256 qhi[j] + qlo[j]) for t < 8, over the first
+        len(qhi) columns (a multiple of 64): eight int8 rows against a 16-bit query split into two int8 halves,
+        exact (int32 partial sums, int64 out). The rows' sums are reduced together (`_sum8`), not one by one."""
+        if not all(isinstance(a, types.Array) for a in (x_t, rows_t, qhi_t, qlo_t, out_t)):
             return None
-        sig = types.int64(x_t, types.intp, qhi_t, qlo_t)
+        sig = types.void(x_t, rows_t, types.intp, qhi_t, qlo_t, out_t)
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            x, row, qhi, qlo = args
+            x, rows, r0, qhi, qlo, out = args
             xbase, _, xstrides = _base(context, builder, x_t, x)
+            rbase, _, _ = _base(context, builder, rows_t, rows)
             hbase, hshape, _ = _base(context, builder, qhi_t, qhi)
             lbase, _, _ = _base(context, builder, qlo_t, qlo)
-            rp = builder.add(xbase, builder.mul(row, builder.extract_value(xstrides, 0)))
+            obase, _, _ = _base(context, builder, out_t, out)
+            xstride = builder.extract_value(xstrides, 0)
+            rowptr = []
+            for t in range(8):
+                r = builder.load(_addr(builder, rbase, builder.mul(builder.add(r0, ir.Constant(I64, t)),
+                                                                   ir.Constant(I64, 8)), I64))
+                rowptr.append(builder.add(xbase, builder.mul(r, xstride)))
             chunks = builder.udiv(builder.extract_value(hshape, 0), ir.Constant(I64, 64))
             flip = ir.Constant(V16I32, [FLIP] * 16)
 
             def body(c, accs):  # noqa: ANN001, ANN202
                 off = builder.mul(c, ir.Constant(I64, 64))
-                xv = builder.xor(builder.load(_addr(builder, rp, off, V16I32), align=1), flip)
                 hv = builder.load(_addr(builder, hbase, off, V16I32), align=1)
                 lv = builder.load(_addr(builder, lbase, off, V16I32), align=1)
-                return [_dpbusd(builder, accs[0], xv, hv, vnni), _dpbusd(builder, accs[1], xv, lv, vnni)]
+                new = []
+                for t in range(8):
+                    xv = builder.xor(builder.load(_addr(builder, rowptr[t], off, V16I32), align=1), flip)
+                    new += [_dpbusd(builder, accs[2 * t], xv, hv, vnni), _dpbusd(builder, accs[2 * t + 1], xv, lv, vnni)]
+                return new
 
             zero = ir.Constant(V16I32, None)
-            hi, lo = _counted_loop(builder, chunks, [zero, zero], body)
-            red = _declare(builder, "llvm.vector.reduce.add.v16i32", ir.FunctionType(I32, [V16I32]))
-            h64 = builder.sext(builder.call(red, [hi]), I64)
-            l64 = builder.sext(builder.call(red, [lo]), I64)
-            return builder.add(builder.mul(h64, ir.Constant(I64, 256)), l64)
+            accs = _counted_loop(builder, chunks, [zero] * 16, body)
+            v8i64 = ir.VectorType(I64, 8)
+            hi = builder.sext(_sum8(builder, accs[0::2]), v8i64)  # exact: |a row's sum| < 2^31 (MAX_INT8_DIM)
+            lo = builder.sext(_sum8(builder, accs[1::2]), v8i64)
+            res = builder.add(builder.shl(hi, ir.Constant(v8i64, [8] * 8)), lo)
+            builder.store(res, _addr(builder, obase, builder.mul(r0, ir.Constant(I64, 8)), v8i64), align=8)
+            return context.get_dummy_value()
 
         return sig, codegen
 
-    return rowdot
+    return rowdot8
 
 
 TILES = {lanes: _make_tile(lanes, HAS_VNNI) for lanes in LANES}
@@ -292,10 +329,10 @@ tile16, tile32, tile48, tile64 = (TILES[w] for w in LANES)
 # the same micro-kernels followed by the batch filter's first pass (`_hits_epilogue`)
 HIT_TILES = {lanes: _make_tile(lanes, HAS_VNNI, epilogue=True) for lanes in LANES}
 tile_hits16, tile_hits32, tile_hits48, tile_hits64 = (HIT_TILES[w] for w in LANES)
-rowdot = _make_rowdot(HAS_VNNI)
+rowdot8 = _make_rowdot8(HAS_VNNI)
 # the same kernels without VNNI instructions: what a CPU without AVX-512 VNNI runs (tests compare the two)
 generic_tile16, generic_tile64 = _make_tile(16, False), _make_tile(64, False)
-generic_rowdot = _make_rowdot(False)
+generic_rowdot8 = _make_rowdot8(False)
 
 
 @intrinsic

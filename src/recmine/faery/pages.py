@@ -7,9 +7,10 @@
 - `prefetch(arrays)`: a search is about to read these mapped arrays from end to end; ask for read-ahead
   (MADV_WILLNEED), then map their pages into this process (MADV_POPULATE_READ, Linux >= 5.14) in POPULATE_STEP steps:
   right away for up to SYNC_SECONDS (a 1M x 128 int8 tier, 128 MB, is mapped in a few ms), the rest on a background
-  thread. A full scan `wait`s for that thread rather than faulting the same pages beside it: on two vCPUs a
-  populating thread next to the scan's lanes made the first search slower (2.2x a warm one at 1M), and mapping in
-  bulk costs less than the scan's own page faults (64 KB each when the page cache holds small folios).
+  thread. A full scan `wait`s for that thread rather than faulting the same pages beside it: mapping in bulk costs
+  less than the scan's own page faults (64 KB each when the page cache holds small folios), and on two vCPUs a
+  thread mapping beside the scan's lanes only slowed it (first search 1.4x a warm one at 1M and 10M; 1.05x and
+  1.15x now, the page cache warm; from a cold disk the disk bounds the first search either way).
 
 madvise is called through ctypes, which releases the GIL for the call, so the background thread never holds up
 Python code in other threads."""
@@ -84,14 +85,14 @@ def _populate(steps: Sequence[tuple[int, int]], deadline: float, keep: Sequence[
     return len(steps)
 
 
-def prefetch(arrays: Sequence[np.ndarray], budget: float | None = None) -> threading.Thread | None:
+def prefetch(arrays: Sequence[np.ndarray]) -> threading.Thread | None:
     """Read-ahead, then page mapping, of the file-mapped arrays among `arrays` (in order): in the caller for up to
-    `budget` seconds (default SYNC_SECONDS), the rest on a daemon thread, which is returned (None when all is done
-    or nothing was to do; `wait` joins it)."""
+    SYNC_SECONDS, the rest on a daemon thread, which is returned (None when all is done or nothing was to do; `wait`
+    joins it)."""
     mapped = [a for a in arrays if _file_mapped(a) and a.nbytes]
     if _MADVISE is None or not mapped:
         return None
-    deadline = time.perf_counter() + (SYNC_SECONDS if budget is None else budget)
+    deadline = time.perf_counter() + SYNC_SECONDS
     for a in mapped:
         advise(a.ctypes.data, a.nbytes, MADV_WILLNEED, inward=False)
     steps = [(a.ctypes.data + off, min(POPULATE_STEP, a.nbytes - off)) for a in mapped

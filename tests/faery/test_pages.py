@@ -1,15 +1,17 @@
 """Memory-mapped inputs and indexes: a build drops the consumed pages of a shared read-only input (never of a
-copy-on-write one), a load prefetches the scan tier in the background; results stay equal to the float64 oracle."""
+copy-on-write one), a load maps the scan tier's pages (what its time budget leaves, on a thread that a full scan waits
+for); results stay equal to the float64 oracle."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recmine.faery import Index
+from recmine.faery import Index, pages
 from recmine.faery.corpus import CHUNK_ROWS
 from recmine.faery.exact import brute_force_topk
 
@@ -68,18 +70,59 @@ def test_a_copy_on_write_input_keeps_its_changes(tmp_path: Path) -> None:
     _check(idx, x)
 
 
-@linux
-def test_load_prefetches_the_scan_tier_and_the_first_search_is_exact(tmp_path: Path) -> None:
-    path = _corpus(tmp_path)
-    x = np.load(path)
+def _saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    x = np.load(_corpus(tmp_path))
     idx = Index(DIM)
     idx.add(x)
     idx.save(tmp_path / "idx")
-    del idx
-    back = Index.load(tmp_path / "idx")
-    _check(back, x)  # searched while the pages are being mapped
+    return tmp_path / "idx", x
+
+
+@linux
+def test_load_maps_a_small_scan_tier_before_it_returns(tmp_path: Path) -> None:
+    """Within the time budget every page is mapped by load itself: no thread is left to race the first search."""
+    d, x = _saved(tmp_path)
+    back = Index.load(d)
+    assert back.corpus._prefetch is None
+    for name in ("packed", "scale", "live"):
+        f = d / f"{name}.npy"
+        assert _resident(f) > 0.9 * f.stat().st_size, name
+    _check(back, x)
+
+
+@linux
+def test_a_full_scan_waits_for_the_prefetch_thread_and_a_row_list_does_not(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the budget (here 0 s) the thread maps the rest; a search over every row waits for it instead of faulting
+    the same pages beside it; a search over a short row list (an id set) does not wait."""
+    d, x = _saved(tmp_path)
+    go = threading.Event()
+    real = pages.advise
+
+    def gated(addr: int, nbytes: int, advice: int, inward: bool) -> bool:
+        if advice == pages.MADV_POPULATE_READ:
+            go.wait(60)  # the thread's mapping is held up until the test lets it go
+        return real(addr, nbytes, advice, inward)
+
+    monkeypatch.setattr(pages, "SYNC_SECONDS", 0.0)
+    monkeypatch.setattr(pages, "advise", gated)
+    back = Index.load(d)
     th = back.corpus._prefetch
-    assert th is not None
-    th.join(30)
-    packed = tmp_path / "idx" / "packed.npy"
+    assert th is not None and th.is_alive()
+    mapping = []  # per scan: was the thread still mapping pages when the scan began?
+    scan = back._scan
+    monkeypatch.setattr(back, "_scan", lambda *a: (mapping.append(th.is_alive()), scan(*a))[1])
+    q = np.random.default_rng(8).standard_normal((1, DIM)).astype(np.float32)
+    few = np.arange(0, N, 97)
+    _, got = back.search(q, 5, allow=few)
+    _, want = brute_force_topk(x[few], None, q, 5)
+    assert np.array_equal(got, few[want])
+    assert mapping == [True]  # the row list did not wait
+    _, want = brute_force_topk(x, None, q, 5)
+    threading.Timer(0.5, go.set).start()
+    _, got = back.search(q, 5)
+    assert np.array_equal(got, want)
+    assert mapping == [True, False]  # the full scan began after every page was mapped
+    assert back.corpus._prefetch is None
+    packed = d / "packed.npy"
     assert _resident(packed) > 0.9 * packed.stat().st_size

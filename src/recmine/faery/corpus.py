@@ -84,7 +84,7 @@ class Corpus:
         self._sorted = True  # ids[:size] strictly ascending: ids -> slots by binary search, no table
         self.attrs: dict[str, np.ndarray] = {}
         self._readonly = False
-        self._prefetch: Any = None  # the background page-mapping thread of a loaded corpus (pages.prefetch)
+        self._prefetch: Any = None  # the page-mapping thread of a loaded corpus, until a full scan waits for it
         self._alloc(max(0, capacity))
 
     # ---- allocation
@@ -343,6 +343,12 @@ class Corpus:
         self.size = m
         self._map = None  # slots moved; order kept, so ascending ids still ascend
 
+    def settle(self) -> None:
+        """Wait until the pages a load's `pages.prefetch` left to its thread are mapped: a full scan reads them all,
+        and faulting them beside that thread would cost more than waiting."""
+        pages.wait(self._prefetch)
+        self._prefetch = None
+
     def bytes_per_row(self) -> int:
         """Bytes the scan reads per row (packed row + its scale or norm)."""
         return int(self.pdim * self.packed.dtype.itemsize + 4)
@@ -397,8 +403,8 @@ class Corpus:
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True,
              master_path: str | os.PathLike[str] | None = None) -> tuple[Corpus, dict]:
         """Open a saved corpus: every array memory-mapped (nothing is read until used; never written), sizes checked
-        against the manifest; ValueError naming a missing or truncated file. Checksums: `verify`. The scan tier is
-        prefetched in the background (`pages.prefetch`)."""
+        against the manifest; ValueError naming a missing or truncated file. Checksums: `verify`. The scan tier's
+        pages are mapped (`pages.prefetch`): up to pages.SYNC_SECONDS here, the rest on a thread (`settle`)."""
         d = Path(directory)
         manifest = cls.read_manifest(d)
         c = cls(manifest["dim"], manifest["storage"], capacity=0, l2=manifest.get("metric") == "l2",
@@ -439,7 +445,7 @@ class Corpus:
             c._map = IdMap.of_tables(tables["idmap.keys"], tables["idmap.vals"], manifest["idmap"]["count"],
                                      manifest["idmap"]["used"])
         c._readonly = True
-        # the scan tier and its row metadata: read-ahead now, pages mapped in the background (load stays instant)
+        # the scan tier and its row metadata: read-ahead, pages mapped for up to SYNC_SECONDS, the rest on a thread
         c._prefetch = pages.prefetch([c.packed, c.scale, c.norms, c.bias, c.live]) if mmap else None
         return c, manifest
 

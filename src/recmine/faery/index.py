@@ -386,6 +386,8 @@ class Index:
             self._last_pass_rate = 0.0
             return scores, out_ids
         kk = min(k, rows[3])
+        if not rows[1].shape[0]:  # a scan of every row (not of a row list): its pages mapped first
+            self.corpus.settle()
         keys, ids, passed = self._scan(q, kk, *rows[:3])
         scores[:, :kk] = keys if l2 else -keys
         out_ids[:, :kk] = ids
@@ -564,9 +566,9 @@ class Index:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = False,
              master_path: str | os.PathLike[str] | None = None) -> Index:
-        """Open a saved index: every array is memory-mapped (instant at any size; the ids -> slots table is built on
-        first use); a background thread reads ahead and maps the scan tier's pages, so the first search finds most
-        of them mapped (`pages.prefetch`).
+        """Open a saved index: every array is memory-mapped (the ids -> slots table is built on first use); the scan
+        tier's pages are mapped for up to pages.SYNC_SECONDS here, the rest on a thread that the first full scan
+        waits for (`pages.prefetch`), so a first search costs about what a warm one does.
 
         Parameters
         ----------

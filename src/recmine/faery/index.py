@@ -19,7 +19,7 @@ from recmine.faery.corpus import CHUNK_ROWS, STORAGES, Corpus, check_attr_name
 
 METRICS = ("ip", "cosine", "l2")
 BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 8}  # batches at least this large take the tile (GEMM) path
-PARALLEL_MIN_ROWS = 32_768  # fewer rows to scan: one lane (no thread hand-off)
+PARALLEL_MIN_BYTES = 32 << 20  # a scan reading less (rows x bytes per row x queries): one lane, see scan_lanes
 RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups whose reservoirs fit this
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
 SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
@@ -79,6 +79,13 @@ def check_attrs(attrs: Mapping[str, Any] | None, n: int | None) -> dict[str, np.
             raise ValueError(f"attribute {name!r} has {arr.shape[0]} values for {n} vectors")
         out[name] = arr.astype(np.int64)
     return out
+
+
+def scan_lanes(rows: int, bytes_per_row: int, nq: int, threads: int) -> int:
+    """Lanes (threads) of a scan over `rows` rows for nq queries: one while it reads less than PARALLEL_MIN_BYTES
+    (rows x bytes per row x queries), else every thread. A second lane costs a thread hand-off, a second reservoir
+    to merge and a parallel re-rank; on a 13 MB int8 tier (200,000 x 64) that costs more than it saves."""
+    return threads if rows * bytes_per_row * max(1, nq) >= PARALLEL_MIN_BYTES else 1
 
 
 def warm_up(storage: str = "int8", metric: str = "ip") -> None:
@@ -451,7 +458,7 @@ class Index:
         nq = t["u"].shape[0]
         int8 = c.storage == "int8"
         space = rowlist.shape[0] if rowlist.shape[0] else c.size
-        nlanes = numba.get_num_threads() if space >= PARALLEL_MIN_ROWS else 1
+        nlanes = scan_lanes(space, c.bytes_per_row(), nq, numba.get_num_threads())
         cap_r = max(2 * k, k + 256)
         lanes = min(64, 16 * -(-nq // 16)) if batch else 1
         q8 = t.get("q8", np.zeros((0, c.pdim), np.int8))
@@ -539,19 +546,16 @@ class Index:
                 offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
                 slots = np.concatenate(parts).astype(np.int64)
             big = int(np.diff(offsets).max(initial=0)) > SORT_IN_NUMPY
-            kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big)
+            space = rowlist.shape[0] if rowlist.shape[0] else c.size
+            wide = scan_lanes(space, c.bytes_per_row(), sl.stop - sl.start, nlanes) > 1
+            kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big,
+                                        wide)
             for j in range(sl.stop - sl.start):
                 gk, gi = kg[og[j]: og[j + 1]], ig[og[j]: og[j + 1]]
-                if big:  # a large group: numpy's vectorised sort, then equal keys by id
-                    order = np.argsort(gk)
-                    gk, gi = gk[order], gi[order]
-                    tie = np.flatnonzero(gk[1:] == gk[:-1])
-                    if tie.size:  # re-sort only the rows in runs of equal keys (each run is contiguous)
-                        run = np.zeros(gk.shape[0], np.bool_)
-                        run[tie] = run[tie + 1] = True
-                        at = np.flatnonzero(run)
-                        sub = at[np.lexsort((gi[at], gk[at]))]
-                        gk[at], gi[at] = gk[sub], gi[sub]
+                if big:  # a large group: numpy's vectorised sort of packed keys, then runs of equal float32 keys
+                    packed = kernels.pack_keys(gk)
+                    packed.sort()
+                    gk, gi = kernels.unpack_sorted(packed, gk, gi, k)
                 m = min(k, gk.shape[0])
                 keys[g0 + j, :m], ids[g0 + j, :m] = gk[:m], gi[:m]
             passed += int(slots.shape[0])

@@ -450,6 +450,11 @@ class Index:
         pad[:nq] = q
         return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
 
+    def _query_rows(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(q8, q8lo, qf) of the scan kernels: the query's int8 halves or its float32 row (empty where unused)."""
+        q8 = t.get("q8", np.zeros((0, self.corpus.pdim), np.int8))
+        return q8, t.get("q8lo", q8), t.get("qf", np.zeros((0, self.corpus.dim), np.float32))
+
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
@@ -461,9 +466,7 @@ class Index:
         nlanes = scan_lanes(space, c.bytes_per_row(), nq, numba.get_num_threads())
         cap_r = max(2 * k, k + 256)
         lanes = min(64, 16 * -(-nq // 16)) if batch else 1
-        q8 = t.get("q8", np.zeros((0, c.pdim), np.int8))
-        q8lo = t.get("q8lo", q8)
-        qf = t.get("qf", np.zeros((0, c.dim), np.float32))
+        q8, q8lo, qf = self._query_rows(t)
         qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
         qtf = self._tiles(qf, lanes) if batch and not int8 else np.zeros((0, 1, 1), np.float32)
         nt = -(-nq // lanes) if batch else 0
@@ -510,8 +513,13 @@ class Index:
         r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
         if expect < 16 or r > sample.shape[0] // 2:
             return none
-        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample.astype(np.int64), np.zeros(0, np.bool_),
-                                        none, batch)
+        sample = sample.astype(np.int64)
+        if not batch:  # one pass of lower bounds and a selection (no scan machinery: ~0.1 ms less a query)
+            c = self.corpus
+            return kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias,
+                                            sample, *self._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"],
+                                            t["ca"], t["cb"], t["cc"], r)
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_), none, batch)
         return np.where(failed, -np.inf, theta).astype(np.float32)
 
     def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray

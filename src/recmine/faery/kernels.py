@@ -328,6 +328,54 @@ def _tile_hits(lanes, x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits):
 
 
 @njit(cache=True, nogil=True)
+def _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals):
+    """vals[t] = the dot product of query qi with row rowbuf[t], t < m (the single path's: rowbuf padded to a whole
+    group of eight rows for the int8 tier's rowdot8)."""
+    if tier == INT8:
+        for t in range(0, m, 8):
+            simd.rowdot8(packed, rowbuf, t, q8[qi], q8lo[qi], dots)
+        for t in range(m):
+            vals[t] = np.float32(dots[t] - corr[qi])
+    elif tier == FP16:
+        for t in range(m):
+            vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
+    else:
+        for t in range(m):
+            vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+
+
+@njit(cache=True, nogil=True)
+def sample_threshold(packed, tier, ds, rn, bias, rows, q8, q8lo, qf, table, corr, u, ca, cb, cc, r):
+    """Per query (single path), the r-th largest lower bound over `rows` (r <= len(rows)): what a scan of those
+    rows with K = r and its merge return as the threshold, in one pass with no reservoir or candidate list (the
+    sampled starting threshold of a large K)."""
+    nq = corr.shape[0]
+    n = rows.shape[0]
+    lower = np.empty((nq, n), np.float32)
+    blk = BLOCK_SINGLE
+    rowbuf = np.empty(blk + 8, np.int64)
+    dots = np.empty(blk + 8, np.int64)
+    vals = np.empty(blk, np.float32)
+    for b0 in range(0, n, blk):
+        m = min(n, b0 + blk) - b0
+        for t in range(m):
+            rowbuf[t] = rows[b0 + t]
+        for t in range(m, -(-m // 8) * 8):
+            rowbuf[t] = rowbuf[m - 1]
+        for qi in range(nq):
+            _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
+            for t in range(m):
+                rr = rowbuf[t]
+                dsr = ds[rr] if tier == INT8 else np.float32(1.0)
+                _, lower[qi, b0 + t] = _bounds(vals[t], dsr, rn[rr], bias[rr], abs(bias[rr]), u[qi], ca[qi], cb[qi],
+                                               cc[qi])
+    theta = np.empty(nq, np.float32)
+    for qi in range(nq):
+        theta[qi] = kth_value(lower[qi], n - r)
+    return theta
+
+
+@njit(cache=True, nogil=True)
 def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
           u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n):
     """One lane of the scan: its share of the rows, block by block, with its own thresholds and reservoirs."""
@@ -408,17 +456,7 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
             for t in range(m, -(-m // 8) * 8):  # rowdot8 reads whole groups of eight rows
                 rowbuf[t] = rowbuf[m - 1]
             for qi in range(nq):
-                if tier == INT8:
-                    for t in range(0, m, 8):
-                        simd.rowdot8(packed, rowbuf, t, q8[qi], q8lo[qi], dots)
-                    for t in range(m):
-                        vals[t] = np.float32(dots[t] - corr[qi])
-                elif tier == FP16:
-                    for t in range(m):
-                        vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
-                else:
-                    for t in range(m):
-                        vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+                _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
                 _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, qi, u, ca, cb, cc, k, theta,
                              res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
                 if st[1]:

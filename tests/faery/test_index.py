@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from recmine.faery import Index
+from recmine.faery import index as index_module
 from recmine.faery.exact import brute_force_topk
-from recmine.faery.index import BATCH_MIN_QUERIES, PARALLEL_MIN_ROWS
+from recmine.faery.index import BATCH_MIN_QUERIES
 from recmine.faery.kernels import BLOCK_BATCH, BLOCK_SINGLE
 
 N, D = 3000, 24
@@ -72,11 +73,12 @@ BIG_KS = (1, 10, 129, 1000, 20_000)  # 20,000 > a lane's reservoir fill: the thr
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("metric", METRICS)
-def test_many_chunks_and_the_batched_path_equal_brute_force(storage, metric):
+def test_many_chunks_and_the_batched_path_equal_brute_force(storage, metric, monkeypatch):
     """N large enough that the scan splits over several lanes (merged through their reservoirs' K-th bounds) and
     every lane crosses several row blocks of the single and the batched path, for every K above, against the
     float64 oracle; exact ties placed in different lanes and blocks."""
-    assert BIG_N >= PARALLEL_MIN_ROWS and BIG_N > 6 * max(BLOCK_SINGLE, BLOCK_BATCH)
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_BYTES", 0)  # every scan over every thread, however small
+    assert BIG_N > 6 * max(BLOCK_SINGLE, BLOCK_BATCH)
     assert 3 < min(BATCH_MIN_QUERIES.values())  # 3 queries: the single path
     rng = np.random.default_rng(_seed((storage, STORAGES), (metric, METRICS)) + 1000)
     x = rng.standard_normal((BIG_N, BIG_D)).astype(np.float32) * rng.uniform(0.5, 2.0, (BIG_N, 1)).astype(np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recmine.faery import Index, kernels
+from recmine.faery import index as index_module
 from recmine.faery.exact import brute_force_topk
 
 
@@ -45,10 +46,11 @@ def test_kth_value_equals_numpy_partition(dtype: type, kind: str) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_large_k_single_queries_equal_the_oracle(threads: int, metric: str) -> None:
+def test_large_k_single_queries_equal_the_oracle(threads: int, metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """40,000 rows (two lanes at 2 threads), a tenth of them duplicated (exact ties across lanes), K from 1,000 (the
     sampled threshold) to every row; and an allow bitmap leaving fewer rows than K (padded)."""
     n, dim = 40_000, 16
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_BYTES", 0)  # two lanes at 2 threads, however small the scan
     rng = np.random.default_rng(8)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     dup = rng.choice(n, n // 10, replace=False)
@@ -74,3 +76,114 @@ def test_large_k_single_queries_equal_the_oracle(threads: int, metric: str) -> N
             assert (got_i[0, bits.sum():] == -1).all()
     finally:
         numba.set_num_threads(before)
+
+
+def test_scan_lanes_rule() -> None:
+    """One lane while a scan reads less than PARALLEL_MIN_BYTES (rows x bytes per row x queries), every thread
+    from there on: 200,000 x 64 int8 (68 bytes a row, 13.6 MB) single queries stay on one lane at 2 threads, 1M x 128
+    or a batch of 64 queries over the same rows take both."""
+    from recmine.faery.index import PARALLEL_MIN_BYTES, scan_lanes
+
+    assert scan_lanes(200_000, 68, 1, 2) == 1
+    assert scan_lanes(200_000, 68, 64, 2) == 2
+    assert scan_lanes(1_000_000, 132, 1, 2) == 2
+    assert scan_lanes(1_000_000, 132, 1, 1) == 1
+    assert scan_lanes(PARALLEL_MIN_BYTES, 1, 1, 2) == 2 and scan_lanes(PARALLEL_MIN_BYTES - 1, 1, 1, 2) == 1
+
+
+def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40,000 x 64 int8 (2.7 MB): a single query's scan gets one lane and its re-rank no parallel region at 2
+    threads (a second lane's hand-off and merge cost more than they save there); a batch of 64 queries over the same
+    rows (174 MB of scan work) gets both lanes. Results equal the oracle either way."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((40_000, 64)).astype(np.float32)
+    idx = Index(64)
+    idx.add(x)
+    seen: list[tuple[str, object]] = []
+    scan, rerank = kernels.scan, kernels.rerank
+
+    def spy_scan(*args: object) -> object:
+        seen.append(("scan", args[26]))  # nlanes
+        return scan(*args)
+
+    def spy_rerank(*args: object) -> object:
+        seen.append(("rerank", args[8:]))  # the parallel flag (absent before it existed)
+        return rerank(*args)
+
+    monkeypatch.setattr(kernels, "scan", spy_scan)
+    monkeypatch.setattr(kernels, "rerank", spy_rerank)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        q = rng.standard_normal((64, 64)).astype(np.float32)
+        for k in (10, 5_000):
+            seen.clear()
+            got_s, got_i = idx.search(q[0], k)
+            assert [v for name, v in seen if name == "scan"][-1] == 1, k
+            assert [v for name, v in seen if name == "rerank"] == [(False,)], k
+            want_s, want_i = brute_force_topk(x, None, q[:1], k)
+            assert np.array_equal(got_i, want_i)
+        seen.clear()
+        got_s, got_i = idx.search(q, 10)
+        assert [v for name, v in seen if name == "scan"] == [2]
+        assert np.array_equal(got_i, brute_force_topk(x, None, q, 10)[1])
+    finally:
+        numba.set_num_threads(before)
+
+
+def _order_oracle(keys: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((ids, keys))[:k]
+    return keys[order], ids[order]
+
+
+@pytest.mark.parametrize("kind", ["normal", "within-a-float32-ulp", "ties", "zeros", "huge"])
+def test_packed_sort_orders_like_lexsort(kind: str) -> None:
+    """kernels.pack_keys + numpy's sort + kernels.unpack_sorted (the order of a large re-ranked group) equal a
+    lexsort by (float64 key, id): keys sharing a float32 value but differing in float64, exact ties (smaller id
+    first), -0.0 next to +0.0 (equal keys), keys beyond float32's range; cut at every kind of K."""
+    rng = np.random.default_rng(21)
+    n = 9_000
+    if kind == "normal":
+        keys = rng.standard_normal(n)
+    elif kind == "within-a-float32-ulp":  # 30 float32 values, each shared by ~300 distinct float64 keys
+        keys = 10.0 + rng.integers(0, 30, n) * 2.0 ** -20 + rng.integers(0, 50, n) * 2.0 ** -45
+    elif kind == "ties":
+        keys = rng.integers(-3, 4, n).astype(np.float64)
+    elif kind == "zeros":
+        keys = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+        keys[rng.random(n) < 0.2] = 1e-300
+        keys[rng.random(n) < 0.2] = -1e-300
+    else:
+        keys = rng.standard_normal(n) * 1e300
+    ids = rng.permutation(4 * n)[:n].astype(np.int64)
+    for k in (1, 100, n // 2, n - 1, n, n + 5):
+        packed = kernels.pack_keys(keys)
+        packed.sort()
+        got_k, got_i = kernels.unpack_sorted(packed, keys, ids, k)
+        want_k, want_i = _order_oracle(keys, ids, k)
+        assert np.array_equal(got_i, want_i), (kind, k)
+        assert np.array_equal(got_k, want_k)
+
+
+def test_large_k_with_scores_closer_than_a_float32_ulp_equals_the_oracle() -> None:
+    """Rows whose exact scores differ by less than a float32 ulp of the score (they share a float32 value: the packed
+    sort's fix-up orders them by their float64 keys) and exact duplicates (ties: smaller id first), K up to every
+    row but one, against the float64 oracle."""
+    n, dim = 12_000, 16
+    rng = np.random.default_rng(22)
+    base = rng.standard_normal(dim).astype(np.float32)
+    x = np.tile(base, (n, 1))
+    x[:, 0] = np.float32(1.0) + rng.integers(0, 4_000, n).astype(np.float32) * np.float32(2.0 ** -23)  # distinct ulps
+    q = rng.standard_normal((2, dim)).astype(np.float32)
+    q[:, 0] = np.float32(2.0 ** -18)  # the first column moves the score by ~2^-41 per step: far below a float32 ulp
+    ids = rng.permutation(3 * n)[:n].astype(np.int64)
+    idx = Index(dim)
+    idx.add(x, ids=ids)
+    for k in (3_000, n - 1):
+        want_s, want_i = brute_force_topk(x, ids, q, k)
+        for i in range(2):
+            got_s, got_i = idx.search(q[i], k)
+            assert np.array_equal(got_i[0], want_i[i]), k
+            np.testing.assert_array_equal(got_s[0], want_s[i].astype(np.float32))

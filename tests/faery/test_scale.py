@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from recmine.faery import Index, simd
+from recmine.faery import index as index_module
 from recmine.faery.exact import brute_force_topk
-from recmine.faery.index import BATCH_MIN_QUERIES, PARALLEL_MIN_ROWS, SAMPLE_MIN_K, SAMPLE_STRIDE
+from recmine.faery.index import BATCH_MIN_QUERIES, SAMPLE_MIN_K, SAMPLE_STRIDE
 
 N, D = 200_000, 32
 
@@ -45,10 +46,11 @@ def _expect(c: dict, keep: np.ndarray, q: np.ndarray, k: int, metric: str = "ip"
 
 
 @pytest.mark.parametrize("storage", ["int8", "fp32"])
-def test_batch_and_single_paths_equal_the_oracle_over_several_lanes(corpus, built, storage):
+def test_batch_and_single_paths_equal_the_oracle_over_several_lanes(corpus, built, storage, monkeypatch):
     """K = 10, 1000 and 6000 (the sampled-threshold path) through the single path (one query) and the batch path
     (a tile of queries), on 200k rows split over lanes and blocks."""
-    assert N >= 2 * PARALLEL_MIN_ROWS and 12 >= BATCH_MIN_QUERIES[storage]
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_BYTES", 0)  # the single path over every thread too
+    assert 12 >= BATCH_MIN_QUERIES[storage]
     assert 6000 >= SAMPLE_MIN_K and N >= SAMPLE_STRIDE * 64 * 8
     idx, q = built[storage], corpus["q"]
     everything = np.arange(N)
@@ -62,9 +64,10 @@ def test_batch_and_single_paths_equal_the_oracle_over_several_lanes(corpus, buil
 
 
 @pytest.mark.parametrize("storage", ["int8", "fp32"])
-def test_filters_inside_the_scan_equal_the_oracle_on_allowed_rows(corpus, built, storage):
+def test_filters_inside_the_scan_equal_the_oracle_on_allowed_rows(corpus, built, storage, monkeypatch):
     """An id set, an id bitmap and attribute predicates at ~1%, ~10% and ~50% selectivity (a row list or a mask),
     batch and single queries, against the oracle over exactly the allowed rows."""
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_BYTES", 0)  # several lanes on the single path too
     idx, q, ids = built[storage], corpus["q"], corpus["ids"]
     rng = np.random.default_rng(3)
     pick = np.sort(rng.choice(N, 2000, replace=False))

@@ -19,7 +19,7 @@ from recmine.faery.corpus import CHUNK_ROWS, STORAGES, Corpus, check_attr_name
 
 METRICS = ("ip", "cosine", "l2")
 BATCH_MIN_QUERIES = {"int8": 8, "fp16": 8, "fp32": 8}  # batches at least this large take the tile (GEMM) path
-PARALLEL_MIN_ROWS = 32_768  # fewer rows to scan: one lane (no thread hand-off)
+PARALLEL_MIN_BYTES = 32 << 20  # a scan reading less (rows x bytes per row x queries): one lane, see scan_lanes
 RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups whose reservoirs fit this
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
 SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
@@ -79,6 +79,13 @@ def check_attrs(attrs: Mapping[str, Any] | None, n: int | None) -> dict[str, np.
             raise ValueError(f"attribute {name!r} has {arr.shape[0]} values for {n} vectors")
         out[name] = arr.astype(np.int64)
     return out
+
+
+def scan_lanes(rows: int, bytes_per_row: int, nq: int, threads: int) -> int:
+    """Lanes (threads) of a scan over `rows` rows for nq queries: one while it reads less than PARALLEL_MIN_BYTES
+    (rows x bytes per row x queries), else every thread. A second lane costs a thread hand-off, a second reservoir
+    to merge and a parallel re-rank; on a 13 MB int8 tier (200,000 x 64) that costs more than it saves."""
+    return threads if rows * bytes_per_row * max(1, nq) >= PARALLEL_MIN_BYTES else 1
 
 
 def warm_up(storage: str = "int8", metric: str = "ip") -> None:
@@ -443,6 +450,11 @@ class Index:
         pad[:nq] = q
         return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
 
+    def _query_rows(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(q8, q8lo, qf) of the scan kernels: the query's int8 halves or its float32 row (empty where unused)."""
+        q8 = t.get("q8", np.zeros((0, self.corpus.pdim), np.int8))
+        return q8, t.get("q8lo", q8), t.get("qf", np.zeros((0, self.corpus.dim), np.float32))
+
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
@@ -451,12 +463,10 @@ class Index:
         nq = t["u"].shape[0]
         int8 = c.storage == "int8"
         space = rowlist.shape[0] if rowlist.shape[0] else c.size
-        nlanes = numba.get_num_threads() if space >= PARALLEL_MIN_ROWS else 1
+        nlanes = scan_lanes(space, c.bytes_per_row(), nq, numba.get_num_threads())
         cap_r = max(2 * k, k + 256)
         lanes = min(64, 16 * -(-nq // 16)) if batch else 1
-        q8 = t.get("q8", np.zeros((0, c.pdim), np.int8))
-        q8lo = t.get("q8lo", q8)
-        qf = t.get("qf", np.zeros((0, c.dim), np.float32))
+        q8, q8lo, qf = self._query_rows(t)
         qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
         qtf = self._tiles(qf, lanes) if batch and not int8 else np.zeros((0, 1, 1), np.float32)
         nt = -(-nq // lanes) if batch else 0
@@ -503,8 +513,13 @@ class Index:
         r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
         if expect < 16 or r > sample.shape[0] // 2:
             return none
-        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample.astype(np.int64), np.zeros(0, np.bool_),
-                                        none, batch)
+        sample = sample.astype(np.int64)
+        if not batch:  # one pass of lower bounds and a selection (no scan machinery: ~0.1 ms less a query)
+            c = self.corpus
+            return kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias,
+                                            sample, *self._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"],
+                                            t["ca"], t["cb"], t["cc"], r)
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_), none, batch)
         return np.where(failed, -np.inf, theta).astype(np.float32)
 
     def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray
@@ -539,19 +554,16 @@ class Index:
                 offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
                 slots = np.concatenate(parts).astype(np.int64)
             big = int(np.diff(offsets).max(initial=0)) > SORT_IN_NUMPY
-            kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big)
+            space = rowlist.shape[0] if rowlist.shape[0] else c.size
+            wide = scan_lanes(space, c.bytes_per_row(), sl.stop - sl.start, nlanes) > 1
+            kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big,
+                                        wide)
             for j in range(sl.stop - sl.start):
                 gk, gi = kg[og[j]: og[j + 1]], ig[og[j]: og[j + 1]]
-                if big:  # a large group: numpy's vectorised sort, then equal keys by id
-                    order = np.argsort(gk)
-                    gk, gi = gk[order], gi[order]
-                    tie = np.flatnonzero(gk[1:] == gk[:-1])
-                    if tie.size:  # re-sort only the rows in runs of equal keys (each run is contiguous)
-                        run = np.zeros(gk.shape[0], np.bool_)
-                        run[tie] = run[tie + 1] = True
-                        at = np.flatnonzero(run)
-                        sub = at[np.lexsort((gi[at], gk[at]))]
-                        gk[at], gi[at] = gk[sub], gi[sub]
+                if big:  # a large group: numpy's vectorised sort of packed keys, then runs of equal float32 keys
+                    packed = kernels.pack_keys(gk)
+                    packed.sort()
+                    gk, gi = kernels.unpack_sorted(packed, gk, gi, k)
                 m = min(k, gk.shape[0])
                 keys[g0 + j, :m], ids[g0 + j, :m] = gk[:m], gi[:m]
             passed += int(slots.shape[0])

@@ -39,7 +39,7 @@ TINY = np.float32(1e-30)
 INT8, FP16, FP32 = 0, 1, 2
 TIERS = {"int8": INT8, "fp16": FP16, "fp32": FP32}
 BLOCK_SINGLE = 4096  # rows per block of the single-query path
-PREFETCH = 16  # rows of the exact re-rank loaded ahead of the one being scored
+PREFETCH = 4  # rows of the exact re-rank loaded ahead of the one being scored
 PARALLEL_MIN_QUERIES = 8  # fewer queries: merge / rerank loop over them without a parallel region
 PARALLEL_MIN_CANDIDATES = 4096  # fewer candidate rows: scored without a parallel region
 BLOCK_BATCH = 510  # rows per block of the batch path (a multiple of simd.RT; the score tile stays in L2)
@@ -328,6 +328,54 @@ def _tile_hits(lanes, x, rows, r0, qt, out, ds, rn, bias, qv, corr, th, hits):
 
 
 @njit(cache=True, nogil=True)
+def _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals):
+    """vals[t] = the dot product of query qi with row rowbuf[t], t < m (the single path's: rowbuf padded to a whole
+    group of eight rows for the int8 tier's rowdot8)."""
+    if tier == INT8:
+        for t in range(0, m, 8):
+            simd.rowdot8(packed, rowbuf, t, q8[qi], q8lo[qi], dots)
+        for t in range(m):
+            vals[t] = np.float32(dots[t] - corr[qi])
+    elif tier == FP16:
+        for t in range(m):
+            vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
+    else:
+        for t in range(m):
+            vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+
+
+@njit(cache=True, nogil=True)
+def sample_threshold(packed, tier, ds, rn, bias, rows, q8, q8lo, qf, table, corr, u, ca, cb, cc, r):
+    """Per query (single path), the r-th largest lower bound over `rows` (r <= len(rows)): what a scan of those
+    rows with K = r and its merge return as the threshold, in one pass with no reservoir or candidate list (the
+    sampled starting threshold of a large K)."""
+    nq = corr.shape[0]
+    n = rows.shape[0]
+    lower = np.empty((nq, n), np.float32)
+    blk = BLOCK_SINGLE
+    rowbuf = np.empty(blk + 8, np.int64)
+    dots = np.empty(blk + 8, np.int64)
+    vals = np.empty(blk, np.float32)
+    for b0 in range(0, n, blk):
+        m = min(n, b0 + blk) - b0
+        for t in range(m):
+            rowbuf[t] = rows[b0 + t]
+        for t in range(m, -(-m // 8) * 8):
+            rowbuf[t] = rowbuf[m - 1]
+        for qi in range(nq):
+            _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
+            for t in range(m):
+                rr = rowbuf[t]
+                dsr = ds[rr] if tier == INT8 else np.float32(1.0)
+                _, lower[qi, b0 + t] = _bounds(vals[t], dsr, rn[rr], bias[rr], abs(bias[rr]), u[qi], ca[qi], cb[qi],
+                                               cc[qi])
+    theta = np.empty(nq, np.float32)
+    for qi in range(nq):
+        theta[qi] = kth_value(lower[qi], n - r)
+    return theta
+
+
+@njit(cache=True, nogil=True)
 def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
           u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n):
     """One lane of the scan: its share of the rows, block by block, with its own thresholds and reservoirs."""
@@ -408,17 +456,7 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
             for t in range(m, -(-m // 8) * 8):  # rowdot8 reads whole groups of eight rows
                 rowbuf[t] = rowbuf[m - 1]
             for qi in range(nq):
-                if tier == INT8:
-                    for t in range(0, m, 8):
-                        simd.rowdot8(packed, rowbuf, t, q8[qi], q8lo[qi], dots)
-                    for t in range(m):
-                        vals[t] = np.float32(dots[t] - corr[qi])
-                elif tier == FP16:
-                    for t in range(m):
-                        vals[t] = _dot_h(qf[qi], packed[rowbuf[t]], table)
-                else:
-                    for t in range(m):
-                        vals[t] = _dot_f(qf[qi], packed[rowbuf[t]])
+                _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
                 _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, qi, u, ca, cb, cc, k, theta,
                              res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
                 if st[1]:
@@ -554,6 +592,54 @@ def order_topk(keys, ids, k):
 
 
 @njit(cache=True, nogil=True)
+def pack_keys(keys):
+    """Each float64 key as one sortable uint64: the ordered bits of the key rounded to float32 (rounding is monotone,
+    so this high half never orders two keys against their float64 order; -0.0 counts as +0.0, as the keys compare)
+    over the key's position. `numpy.sort` of these (a vectorised sort, ~3x faster than `numpy.argsort` of the
+    keys) puts the keys in order up to the runs sharing a float32 value, which `unpack_sorted` orders exactly."""
+    n = keys.shape[0]
+    f = np.empty(n, np.float32)
+    for i in range(n):
+        v = np.float32(keys[i])
+        f[i] = np.float32(0.0) if v == 0 else v
+    hi = _ordered_bits(f)
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        out[i] = (np.uint64(hi[i]) << np.uint64(32)) | np.uint64(i)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def unpack_sorted(packed, keys, ids, k):
+    """(keys, ids) of the first min(k, n) of `pack_keys`'s values once sorted, in final order: key ascending, then
+    id ascending; runs sharing a float32 value (rare: exact ties, or keys within a float32 ulp) are ordered exactly
+    by (float64 key, id)."""
+    n = packed.shape[0]
+    m = min(k, n)
+    out_k = np.empty(m, np.float64)
+    out_i = np.empty(m, np.int64)
+    low = np.uint64(0xFFFFFFFF)
+    shift = np.uint64(32)
+    i = 0
+    while i < m:
+        j = i + 1
+        while j < n and (packed[j] >> shift) == (packed[i] >> shift):
+            j += 1
+        if j - i == 1:
+            p = np.int64(packed[i] & low)
+            out_k[i], out_i[i] = keys[p], ids[p]
+        else:
+            pos = np.empty(j - i, np.int64)
+            for t in range(i, j):
+                pos[t - i] = np.int64(packed[t] & low)
+            best = order_topk(keys[pos], ids[pos], min(j, m) - i)
+            for t in range(best.shape[0]):
+                out_k[i + t], out_i[i + t] = keys[pos[best[t]]], ids[pos[best[t]]]
+        i = j
+    return out_k, out_i
+
+
+@njit(cache=True, nogil=True)
 def _kept(keys, offsets, q, k, sort, kths):
     """How many of query q's candidates rerank returns (see rerank); kths[q]: the k-th smallest key (inf when all
     are kept), for `_select`."""
@@ -601,9 +687,11 @@ def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def rerank(master, q64, offsets, slots, ids, l2, k, sort):
+def rerank(master, q64, offsets, slots, ids, l2, k, sort, parallel):
     """Exact float64 keys of every candidate (parallel over candidates, rows fetched a group ahead), then per
     query the candidates that can still be among its k best (key <= the k-th smallest key: ties kept).
+
+    parallel: False keeps it on the calling thread (a scan too small for a second lane, see `index.scan_lanes`).
 
     Returns (keys, ids, offsets) of those, grouped by query; with sort, each group is in final order (key, then id)
     and cut to k (done here for small groups; `numpy.argsort` sorts a large group several times faster)."""
@@ -614,14 +702,14 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
         qof[offsets[q]: offsets[q + 1]] = q
     keys = np.empty(total, np.float64)
     nchunks = max(1, min(256, total // 256))
-    if total >= PARALLEL_MIN_CANDIDATES:
+    if parallel and total >= PARALLEL_MIN_CANDIDATES:
         for ch in prange(nchunks):
             _score_range(master, q64, qof, slots, l2, keys, ch * total // nchunks, (ch + 1) * total // nchunks)
     else:  # a few rows: no parallel region (see merge)
         _score_range(master, q64, qof, slots, l2, keys, 0, total)
     counts = np.zeros(nq + 1, np.int64)
     kths = np.empty(nq, np.float64)
-    if nq >= PARALLEL_MIN_QUERIES:
+    if parallel and nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
             counts[q + 1] = _kept(keys, offsets, q, k, sort, kths)
     else:
@@ -630,7 +718,7 @@ def rerank(master, q64, offsets, slots, ids, l2, k, sort):
     out_off = np.cumsum(counts)
     out_k = np.empty(out_off[-1], np.float64)
     out_i = np.empty(out_off[-1], np.int64)
-    if nq >= PARALLEL_MIN_QUERIES:
+    if parallel and nq >= PARALLEL_MIN_QUERIES:
         for q in prange(nq):
             _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i)
     else:

@@ -158,6 +158,35 @@ def test_shard_streams_share_the_link_fairly():
     assert min(sent) > 0.35 * sum(sent), sent
 
 
+def test_far_dcs_share_the_link_evenly():
+    """Three far DCs (two shards each) pull through one sender's budget, always in the same order, each with more
+    changes than the link carries: each DC gets about a third. (A share of the tokens left when a stream came gave
+    the first DC twice the bytes of the last, and the last was served as stale as under FIFO.)"""
+    t = [0.0]
+    sched = SloScheduler("slo", bytes_per_s=300 * (ROW_OVERHEAD + 4 * DIM), round_s=0.05, clock=lambda: t[0])
+    src = ParamStore({"emb": DIM}, 2, node_id=0)
+    rng = np.random.default_rng(4)
+    calls, askers = {}, {}
+    for dc in (1, 2, 3):
+        dst = ParamStore({"emb": DIM}, 2, node_id=dc)
+        for s in range(2):
+            a = askers[dc, s] = Asker(dst, s, 0)
+            vv, since, inc, applied = a.request()
+            calls[dc, s] = Responder(src, sched, s, vv, since, dc, 0, None, applied, 1 << 30, inc)
+    sent = dict.fromkeys((1, 2, 3), 0)
+    for _ in range(40):
+        src.put("emb", np.arange(600), rng.normal(size=(600, DIM)).astype(np.float32))
+        t[0] += 0.05
+        for (dc, s), call in calls.items():
+            cs = call.changes()
+            rnd = call.pick(cs)
+            askers[dc, s].batch(rnd.updates, True, rnd.complete, cs.version_vector, cs.counter, rnd.id)
+            sent[dc] += sum(len(u) for u in rnd.updates)
+    total = sum(sent.values())
+    assert total > 0.9 * 40 * 300 * 0.05 * 0.9  # the link stays busy
+    assert min(sent.values()) > 0.3 * total, sent
+
+
 def test_a_row_bigger_than_a_rounds_share_does_not_block_the_queue():
     """A dense row of 1 KB behind a link whose round share is ~300 B: it goes when the link has credit (the bucket
     runs into debt) instead of sitting at the head of the queue forever with everything else behind it."""

@@ -192,8 +192,9 @@ class _Mirror:
 
 
 class SloScheduler:
-    """A PS's Sender for WAN askers: token bucket at `bytes_per_s`, rows ordered by `policy`, incomplete rounds
-    when the budget runs out (the Pull loop waits `round_s` before the next). Intra-DC askers get everything.
+    """A PS's Sender for WAN askers: token bucket at `bytes_per_s` split evenly among the askers' streams, rows
+    ordered by `policy`, incomplete rounds when a stream's budget runs out (the Pull loop waits `round_s` before the
+    next). Intra-DC askers get everything.
 
     Per asker (node, process incarnation) it keeps a mirror of what the asker holds, so no round resends a row the
     asker holds and significance is measured against the asker's value. A round enters the mirror only when the
@@ -224,6 +225,8 @@ class SloScheduler:
         self._incarnation: dict[int, int] = {}  # requester -> the process incarnation its mirrors belong to
         self._streams: dict[tuple[int, int, int], int] = {}  # (requester, incarnation, shard) -> open stream token
         self._picked: dict[tuple[int, int, int], float] = {}  # stream -> when it last picked with a backlog
+        self._credit: dict[tuple[int, int, int], float] = {}  # stream -> bytes of its share it has not spent yet
+        self._accrued = clock()  # credits are earned up to here
         self._next_round = int.from_bytes(os.urandom(6), "little") + 1  # ids never reused by a later process
         self._lock = threading.Lock()
         self.sent_bytes = 0
@@ -239,17 +242,24 @@ class SloScheduler:
         return now
 
     def _allowance(self, stream: tuple[int, int, int], now: float) -> float:
-        """Bytes this stream's round may send: its fair share (1/k of the streams that picked lately) of the tokens
-        or of what the link carried since its last round, within the tokens left. One bucket shared first-come would let
-        the stream that picks just before another take everything, round after round, and starve it."""
+        """Bytes this stream's round may send. While k streams pick (each within the last two rounds), each earns 1/k
+        of the link's rate as credit (at most 1/k of the bucket); a round spends its credit plus the tokens no other
+        stream's credit holds (what an idle or satisfied stream leaves goes to the others). A share of whatever
+        tokens were left when the stream came (first come, first served) gave the stream that picked first most of
+        the link: with three far DCs the first got twice the bytes of the last, which was served about as stale as
+        under FIFO."""
         horizon = 2 * self.round_s
-        last = self._picked.get(stream, now - horizon)
-        self._picked[stream] = now
         for k in [k for k, t in self._picked.items() if now - t > horizon and k != stream]:
             del self._picked[k]  # idle streams give their share back
+            self._credit.pop(k, None)
+        self._picked[stream] = now
         k = len(self._picked)
-        share = max(self._tokens, self.bytes_per_s * min(max(now - last, self.round_s), horizon)) / k
-        return min(self._tokens, share)
+        gain, cap = self.bytes_per_s * max(0.0, now - self._accrued) / k, self.capacity / k
+        self._accrued = now
+        for s in self._picked:
+            self._credit[s] = min(cap, self._credit.get(s, 0.0) + gain)
+        held = sum(c for s, c in self._credit.items() if s != stream)
+        return min(self._tokens, max(self._credit[stream], self._tokens - held))
 
     def open(self, requester: int, incarnation: int, shard: int, applied: Sequence[int]) -> int:
         """A Pull from `requester` for `shard` starts: rounds it acknowledges become held, the rest of this shard's
@@ -339,7 +349,8 @@ class SloScheduler:
             cost = np.concatenate([np.full(len(s), ROW_OVERHEAD + 4 * s.values.shape[1]) if codec is None else
                                    codec.cost(s.values.shape[1], how) for s, _, _, how in cands])
             order = np.argsort(-prio, kind="stable")
-            fits = np.cumsum(cost[order]) <= self._allowance((requester, incarnation, cs.shard), now)
+            key = (requester, incarnation, cs.shard)
+            fits = np.cumsum(cost[order]) <= self._allowance(key, now)
             if not fits[0] and self._tokens > 0:  # a row bigger than any round's share would block the queue for
                 fits[0] = True  # good: it goes when the link has credit, and the bucket runs into debt
             chosen = order[fits]
@@ -347,6 +358,7 @@ class SloScheduler:
             if not bool(fits.all()):
                 self.deferred_rounds += 1
             self._tokens -= float(cost[chosen].sum())
+            self._credit[key] = max(0.0, self._credit[key] - float(cost[chosen].sum()))
             take = np.zeros(prio.size, bool)
             take[chosen] = True
             rid = self._next_round if chosen.size else 0

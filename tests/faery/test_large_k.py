@@ -92,9 +92,9 @@ def test_scan_lanes_rule() -> None:
 
 
 def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """40,000 x 64 int8 (2.7 MB): a single query's scan gets one lane and its re-rank no parallel region at 2
-    threads (a second lane's hand-off and merge cost more than they save there); a batch of 64 queries over the same
-    rows (174 MB of scan work) gets both lanes. Results equal the oracle either way."""
+    """40,000 x 64 int8 (2.7 MB): a single query's scan gets one lane at 2 threads, every step in one compiled call
+    with no parallel region (a second lane's hand-off and merge cost more than they save there); a batch of 64
+    queries over the same rows (174 MB of scan work) gets both lanes. Results equal the oracle either way."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 threads")
     rng = np.random.default_rng(12)
@@ -102,18 +102,18 @@ def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.Monkey
     idx = Index(64)
     idx.add(x)
     seen: list[tuple[str, object]] = []
-    scan, rerank = kernels.scan, kernels.rerank
+    scan, one = kernels.scan, kernels.search_one
 
     def spy_scan(*args: object) -> object:
         seen.append(("scan", args[26]))  # nlanes
         return scan(*args)
 
-    def spy_rerank(*args: object) -> object:
-        seen.append(("rerank", args[8:]))  # the parallel flag (absent before it existed)
-        return rerank(*args)
+    def spy_one(*args: object) -> object:
+        seen.append(("one", None))
+        return one(*args)
 
     monkeypatch.setattr(kernels, "scan", spy_scan)
-    monkeypatch.setattr(kernels, "rerank", spy_rerank)
+    monkeypatch.setattr(kernels, "search_one", spy_one)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
@@ -121,8 +121,7 @@ def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.Monkey
         for k in (10, 5_000):
             seen.clear()
             got_s, got_i = idx.search(q[0], k)
-            assert [v for name, v in seen if name == "scan"][-1] == 1, k
-            assert [v for name, v in seen if name == "rerank"] == [(False,)], k
+            assert seen == [("one", None)], k
             want_s, want_i = brute_force_topk(x, None, q[:1], k)
             assert np.array_equal(got_i, want_i)
         seen.clear()

@@ -487,15 +487,12 @@ class Index:
                 return kernels.merge(*out, theta0, k)
             cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more
 
-    def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
-                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
-        """A starting threshold per query for large K, from every stride-th block of rows (SAMPLE_STRIDE, or sparser
-        while SAMPLE_EXPECT rows of the sample are still expected above the threshold): the r-th largest
-        lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
-        are expected above it. The scan then passes few more than the final candidates from its first row on; if
-        the guess was too high (fewer than K rows reach it), merge reports it and the query is scanned again."""
-        nq = t["u"].shape[0]
-        none = np.full(nq, -np.inf, np.float32)
+    def _sample(self, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray) -> tuple[np.ndarray, int]:
+        """The rows and rank of a large K's sampled starting threshold: every stride-th block of rows (SAMPLE_STRIDE,
+        or sparser while SAMPLE_EXPECT rows of the sample are still expected above the threshold) and r, set so
+        that about 4 standard deviations more than K rows of the whole corpus are expected above the sample's r-th
+        largest lower bound. r = 0: no sample (a small K or corpus)."""
+        none = np.zeros(0, np.int64), 0
         space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
         if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
             return none
@@ -513,14 +510,45 @@ class Index:
         r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
         if expect < 16 or r > sample.shape[0] // 2:
             return none
-        sample = sample.astype(np.int64)
+        return sample.astype(np.int64), r
+
+    def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
+                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
+        """A starting threshold per query for large K: the r-th largest lower bound over the rows of `_sample`.
+        The scan then passes few more than the final candidates from its first row on; if the guess was too high
+        (fewer than K rows reach it), merge reports it and the query is scanned again."""
+        nq = t["u"].shape[0]
+        sample, r = self._sample(k, mask, rowlist, bitmap)
+        if r == 0:
+            return np.full(nq, -np.inf, np.float32)
         if not batch:  # one pass of lower bounds and a selection (no scan machinery: ~0.1 ms less a query)
             c = self.corpus
             return kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias,
                                             sample, *self._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"],
                                             t["ca"], t["cb"], t["cc"], r)
-        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_), none, batch)
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_),
+                                        np.full(nq, -np.inf, np.float32), batch)
         return np.where(failed, -np.inf, theta).astype(np.float32)
+
+    def _scan_one(self, t: dict[str, np.ndarray], q64: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray,
+                  bitmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """One query on one lane (see `_scan`) in one compiled call (`kernels.search_one`), plus numpy's sort of a
+        large group's packed keys and its unpacking."""
+        c = self.corpus
+        sample, r = self._sample(k, mask, rowlist, bitmap)
+        cap_r = max(2 * k, k + 256)
+        gk, gi, packed, passed = kernels.search_one(
+            c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist, c.ids, bitmap,
+            c.master, *self._query_rows(t), q64, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"], t["cc"],
+            sample, r, k, self._metric == "l2", SORT_IN_NUMPY, cap_r, 2 * cap_r + 4096)
+        if packed.shape[0]:
+            packed.sort()
+            gk, gi = kernels.unpack_sorted(packed, gk, gi, k)
+        keys = np.full((1, k), np.inf)
+        ids = np.full((1, k), -1, np.int64)
+        m = min(k, gk.shape[0])  # fewer when an id bitmap allows fewer rows than it promised
+        keys[0, :m], ids[0, :m] = gk[:m], gi[:m]
+        return keys, ids, int(passed)
 
     def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -531,10 +559,13 @@ class Index:
         batch = nq >= BATCH_MIN_QUERIES[c.storage]
         terms = self._query_terms(q, batch)
         q64 = q.astype(np.float64)
+        nlanes = numba.get_num_threads()
+        space = rowlist.shape[0] if rowlist.shape[0] else c.size
+        if nq == 1 and scan_lanes(space, c.bytes_per_row(), 1, nlanes) == 1:
+            return self._scan_one(terms, q64, k, mask, rowlist, bitmap)
         keys = np.full((nq, k), np.inf)
         ids = np.full((nq, k), -1, np.int64)
         passed = 0
-        nlanes = numba.get_num_threads()
         group = max(1, RESERVOIR_BYTES // (4 * nlanes * max(2 * k, k + 256)))
         if batch:
             group = max(64, group // 64 * 64)
@@ -554,7 +585,6 @@ class Index:
                 offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
                 slots = np.concatenate(parts).astype(np.int64)
             big = int(np.diff(offsets).max(initial=0)) > SORT_IN_NUMPY
-            space = rowlist.shape[0] if rowlist.shape[0] else c.size
             wide = scan_lanes(space, c.bytes_per_row(), sl.stop - sl.start, nlanes) > 1
             kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big,
                                         wide)

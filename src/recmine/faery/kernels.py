@@ -463,6 +463,19 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                     break
 
 
+@njit(cache=True, nogil=True)
+def _scan_buffers(nlanes, nq, cap_r, cap_c):
+    """Per lane: the candidate buffer (slot, query, upper bound), its (count, overflow) state, each query's
+    reservoir of lower bounds and its fill (allocated out of the parallel scan: no parfor of its own)."""
+    cslot = np.empty((nlanes, cap_c), np.int64)
+    cq = np.empty((nlanes, cap_c), np.int32)
+    cub = np.empty((nlanes, cap_c), np.float32)
+    cstate = np.zeros((nlanes, 2), np.int64)
+    res = np.empty((nlanes, nq, cap_r), np.float32)
+    res_n = np.zeros((nlanes, nq), np.int64)
+    return cslot, cq, cub, cstate, res, res_n
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
          ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
@@ -476,14 +489,8 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
 
     Returns per lane: candidates (slot, query, upper bound) and their count, each query's reservoir of lower bounds
     and its fill, and an overflow flag (the candidate buffer was too small: the caller retries with a larger one)."""
-    nq = corr.shape[0]
     space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
-    cslot = np.empty((nlanes, cap_c), np.int64)
-    cq = np.empty((nlanes, cap_c), np.int32)
-    cub = np.empty((nlanes, cap_c), np.float32)
-    cstate = np.zeros((nlanes, 2), np.int64)
-    res = np.empty((nlanes, nq, cap_r), np.float32)
-    res_n = np.zeros((nlanes, nq), np.int64)
+    cslot, cq, cub, cstate, res, res_n = _scan_buffers(nlanes, corr.shape[0], cap_r, cap_c)
     if nlanes == 1:  # no parallel region for one lane (a thread hand-off costs a time slice on a busy machine)
         _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
               u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n)
@@ -529,6 +536,15 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
     else:  # no parallel region for a few queries: each costs a thread hand-off (a time slice on a busy machine)
         for q in range(nq):
             _merge_one(res, res_n, theta0, k, q, theta, failed)
+    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
+    return offsets, slots, theta, failed
+
+
+@njit(cache=True, nogil=True)
+def _collect(cslot, cq, cub, cstate, theta):
+    """(offsets (nq + 1), slots grouped by query) of every lane's candidates whose upper bound reaches their query's
+    threshold theta (the second half of merge)."""
+    nlanes, nq = cstate.shape[0], theta.shape[0]
     counts = np.zeros(nq + 1, np.int64)
     for lane in range(nlanes):
         for e in range(cstate[lane, 0]):
@@ -544,7 +560,7 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
             if cub[lane, e] >= theta[q]:
                 slots[fill[q]] = cslot[lane, e]
                 fill[q] += 1
-    return offsets, slots, theta, failed
+    return offsets, slots
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -831,3 +847,49 @@ def gather_rows_down(arr, keep):
         s = keep[i]
         if s != i:
             arr[i] = arr[s]
+
+
+@njit(cache=True, nogil=True)
+def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q8, q8lo, qf, q64, table, corr, u, ca,
+               cb, cc, sample, r, k, l2, sort_max, cap_r, cap_c):
+    """One query on one lane, every step in one call (a call from Python costs microseconds of argument unboxing
+    each): the sampled starting threshold (r > 0: the r-th largest lower bound over `sample`), the scan, the merge
+    (scanned again from -inf when the sampled threshold proved too high, and with a larger candidate buffer when
+    it overflowed), the exact re-rank and its selection. Arguments as `scan`, `sample_threshold` and `rerank`.
+
+    Returns (keys, ids, packed, candidates): the kept candidates' exact keys and ids, in final order and cut to k
+    when there are at most sort_max candidates (packed empty); else every candidate with a key <= the k-th
+    smallest, with `pack_keys` of their keys for numpy's sort and `unpack_sorted`."""
+    theta0 = np.full(1, -np.inf, np.float32)
+    if r > 0:
+        theta0[0] = sample_threshold(packed, tier, ds, rn, bias, sample, q8, q8lo, qf, table, corr, u, ca, cb, cc,
+                                     r)[0]
+    space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
+    qt8, qtf = np.zeros((0, 1, 4), np.int8), np.zeros((0, 1, 1), np.float32)
+    qv, corr32 = np.zeros((0, 4, 1), np.float32), np.zeros((0, 1), np.int32)
+    theta = np.full(1, -np.inf, np.float32)
+    failed = np.zeros(1, np.bool_)
+    while True:
+        cslot, cq, cub, cstate, res, res_n = _scan_buffers(1, 1, cap_r, cap_c)
+        _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table,
+              corr, u, ca, cb, cc, theta0, False, 1, k, 1, space, cslot, cq, cub, cstate, res, res_n)
+        if cstate[0, 1]:
+            cap_c *= 4  # the candidate buffer overflowed (adversarial data): again with room for more
+            continue
+        failed[0] = False
+        _merge_one(res, res_n, theta0, k, 0, theta, failed)
+        if not failed[0]:
+            break
+        theta0[0] = -np.inf  # the sampled threshold was too high: again from -inf
+    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
+    total = slots.shape[0]
+    keys = np.empty(total, np.float64)
+    _score_range(master, q64, np.zeros(total, np.int64), slots, l2, keys, 0, total)
+    sort = total <= sort_max
+    kths = np.empty(1, np.float64)
+    out_off = np.zeros(2, np.int64)
+    out_off[1] = _kept(keys, offsets, 0, k, sort, kths)
+    out_k = np.empty(out_off[1], np.float64)
+    out_i = np.empty(out_off[1], np.int64)
+    _select(keys, offsets, slots, ids, 0, k, sort, kths, out_off, out_k, out_i)
+    return out_k, out_i, np.empty(0, np.uint64) if sort else pack_keys(out_k), total

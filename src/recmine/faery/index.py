@@ -402,39 +402,14 @@ class Index:
         return scores, out_ids
 
     def _query_terms(self, q: np.ndarray, batch: bool) -> dict[str, np.ndarray]:
-        """Per-query arrays of the scan core: the quantised or float query, its score multiplier u and its bound
-        coefficients ca, cb, cc (see kernels' module docstring). int8 tier: the batch path quantises queries to int8
-        (the GEMM kernel multiplies bytes); the single path keeps 16 bits (two bytes), so the query's own rounding
-        adds almost nothing to the bound."""
+        """Per-query arrays of the scan core (`kernels.query_terms`): the quantised or float query, its score
+        multiplier u and its bound coefficients ca, cb, cc (see kernels' module docstring). int8 tier: the batch path
+        quantises queries to int8 (the GEMM kernel multiplies bytes); the single path keeps 16 bits (two bytes), so
+        the query's own rounding adds almost nothing to the bound."""
         c = self.corpus
         alpha = 2.0 if self._metric == "l2" else 1.0
-        q64 = q.astype(np.float64)
-        nq = q.shape[0]
-        qabs = np.abs(q64).sum(axis=1)
-        up = 1.0 + 1e-5  # rounds every coefficient up past float32 rounding
-        if c.storage == "int8":
-            levels = 127.0 if batch else 127.0 * 257.0  # 16 bits: hi * 256 + lo with hi in [-127, 127]
-            qs = (np.abs(q64).max(axis=1) / levels).astype(np.float32).astype(np.float64)
-            qhat = np.clip(np.rint(q64 / np.where(qs > 0, qs, 1.0)[:, None]), -levels, levels)
-            fnorm = np.sqrt(((q64 - qs[:, None] * qhat) ** 2).sum(axis=1))
-            hi = np.zeros((nq, c.pdim), np.int8)
-            lo = np.zeros((nq, c.pdim), np.int8)
-            if batch:
-                hi[:, : c.dim] = qhat
-            else:
-                h = np.floor((qhat + 128.0) / 256.0)
-                hi[:, : c.dim], lo[:, : c.dim] = h, qhat - 256.0 * h
-            return {"q8": hi, "q8lo": lo, "corr": (128 * qhat.sum(axis=1)).astype(np.int64),
-                    "u": (alpha * qs).astype(np.float32),
-                    "ca": (alpha * (0.5 * qabs + 0.5 * np.sqrt(c.dim) * fnorm) * up).astype(np.float32),
-                    "cb": (alpha * fnorm * up).astype(np.float32), "cc": np.zeros(nq, np.float32)}
-        eps = float(np.finfo(np.float32).eps)
-        qn = np.linalg.norm(q64, axis=1)
-        rel = (2.0 ** -11 if c.storage == "fp16" else 0.0) + (c.dim + 2) * eps * 1.01
-        cc = alpha * qabs * 2.0 ** -24 * up if c.storage == "fp16" else np.zeros(nq)
-        return {"qf": np.ascontiguousarray(q, np.float32), "corr": np.zeros(nq, np.int64),
-                "u": np.full(nq, alpha, np.float32), "ca": np.zeros(nq, np.float32),
-                "cb": (alpha * qn * rel * up).astype(np.float32), "cc": np.asarray(cc, np.float32)}
+        q8, q8lo, qf, corr, u, ca, cb, cc = kernels.query_terms(q, kernels.TIERS[c.storage], batch, alpha, c.pdim)
+        return {"q8": q8, "q8lo": q8lo, "qf": qf, "corr": corr, "u": u, "ca": ca, "cb": cb, "cc": cc}
 
     @staticmethod
     def _tiles(q: np.ndarray, lanes: int) -> np.ndarray:
@@ -450,10 +425,10 @@ class Index:
         pad[:nq] = q
         return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
 
-    def _query_rows(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @staticmethod
+    def _query_rows(t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(q8, q8lo, qf) of the scan kernels: the query's int8 halves or its float32 row (empty where unused)."""
-        q8 = t.get("q8", np.zeros((0, self.corpus.pdim), np.int8))
-        return q8, t.get("q8lo", q8), t.get("qf", np.zeros((0, self.corpus.dim), np.float32))
+        return t["q8"], t["q8lo"], t["qf"]
 
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -893,3 +893,62 @@ def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q
     out_i = np.empty(out_off[1], np.int64)
     _select(keys, offsets, slots, ids, 0, k, sort, kths, out_off, out_k, out_i)
     return out_k, out_i, np.empty(0, np.uint64) if sort else pack_keys(out_k), total
+
+
+@njit(cache=True, nogil=True)
+def query_terms(q, tier, batch, alpha, pdim):
+    """Per query the scan core's terms (see Index._query_terms): (q8, q8lo, qf, corr, u, ca, cb, cc). int8 tier:
+    the query quantised to 127 levels (batch) or to 16 bits as hi * 256 + lo with hi, lo bytes (single path), its
+    int8 offset 128 * sum(q^) and bound coefficients from its rounding error; float tiers: the float32 query and
+    its rounding coefficients. Every coefficient is rounded up past float32 rounding."""
+    nq, dim = q.shape
+    up = 1.0 + 1e-5
+    int8 = tier == INT8
+    rows8 = nq if int8 else 0
+    q8 = np.zeros((rows8, pdim), np.int8)
+    q8lo = np.zeros((rows8, pdim), np.int8)
+    qf = np.zeros((0 if int8 else nq, dim), np.float32)
+    corr = np.zeros(nq, np.int64)
+    u = np.full(nq, np.float32(alpha), np.float32)
+    ca = np.zeros(nq, np.float32)
+    cb = np.zeros(nq, np.float32)
+    cc = np.zeros(nq, np.float32)
+    levels = 127.0 if batch else 127.0 * 257.0  # 16 bits: hi * 256 + lo with hi in [-127, 127]
+    rel = (2.0 ** -11 if tier == FP16 else 0.0) + (dim + 2) * EPS32 * 1.01
+    for i in range(nq):
+        qabs = 0.0
+        top = 0.0
+        sq = 0.0
+        for j in range(dim):
+            v = np.float64(q[i, j])
+            qabs += abs(v)
+            top = max(top, abs(v))
+            sq += v * v
+        if not int8:
+            for j in range(dim):
+                qf[i, j] = q[i, j]
+            cb[i] = np.float32(alpha * np.sqrt(sq) * rel * up)
+            if tier == FP16:
+                cc[i] = np.float32(alpha * qabs * 2.0 ** -24 * up)
+            continue
+        qs = np.float64(np.float32(top / levels))
+        div = qs if qs > 0 else 1.0
+        err = 0.0
+        total = 0
+        for j in range(dim):
+            v = np.float64(q[i, j])
+            h = min(levels, max(-levels, np.rint(v / div)))
+            err += (v - qs * h) ** 2
+            total += np.int64(h)
+            if batch:
+                q8[i, j] = np.int8(h)
+            else:
+                hb = np.floor((h + 128.0) / 256.0)
+                q8[i, j] = np.int8(hb)
+                q8lo[i, j] = np.int8(h - 256.0 * hb)
+        fnorm = np.sqrt(err)
+        corr[i] = 128 * total
+        u[i] = np.float32(alpha * qs)
+        ca[i] = np.float32(alpha * (0.5 * qabs + 0.5 * np.sqrt(dim) * fnorm) * up)
+        cb[i] = np.float32(alpha * fnorm * up)
+    return q8, q8lo, qf, corr, u, ca, cb, cc

@@ -186,3 +186,46 @@ def test_large_k_with_scores_closer_than_a_float32_ulp_equals_the_oracle() -> No
             got_s, got_i = idx.search(q[i], k)
             assert np.array_equal(got_i[0], want_i[i]), k
             np.testing.assert_array_equal(got_s[0], want_s[i].astype(np.float32))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_one_call_single_path_retries_equal_the_oracle(metric: str) -> None:
+    """The single query's one compiled call (kernels.search_one) redoes its own work in two cases: the sampled
+    threshold proved too high (the sample rows are the corpus's best: far fewer than K rows reach it), and the
+    candidate buffer overflowed (thousands of identical rows tie with the threshold). Both equal the oracle,
+    ties by the smaller id, for K up to the whole corpus."""
+    n, dim = 40_000, 16
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32)
+    idx = Index(dim, metric=metric)
+    idx.add(x)
+    k = 1_000
+    sample, r = idx._sample(k, np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_))
+    x2 = x.copy()
+    x2[sample] = (q if metric == "l2" else q * 10.0) + 0.01 * x[sample]  # the sample rows: the corpus's best
+    idx2 = Index(dim, metric=metric)
+    idx2.add(x2)
+    assert 0 < r < k // 4 < k < sample.size  # the sample's r-th best lower bound: a few rows above it, not K
+    assert np.isin(brute_force_topk(x2, None, q[None], k, metric)[1], sample).all()
+    t, c = idx2._query_terms(q[None], False), idx2.corpus
+    theta0 = kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, sample,
+                                      *idx2._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"],
+                                      t["cc"], r)
+    none8, none64, nobits = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_)
+    assert idx2._run(t, k, none8, none64, nobits, theta0, False)[3].all()  # that threshold does prove too high
+    for kk in (k, n - 5):
+        want_s, want_i = brute_force_topk(x2, None, q[None], kk, metric)
+        got_s, got_i = idx2.search(q, kk)
+        assert np.array_equal(got_i, want_i), kk
+        np.testing.assert_array_equal(got_s, want_s.astype(np.float32))
+    same = np.repeat(rng.standard_normal((1, dim)).astype(np.float32), 20_000, axis=0)
+    x3 = np.concatenate([same, rng.standard_normal((3_000, dim)).astype(np.float32) * 0.01])
+    idx3 = Index(dim, metric=metric)
+    idx3.add(x3)
+    q3 = same[0] if metric == "ip" else same[0] + 0.5
+    for kk in (10, 5_000, x3.shape[0]):
+        want_s, want_i = brute_force_topk(x3, None, q3[None], kk, metric)
+        got_s, got_i = idx3.search(q3, kk)
+        assert np.array_equal(got_i, want_i), kk
+        np.testing.assert_array_equal(got_s, want_s.astype(np.float32))

@@ -430,6 +430,13 @@ class Index:
         """(q8, q8lo, qf) of the scan kernels: the query's int8 halves or its float32 row (empty where unused)."""
         return t["q8"], t["q8lo"], t["qf"]
 
+    @staticmethod
+    def _capacities(k: int, nq: int) -> tuple[int, int]:
+        """(reservoir per query, candidate buffer per lane) of a scan: 2K lower bounds (at least K + 256), and room
+        for twice that many candidates per query plus a block's worth (grown on overflow)."""
+        cap_r = max(2 * k, k + 256)
+        return cap_r, nq * (2 * cap_r + 4096)
+
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
@@ -439,7 +446,7 @@ class Index:
         int8 = c.storage == "int8"
         space = rowlist.shape[0] if rowlist.shape[0] else c.size
         nlanes = scan_lanes(space, c.bytes_per_row(), nq, numba.get_num_threads())
-        cap_r = max(2 * k, k + 256)
+        cap_r, cap_c = self._capacities(k, nq)
         lanes = min(64, 16 * -(-nq // 16)) if batch else 1
         q8, q8lo, qf = self._query_rows(t)
         qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
@@ -453,7 +460,6 @@ class Index:
                 pad[:nq] = t[name]
                 qv[:, j, :] = pad.reshape(nt, lanes)
             corr32.reshape(-1)[:nq] = t["corr"]
-        cap_c = nq * (2 * cap_r + 4096)
         while True:
             out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
                                c.ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, kernels.HALF_TABLE, t["corr"], t["u"],
@@ -467,25 +473,11 @@ class Index:
         or sparser while SAMPLE_EXPECT rows of the sample are still expected above the threshold) and r, set so
         that about 4 standard deviations more than K rows of the whole corpus are expected above the sample's r-th
         largest lower bound. r = 0: no sample (a small K or corpus)."""
-        none = np.zeros(0, np.int64), 0
         space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
         if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
-            return none
-        stride = max(SAMPLE_STRIDE, k // SAMPLE_EXPECT)
-        starts = np.arange(0, space, stride * 64)
-        pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
-        pos = pos[pos < space]
-        expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too
-        sample = rowlist[pos] if rowlist.shape[0] else pos
-        if mask.shape[0]:
-            sample = sample[mask[sample] != 0]
-        if bitmap.shape[0]:
-            sid = np.asarray(self.corpus.ids)[sample]
-            sample = sample[(sid >= 0) & (sid < bitmap.shape[0]) & bitmap[np.clip(sid, 0, bitmap.shape[0] - 1)]]
-        r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
-        if expect < 16 or r > sample.shape[0] // 2:
-            return none
-        return sample.astype(np.int64), r
+            return np.zeros(0, np.int64), 0
+        return kernels.sample_rows(k, space, max(SAMPLE_STRIDE, k // SAMPLE_EXPECT), rowlist, mask, self.corpus.ids,
+                                   bitmap)
 
     def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
                            bitmap: np.ndarray, batch: bool) -> np.ndarray:
@@ -511,17 +503,18 @@ class Index:
         large group's packed keys and its unpacking."""
         c = self.corpus
         sample, r = self._sample(k, mask, rowlist, bitmap)
-        cap_r = max(2 * k, k + 256)
         gk, gi, packed, passed = kernels.search_one(
             c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist, c.ids, bitmap,
             c.master, *self._query_rows(t), q64, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"], t["cc"],
-            sample, r, k, self._metric == "l2", SORT_IN_NUMPY, cap_r, 2 * cap_r + 4096)
+            sample, r, k, self._metric == "l2", SORT_IN_NUMPY, *self._capacities(k, 1))
         if packed.shape[0]:
             packed.sort()
             gk, gi = kernels.unpack_sorted(packed, gk, gi, k)
-        keys = np.full((1, k), np.inf)
+        if gk.shape[0] >= k:
+            return gk[None, :k], gi[None, :k], int(passed)
+        keys = np.full((1, k), np.inf)  # fewer: an id bitmap allowed fewer rows than it promised
         ids = np.full((1, k), -1, np.int64)
-        m = min(k, gk.shape[0])  # fewer when an id bitmap allows fewer rows than it promised
+        m = gk.shape[0]
         keys[0, :m], ids[0, :m] = gk[:m], gi[:m]
         return keys, ids, int(passed)
 

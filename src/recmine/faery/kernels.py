@@ -5,7 +5,8 @@ One scan core (`scan`) serves single queries and batches, every storage tier (in
 (all rows, live rows, an allow-mask, a list of allowed rows); only the kernel that produces the dot products of a
 block differs: `simd.rowdot8` (one int8 query, eight rows a call), `simd.tile` (a tile of up to 64 queries
 against a few rows: the batch path's int8 VNNI or fp32-FMA GEMM micro-kernel) or a plain fp32 dot (fp16/fp32 tiers,
-one query). Every score and bound then goes through the same filter and selection.
+one query). Every score and bound then goes through the same filter and selection. A single query on one lane
+runs every step (sampled threshold, scan, merge, exact re-rank) in one compiled call (`search_one`).
 
 Exactness: for every (query, row), |exact - approx| <= bound, exact = q.x in float64 from the fp32 master, with
 
@@ -509,7 +510,9 @@ def _merge_one(res, res_n, theta0, k, q, theta, failed):
     total = 0
     for lane in range(nlanes):
         total += res_n[lane, q]
-    if total >= k:
+    if total >= k and nlanes == 1:  # one lane: its reservoir as it is (kth_value copies what it reorders)
+        theta[q] = kth_value(res[0, q, :total], total - k)
+    elif total >= k:
         vals = np.empty(total, np.float32)
         m = 0
         for lane in range(nlanes):
@@ -952,3 +955,31 @@ def query_terms(q, tier, batch, alpha, pdim):
         ca[i] = np.float32(alpha * (0.5 * qabs + 0.5 * np.sqrt(dim) * fnorm) * up)
         cb[i] = np.float32(alpha * fnorm * up)
     return q8, q8lo, qf, corr, u, ca, cb, cc
+
+
+@njit(cache=True, nogil=True)
+def sample_rows(k, space, stride, rowlist, mask, ids, bitmap):
+    """(rows, r) of a large K's sampled starting threshold (see Index._sample): a block of 64 rows of the scanned
+    row set in every `stride` blocks, those the mask and the id bitmap allow, and the rank r whose threshold about
+    4 standard deviations more than K rows of the whole set are expected to reach; r = 0: the sample is too
+    small for that."""
+    npos = 0
+    for s0 in range(0, space, stride * 64):
+        npos += min(64, space - s0)
+    rows = np.empty(npos, np.int64)
+    m = 0
+    nb = bitmap.shape[0]
+    for s0 in range(0, space, stride * 64):
+        for p in range(s0, min(space, s0 + 64)):
+            row = rowlist[p] if rowlist.shape[0] else p
+            if mask.shape[0] and mask[row] == 0:
+                continue
+            if nb and not (0 <= ids[row] < nb and bitmap[ids[row]]):
+                continue
+            rows[m] = row
+            m += 1
+    expect = k * npos / space  # the sample is that fraction of the allowed rows too
+    r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
+    if expect < 16 or r > m // 2:
+        return rows[:0], 0
+    return rows[:m], r

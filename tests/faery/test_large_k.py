@@ -229,3 +229,28 @@ def test_one_call_single_path_retries_equal_the_oracle(metric: str) -> None:
         got_s, got_i = idx3.search(q3, kk)
         assert np.array_equal(got_i, want_i), kk
         np.testing.assert_array_equal(got_s, want_s.astype(np.float32))
+
+
+def test_concurrent_batches_on_kept_scan_buffers_equal_the_oracle() -> None:
+    """Scan buffers are kept per thread for the next scan (Index._scan_buffers): four threads searching batches of
+    the same shape (same buffer sizes) at once on one index, with and without a filter, each equal the oracle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((30_000, 16)).astype(np.float32)
+    idx = Index(16)
+    idx.add(x)
+    bits = rng.random(x.shape[0]) < 0.4
+    qs = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)  # per thread, three batches of 16 queries
+
+    def work(i: int) -> bool:
+        ok = True
+        for j in range(qs.shape[1]):
+            allow = bits if j % 2 else None
+            _, got = idx.search(qs[i, j], 300, allow=allow)
+            rows = np.flatnonzero(bits) if allow is not None else np.arange(x.shape[0])
+            ok &= np.array_equal(got, brute_force_topk(x[rows], rows, qs[i, j], 300)[1])
+        return ok and len(idx._local.scan) > 0  # this thread's buffers were kept (and reused by its later batches)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))

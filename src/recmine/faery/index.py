@@ -24,6 +24,7 @@ RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups who
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
 SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
 SAMPLE_EXPECT = 256  # a sparser sample while it still expects this many rows above the threshold
+KEEP_SCAN_BYTES = 16 << 20  # scan buffers up to this size are kept per thread for the next scan (Index._scan_buffers)
 SORT_IN_NUMPY = 2048  # re-ranked groups larger than this are ordered by numpy's (vectorised) sort
 
 
@@ -133,6 +134,7 @@ class Index:
         self._next_id = 0
         self._last_pass_rate = float("nan")
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: scan buffers kept for reuse
 
     # ---- properties
     @property
@@ -437,6 +439,19 @@ class Index:
         cap_r = max(2 * k, k + 256)
         return cap_r, nq * (2 * cap_r + 4096)
 
+    def _scan_buffers(self, nlanes: int, nq: int, cap_r: int, cap_c: int) -> tuple[np.ndarray, ...]:
+        """`kernels.scan_buffers`, kept per thread for the next scan of the same shape while under KEEP_SCAN_BYTES:
+        a batch's buffers take megabytes, which the allocator maps afresh on every call, and the page faults of
+        that cost a batch of 64 queries several percent."""
+        key = (nlanes, nq, cap_r, cap_c)
+        held = getattr(self._local, "scan", {})
+        if key in held:
+            return held[key]
+        bufs = kernels.scan_buffers(nlanes, nq, cap_r, cap_c)
+        if sum(b.nbytes for b in bufs) <= KEEP_SCAN_BYTES:
+            self._local.scan = {**(held if len(held) < 2 else {}), key: bufs}
+        return bufs
+
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the scan core over the rows for the queries of t, then the merge: (offsets, slots,
@@ -463,7 +478,8 @@ class Index:
         while True:
             out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
                                c.ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, kernels.HALF_TABLE, t["corr"], t["u"],
-                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
+                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes,
+                               *self._scan_buffers(nlanes, nq, cap_r, cap_c))
             if not out[3][:, 1].any():
                 return kernels.merge(*out, theta0, k)
             cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more
@@ -605,6 +621,7 @@ class Index:
         idx._next_id = int(manifest.get("next_id", 0))
         idx._last_pass_rate = float("nan")
         idx._lock = threading.Lock()
+        idx._local = threading.local()
         return idx
 
     @staticmethod

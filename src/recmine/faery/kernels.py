@@ -465,9 +465,9 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
 
 
 @njit(cache=True, nogil=True)
-def _scan_buffers(nlanes, nq, cap_r, cap_c):
+def scan_buffers(nlanes, nq, cap_r, cap_c):
     """Per lane: the candidate buffer (slot, query, upper bound), its (count, overflow) state, each query's
-    reservoir of lower bounds and its fill (allocated out of the parallel scan: no parfor of its own)."""
+    reservoir of lower bounds and its fill."""
     cslot = np.empty((nlanes, cap_c), np.int64)
     cq = np.empty((nlanes, cap_c), np.int32)
     cub = np.empty((nlanes, cap_c), np.float32)
@@ -479,7 +479,7 @@ def _scan_buffers(nlanes, nq, cap_r, cap_c):
 
 @njit(cache=True, nogil=True, parallel=True)
 def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
-         ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
+         ca, cb, cc, theta0, batch, lanes, k, nlanes, cslot, cq, cub, cstate, res, res_n):
     """The scan core (see module docstring). Rows scanned: rowlist (sorted slots) when non-empty, else the rows
     whose mask byte is set (every row when mask is empty) and, when bitmap is non-empty, whose id it allows
     (bitmap[ids[r]]). Queries: q8/q8lo (int8 tier, single
@@ -488,10 +488,12 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
     offsets corr32 (ntiles, lanes) as the micro-kernel's epilogue reads them). theta0: each query's starting
     threshold (-inf, or a sampled one that `merge` verifies).
 
-    Returns per lane: candidates (slot, query, upper bound) and their count, each query's reservoir of lower bounds
-    and its fill, and an overflow flag (the candidate buffer was too small: the caller retries with a larger one)."""
+    Fills per lane (the caller's buffers, `scan_buffers`; cstate and res_n zeroed): candidates (slot, query, upper
+    bound) and their count, each query's reservoir of lower bounds and its fill, and an overflow flag (the candidate
+    buffer was too small: the caller retries with a larger one); returns them."""
     space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
-    cslot, cq, cub, cstate, res, res_n = _scan_buffers(nlanes, corr.shape[0], cap_r, cap_c)
+    cstate[:] = 0
+    res_n[:] = 0
     if nlanes == 1:  # no parallel region for one lane (a thread hand-off costs a time slice on a busy machine)
         _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
               u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n)
@@ -873,7 +875,7 @@ def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q
     theta = np.full(1, -np.inf, np.float32)
     failed = np.zeros(1, np.bool_)
     while True:
-        cslot, cq, cub, cstate, res, res_n = _scan_buffers(1, 1, cap_r, cap_c)
+        cslot, cq, cub, cstate, res, res_n = scan_buffers(1, 1, cap_r, cap_c)
         _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table,
               corr, u, ca, cb, cc, theta0, False, 1, k, 1, space, cslot, cq, cub, cstate, res, res_n)
         if cstate[0, 1]:

@@ -92,9 +92,9 @@ def test_scan_lanes_rule() -> None:
 
 
 def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """40,000 x 64 int8 (2.7 MB): a single query's scan gets one lane and its re-rank no parallel region at 2
-    threads (a second lane's hand-off and merge cost more than they save there); a batch of 64 queries over the same
-    rows (174 MB of scan work) gets both lanes. Results equal the oracle either way."""
+    """40,000 x 64 int8 (2.7 MB): a single query's scan gets one lane at 2 threads, every step in one compiled call
+    with no parallel region (a second lane's hand-off and merge cost more than they save there); a batch of 64
+    queries over the same rows (174 MB of scan work) gets both lanes. Results equal the oracle either way."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 threads")
     rng = np.random.default_rng(12)
@@ -102,18 +102,18 @@ def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.Monkey
     idx = Index(64)
     idx.add(x)
     seen: list[tuple[str, object]] = []
-    scan, rerank = kernels.scan, kernels.rerank
+    scan, one = kernels.scan, kernels.search_one
 
     def spy_scan(*args: object) -> object:
         seen.append(("scan", args[26]))  # nlanes
         return scan(*args)
 
-    def spy_rerank(*args: object) -> object:
-        seen.append(("rerank", args[8:]))  # the parallel flag (absent before it existed)
-        return rerank(*args)
+    def spy_one(*args: object) -> object:
+        seen.append(("one", None))
+        return one(*args)
 
     monkeypatch.setattr(kernels, "scan", spy_scan)
-    monkeypatch.setattr(kernels, "rerank", spy_rerank)
+    monkeypatch.setattr(kernels, "search_one", spy_one)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
@@ -121,8 +121,7 @@ def test_a_small_scan_runs_on_one_lane_at_two_threads(monkeypatch: pytest.Monkey
         for k in (10, 5_000):
             seen.clear()
             got_s, got_i = idx.search(q[0], k)
-            assert [v for name, v in seen if name == "scan"][-1] == 1, k
-            assert [v for name, v in seen if name == "rerank"] == [(False,)], k
+            assert seen == [("one", None)], k
             want_s, want_i = brute_force_topk(x, None, q[:1], k)
             assert np.array_equal(got_i, want_i)
         seen.clear()
@@ -187,3 +186,71 @@ def test_large_k_with_scores_closer_than_a_float32_ulp_equals_the_oracle() -> No
             got_s, got_i = idx.search(q[i], k)
             assert np.array_equal(got_i[0], want_i[i]), k
             np.testing.assert_array_equal(got_s[0], want_s[i].astype(np.float32))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_one_call_single_path_retries_equal_the_oracle(metric: str) -> None:
+    """The single query's one compiled call (kernels.search_one) redoes its own work in two cases: the sampled
+    threshold proved too high (the sample rows are the corpus's best: far fewer than K rows reach it), and the
+    candidate buffer overflowed (thousands of identical rows tie with the threshold). Both equal the oracle,
+    ties by the smaller id, for K up to the whole corpus."""
+    n, dim = 40_000, 16
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32)
+    idx = Index(dim, metric=metric)
+    idx.add(x)
+    k = 1_000
+    sample, r = idx._sample(k, np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_))
+    x2 = x.copy()
+    x2[sample] = (q if metric == "l2" else q * 10.0) + 0.01 * x[sample]  # the sample rows: the corpus's best
+    idx2 = Index(dim, metric=metric)
+    idx2.add(x2)
+    assert 0 < r < k // 4 < k < sample.size  # the sample's r-th best lower bound: a few rows above it, not K
+    assert np.isin(brute_force_topk(x2, None, q[None], k, metric)[1], sample).all()
+    t, c = idx2._query_terms(q[None], False), idx2.corpus
+    theta0 = kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, sample,
+                                      *idx2._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"],
+                                      t["cc"], r)
+    none8, none64, nobits = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.bool_)
+    assert idx2._run(t, k, none8, none64, nobits, theta0, False)[3].all()  # that threshold does prove too high
+    for kk in (k, n - 5):
+        want_s, want_i = brute_force_topk(x2, None, q[None], kk, metric)
+        got_s, got_i = idx2.search(q, kk)
+        assert np.array_equal(got_i, want_i), kk
+        np.testing.assert_array_equal(got_s, want_s.astype(np.float32))
+    same = np.repeat(rng.standard_normal((1, dim)).astype(np.float32), 20_000, axis=0)
+    x3 = np.concatenate([same, rng.standard_normal((3_000, dim)).astype(np.float32) * 0.01])
+    idx3 = Index(dim, metric=metric)
+    idx3.add(x3)
+    q3 = same[0] if metric == "ip" else same[0] + 0.5
+    for kk in (10, 5_000, x3.shape[0]):
+        want_s, want_i = brute_force_topk(x3, None, q3[None], kk, metric)
+        got_s, got_i = idx3.search(q3, kk)
+        assert np.array_equal(got_i, want_i), kk
+        np.testing.assert_array_equal(got_s, want_s.astype(np.float32))
+
+
+def test_concurrent_batches_on_kept_scan_buffers_equal_the_oracle() -> None:
+    """Scan buffers are kept per thread for the next scan (Index._scan_buffers): four threads searching batches of
+    the same shape (same buffer sizes) at once on one index, with and without a filter, each equal the oracle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((30_000, 16)).astype(np.float32)
+    idx = Index(16)
+    idx.add(x)
+    bits = rng.random(x.shape[0]) < 0.4
+    qs = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)  # per thread, three batches of 16 queries
+
+    def work(i: int) -> bool:
+        ok = True
+        for j in range(qs.shape[1]):
+            allow = bits if j % 2 else None
+            _, got = idx.search(qs[i, j], 300, allow=allow)
+            rows = np.flatnonzero(bits) if allow is not None else np.arange(x.shape[0])
+            ok &= np.array_equal(got, brute_force_topk(x[rows], rows, qs[i, j], 300)[1])
+        return ok and len(idx._local.scan) > 0  # this thread's buffers were kept (and reused by its later batches)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))

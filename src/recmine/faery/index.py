@@ -24,6 +24,7 @@ RESERVOIR_BYTES = 64 << 20  # per query group: queries are scanned in groups who
 SAMPLE_MIN_K = 256  # from this K on, a sampled starting threshold (see Index._sampled_threshold)
 SAMPLE_STRIDE = 32  # the sample: one block of 64 rows in every 32 (or sparser at large K, see SAMPLE_EXPECT)
 SAMPLE_EXPECT = 256  # a sparser sample while it still expects this many rows above the threshold
+KEEP_SCAN_BYTES = 16 << 20  # scan buffers up to this size are kept per thread for the next scan (Index._scan_buffers)
 SORT_IN_NUMPY = 2048  # re-ranked groups larger than this are ordered by numpy's (vectorised) sort
 
 
@@ -133,6 +134,7 @@ class Index:
         self._next_id = 0
         self._last_pass_rate = float("nan")
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: scan buffers kept for reuse
 
     # ---- properties
     @property
@@ -402,39 +404,14 @@ class Index:
         return scores, out_ids
 
     def _query_terms(self, q: np.ndarray, batch: bool) -> dict[str, np.ndarray]:
-        """Per-query arrays of the scan core: the quantised or float query, its score multiplier u and its bound
-        coefficients ca, cb, cc (see kernels' module docstring). int8 tier: the batch path quantises queries to int8
-        (the GEMM kernel multiplies bytes); the single path keeps 16 bits (two bytes), so the query's own rounding
-        adds almost nothing to the bound."""
+        """Per-query arrays of the scan core (`kernels.query_terms`): the quantised or float query, its score
+        multiplier u and its bound coefficients ca, cb, cc (see kernels' module docstring). int8 tier: the batch path
+        quantises queries to int8 (the GEMM kernel multiplies bytes); the single path keeps 16 bits (two bytes), so
+        the query's own rounding adds almost nothing to the bound."""
         c = self.corpus
         alpha = 2.0 if self._metric == "l2" else 1.0
-        q64 = q.astype(np.float64)
-        nq = q.shape[0]
-        qabs = np.abs(q64).sum(axis=1)
-        up = 1.0 + 1e-5  # rounds every coefficient up past float32 rounding
-        if c.storage == "int8":
-            levels = 127.0 if batch else 127.0 * 257.0  # 16 bits: hi * 256 + lo with hi in [-127, 127]
-            qs = (np.abs(q64).max(axis=1) / levels).astype(np.float32).astype(np.float64)
-            qhat = np.clip(np.rint(q64 / np.where(qs > 0, qs, 1.0)[:, None]), -levels, levels)
-            fnorm = np.sqrt(((q64 - qs[:, None] * qhat) ** 2).sum(axis=1))
-            hi = np.zeros((nq, c.pdim), np.int8)
-            lo = np.zeros((nq, c.pdim), np.int8)
-            if batch:
-                hi[:, : c.dim] = qhat
-            else:
-                h = np.floor((qhat + 128.0) / 256.0)
-                hi[:, : c.dim], lo[:, : c.dim] = h, qhat - 256.0 * h
-            return {"q8": hi, "q8lo": lo, "corr": (128 * qhat.sum(axis=1)).astype(np.int64),
-                    "u": (alpha * qs).astype(np.float32),
-                    "ca": (alpha * (0.5 * qabs + 0.5 * np.sqrt(c.dim) * fnorm) * up).astype(np.float32),
-                    "cb": (alpha * fnorm * up).astype(np.float32), "cc": np.zeros(nq, np.float32)}
-        eps = float(np.finfo(np.float32).eps)
-        qn = np.linalg.norm(q64, axis=1)
-        rel = (2.0 ** -11 if c.storage == "fp16" else 0.0) + (c.dim + 2) * eps * 1.01
-        cc = alpha * qabs * 2.0 ** -24 * up if c.storage == "fp16" else np.zeros(nq)
-        return {"qf": np.ascontiguousarray(q, np.float32), "corr": np.zeros(nq, np.int64),
-                "u": np.full(nq, alpha, np.float32), "ca": np.zeros(nq, np.float32),
-                "cb": (alpha * qn * rel * up).astype(np.float32), "cc": np.asarray(cc, np.float32)}
+        q8, q8lo, qf, corr, u, ca, cb, cc = kernels.query_terms(q, kernels.TIERS[c.storage], batch, alpha, c.pdim)
+        return {"q8": q8, "q8lo": q8lo, "qf": qf, "corr": corr, "u": u, "ca": ca, "cb": cb, "cc": cc}
 
     @staticmethod
     def _tiles(q: np.ndarray, lanes: int) -> np.ndarray:
@@ -450,10 +427,30 @@ class Index:
         pad[:nq] = q
         return np.ascontiguousarray(pad.reshape(nt, lanes, q.shape[1]).transpose(0, 2, 1))
 
-    def _query_rows(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @staticmethod
+    def _query_rows(t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(q8, q8lo, qf) of the scan kernels: the query's int8 halves or its float32 row (empty where unused)."""
-        q8 = t.get("q8", np.zeros((0, self.corpus.pdim), np.int8))
-        return q8, t.get("q8lo", q8), t.get("qf", np.zeros((0, self.corpus.dim), np.float32))
+        return t["q8"], t["q8lo"], t["qf"]
+
+    @staticmethod
+    def _capacities(k: int, nq: int) -> tuple[int, int]:
+        """(reservoir per query, candidate buffer per lane) of a scan: 2K lower bounds (at least K + 256), and room
+        for twice that many candidates per query plus a block's worth (grown on overflow)."""
+        cap_r = max(2 * k, k + 256)
+        return cap_r, nq * (2 * cap_r + 4096)
+
+    def _scan_buffers(self, nlanes: int, nq: int, cap_r: int, cap_c: int) -> tuple[np.ndarray, ...]:
+        """`kernels.scan_buffers`, kept per thread for the next scan of the same shape while under KEEP_SCAN_BYTES:
+        a batch's buffers take megabytes, which the allocator maps afresh on every call, and the page faults of
+        that cost a batch of 64 queries several percent."""
+        key = (nlanes, nq, cap_r, cap_c)
+        held = getattr(self._local, "scan", {})
+        if key in held:
+            return held[key]
+        bufs = kernels.scan_buffers(nlanes, nq, cap_r, cap_c)
+        if sum(b.nbytes for b in bufs) <= KEEP_SCAN_BYTES:
+            self._local.scan = {**(held if len(held) < 2 else {}), key: bufs}
+        return bufs
 
     def _run(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray,
              theta0: np.ndarray, batch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -464,7 +461,7 @@ class Index:
         int8 = c.storage == "int8"
         space = rowlist.shape[0] if rowlist.shape[0] else c.size
         nlanes = scan_lanes(space, c.bytes_per_row(), nq, numba.get_num_threads())
-        cap_r = max(2 * k, k + 256)
+        cap_r, cap_c = self._capacities(k, nq)
         lanes = min(64, 16 * -(-nq // 16)) if batch else 1
         q8, q8lo, qf = self._query_rows(t)
         qt8 = self._tiles(q8, lanes) if batch and int8 else np.zeros((0, 1, 4), np.int8)
@@ -478,49 +475,64 @@ class Index:
                 pad[:nq] = t[name]
                 qv[:, j, :] = pad.reshape(nt, lanes)
             corr32.reshape(-1)[:nq] = t["corr"]
-        cap_c = nq * (2 * cap_r + 4096)
         while True:
             out = kernels.scan(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist,
                                c.ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, kernels.HALF_TABLE, t["corr"], t["u"],
-                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes, cap_r, cap_c)
+                               t["ca"], t["cb"], t["cc"], theta0, batch, lanes, k, nlanes,
+                               *self._scan_buffers(nlanes, nq, cap_r, cap_c))
             if not out[3][:, 1].any():
                 return kernels.merge(*out, theta0, k)
             cap_c *= 4  # a candidate buffer overflowed (adversarial data): rescan with room for more
 
-    def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
-                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
-        """A starting threshold per query for large K, from every stride-th block of rows (SAMPLE_STRIDE, or sparser
-        while SAMPLE_EXPECT rows of the sample are still expected above the threshold): the r-th largest
-        lower bound in the sample, r set so that about 4 standard deviations more than K rows of the whole corpus
-        are expected above it. The scan then passes few more than the final candidates from its first row on; if
-        the guess was too high (fewer than K rows reach it), merge reports it and the query is scanned again."""
-        nq = t["u"].shape[0]
-        none = np.full(nq, -np.inf, np.float32)
+    def _sample(self, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray) -> tuple[np.ndarray, int]:
+        """The rows and rank of a large K's sampled starting threshold: every stride-th block of rows (SAMPLE_STRIDE,
+        or sparser while SAMPLE_EXPECT rows of the sample are still expected above the threshold) and r, set so
+        that about 4 standard deviations more than K rows of the whole corpus are expected above the sample's r-th
+        largest lower bound. r = 0: no sample (a small K or corpus)."""
         space = rowlist.shape[0] if rowlist.shape[0] else self.corpus.size
         if k < SAMPLE_MIN_K or space < SAMPLE_STRIDE * 64 * 8:
-            return none
-        stride = max(SAMPLE_STRIDE, k // SAMPLE_EXPECT)
-        starts = np.arange(0, space, stride * 64)
-        pos = (starts[:, None] + np.arange(64)[None, :]).ravel()
-        pos = pos[pos < space]
-        expect = k * pos.shape[0] / space  # the sample is that fraction of the allowed rows too
-        sample = rowlist[pos] if rowlist.shape[0] else pos
-        if mask.shape[0]:
-            sample = sample[mask[sample] != 0]
-        if bitmap.shape[0]:
-            sid = np.asarray(self.corpus.ids)[sample]
-            sample = sample[(sid >= 0) & (sid < bitmap.shape[0]) & bitmap[np.clip(sid, 0, bitmap.shape[0] - 1)]]
-        r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
-        if expect < 16 or r > sample.shape[0] // 2:
-            return none
-        sample = sample.astype(np.int64)
+            return np.zeros(0, np.int64), 0
+        return kernels.sample_rows(k, space, max(SAMPLE_STRIDE, k // SAMPLE_EXPECT), rowlist, mask, self.corpus.ids,
+                                   bitmap)
+
+    def _sampled_threshold(self, t: dict[str, np.ndarray], k: int, mask: np.ndarray, rowlist: np.ndarray,
+                           bitmap: np.ndarray, batch: bool) -> np.ndarray:
+        """A starting threshold per query for large K: the r-th largest lower bound over the rows of `_sample`.
+        The scan then passes few more than the final candidates from its first row on; if the guess was too high
+        (fewer than K rows reach it), merge reports it and the query is scanned again."""
+        nq = t["u"].shape[0]
+        sample, r = self._sample(k, mask, rowlist, bitmap)
+        if r == 0:
+            return np.full(nq, -np.inf, np.float32)
         if not batch:  # one pass of lower bounds and a selection (no scan machinery: ~0.1 ms less a query)
             c = self.corpus
             return kernels.sample_threshold(c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias,
                                             sample, *self._query_rows(t), kernels.HALF_TABLE, t["corr"], t["u"],
                                             t["ca"], t["cb"], t["cc"], r)
-        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_), none, batch)
+        _, _, theta, failed = self._run(t, r, np.zeros(0, np.uint8), sample, np.zeros(0, np.bool_),
+                                        np.full(nq, -np.inf, np.float32), batch)
         return np.where(failed, -np.inf, theta).astype(np.float32)
+
+    def _scan_one(self, t: dict[str, np.ndarray], q64: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray,
+                  bitmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """One query on one lane (see `_scan`) in one compiled call (`kernels.search_one`), plus numpy's sort of a
+        large group's packed keys and its unpacking."""
+        c = self.corpus
+        sample, r = self._sample(k, mask, rowlist, bitmap)
+        gk, gi, packed, passed = kernels.search_one(
+            c.packed[: c.size], kernels.TIERS[c.storage], c.scale, c.norms, c.bias, mask, rowlist, c.ids, bitmap,
+            c.master, *self._query_rows(t), q64, kernels.HALF_TABLE, t["corr"], t["u"], t["ca"], t["cb"], t["cc"],
+            sample, r, k, self._metric == "l2", SORT_IN_NUMPY, *self._capacities(k, 1))
+        if packed.shape[0]:
+            packed.sort()
+            gk, gi = kernels.unpack_sorted(packed, gk, gi, k)
+        if gk.shape[0] >= k:
+            return gk[None, :k], gi[None, :k], int(passed)
+        keys = np.full((1, k), np.inf)  # fewer: an id bitmap allowed fewer rows than it promised
+        ids = np.full((1, k), -1, np.int64)
+        m = gk.shape[0]
+        keys[0, :m], ids[0, :m] = gk[:m], gi[:m]
+        return keys, ids, int(passed)
 
     def _scan(self, q: np.ndarray, k: int, mask: np.ndarray, rowlist: np.ndarray, bitmap: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -531,10 +543,13 @@ class Index:
         batch = nq >= BATCH_MIN_QUERIES[c.storage]
         terms = self._query_terms(q, batch)
         q64 = q.astype(np.float64)
+        nlanes = numba.get_num_threads()
+        space = rowlist.shape[0] if rowlist.shape[0] else c.size
+        if nq == 1 and scan_lanes(space, c.bytes_per_row(), 1, nlanes) == 1:
+            return self._scan_one(terms, q64, k, mask, rowlist, bitmap)
         keys = np.full((nq, k), np.inf)
         ids = np.full((nq, k), -1, np.int64)
         passed = 0
-        nlanes = numba.get_num_threads()
         group = max(1, RESERVOIR_BYTES // (4 * nlanes * max(2 * k, k + 256)))
         if batch:
             group = max(64, group // 64 * 64)
@@ -554,7 +569,6 @@ class Index:
                 offsets = np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64)
                 slots = np.concatenate(parts).astype(np.int64)
             big = int(np.diff(offsets).max(initial=0)) > SORT_IN_NUMPY
-            space = rowlist.shape[0] if rowlist.shape[0] else c.size
             wide = scan_lanes(space, c.bytes_per_row(), sl.stop - sl.start, nlanes) > 1
             kg, ig, og = kernels.rerank(c.master, q64[sl], offsets, slots, c.ids, self._metric == "l2", k, not big,
                                         wide)
@@ -607,6 +621,7 @@ class Index:
         idx._next_id = int(manifest.get("next_id", 0))
         idx._last_pass_rate = float("nan")
         idx._lock = threading.Lock()
+        idx._local = threading.local()
         return idx
 
     @staticmethod

@@ -5,7 +5,8 @@ One scan core (`scan`) serves single queries and batches, every storage tier (in
 (all rows, live rows, an allow-mask, a list of allowed rows); only the kernel that produces the dot products of a
 block differs: `simd.rowdot8` (one int8 query, eight rows a call), `simd.tile` (a tile of up to 64 queries
 against a few rows: the batch path's int8 VNNI or fp32-FMA GEMM micro-kernel) or a plain fp32 dot (fp16/fp32 tiers,
-one query). Every score and bound then goes through the same filter and selection.
+one query). Every score and bound then goes through the same filter and selection. A single query on one lane
+runs every step (sampled threshold, scan, merge, exact re-rank) in one compiled call (`search_one`).
 
 Exactness: for every (query, row), |exact - approx| <= bound, exact = q.x in float64 from the fp32 master, with
 
@@ -463,9 +464,22 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                     break
 
 
+@njit(cache=True, nogil=True)
+def scan_buffers(nlanes, nq, cap_r, cap_c):
+    """Per lane: the candidate buffer (slot, query, upper bound), its (count, overflow) state, each query's
+    reservoir of lower bounds and its fill."""
+    cslot = np.empty((nlanes, cap_c), np.int64)
+    cq = np.empty((nlanes, cap_c), np.int32)
+    cub = np.empty((nlanes, cap_c), np.float32)
+    cstate = np.zeros((nlanes, 2), np.int64)
+    res = np.empty((nlanes, nq, cap_r), np.float32)
+    res_n = np.zeros((nlanes, nq), np.int64)
+    return cslot, cq, cub, cstate, res, res_n
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr, u,
-         ca, cb, cc, theta0, batch, lanes, k, nlanes, cap_r, cap_c):
+         ca, cb, cc, theta0, batch, lanes, k, nlanes, cslot, cq, cub, cstate, res, res_n):
     """The scan core (see module docstring). Rows scanned: rowlist (sorted slots) when non-empty, else the rows
     whose mask byte is set (every row when mask is empty) and, when bitmap is non-empty, whose id it allows
     (bitmap[ids[r]]). Queries: q8/q8lo (int8 tier, single
@@ -474,16 +488,12 @@ def scan(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, q
     offsets corr32 (ntiles, lanes) as the micro-kernel's epilogue reads them). theta0: each query's starting
     threshold (-inf, or a sampled one that `merge` verifies).
 
-    Returns per lane: candidates (slot, query, upper bound) and their count, each query's reservoir of lower bounds
-    and its fill, and an overflow flag (the candidate buffer was too small: the caller retries with a larger one)."""
-    nq = corr.shape[0]
+    Fills per lane (the caller's buffers, `scan_buffers`; cstate and res_n zeroed): candidates (slot, query, upper
+    bound) and their count, each query's reservoir of lower bounds and its fill, and an overflow flag (the candidate
+    buffer was too small: the caller retries with a larger one); returns them."""
     space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
-    cslot = np.empty((nlanes, cap_c), np.int64)
-    cq = np.empty((nlanes, cap_c), np.int32)
-    cub = np.empty((nlanes, cap_c), np.float32)
-    cstate = np.zeros((nlanes, 2), np.int64)
-    res = np.empty((nlanes, nq, cap_r), np.float32)
-    res_n = np.zeros((nlanes, nq), np.int64)
+    cstate[:] = 0
+    res_n[:] = 0
     if nlanes == 1:  # no parallel region for one lane (a thread hand-off costs a time slice on a busy machine)
         _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table, corr,
               u, ca, cb, cc, theta0, batch, lanes, k, nlanes, space, cslot, cq, cub, cstate, res, res_n)
@@ -502,7 +512,9 @@ def _merge_one(res, res_n, theta0, k, q, theta, failed):
     total = 0
     for lane in range(nlanes):
         total += res_n[lane, q]
-    if total >= k:
+    if total >= k and nlanes == 1:  # one lane: its reservoir as it is (kth_value copies what it reorders)
+        theta[q] = kth_value(res[0, q, :total], total - k)
+    elif total >= k:
         vals = np.empty(total, np.float32)
         m = 0
         for lane in range(nlanes):
@@ -529,6 +541,15 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
     else:  # no parallel region for a few queries: each costs a thread hand-off (a time slice on a busy machine)
         for q in range(nq):
             _merge_one(res, res_n, theta0, k, q, theta, failed)
+    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
+    return offsets, slots, theta, failed
+
+
+@njit(cache=True, nogil=True)
+def _collect(cslot, cq, cub, cstate, theta):
+    """(offsets (nq + 1), slots grouped by query) of every lane's candidates whose upper bound reaches their query's
+    threshold theta (the second half of merge)."""
+    nlanes, nq = cstate.shape[0], theta.shape[0]
     counts = np.zeros(nq + 1, np.int64)
     for lane in range(nlanes):
         for e in range(cstate[lane, 0]):
@@ -544,7 +565,7 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
             if cub[lane, e] >= theta[q]:
                 slots[fill[q]] = cslot[lane, e]
                 fill[q] += 1
-    return offsets, slots, theta, failed
+    return offsets, slots
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -831,3 +852,136 @@ def gather_rows_down(arr, keep):
         s = keep[i]
         if s != i:
             arr[i] = arr[s]
+
+
+@njit(cache=True, nogil=True)
+def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q8, q8lo, qf, q64, table, corr, u, ca,
+               cb, cc, sample, r, k, l2, sort_max, cap_r, cap_c):
+    """One query on one lane, every step in one call (a call from Python costs microseconds of argument unboxing
+    each): the sampled starting threshold (r > 0: the r-th largest lower bound over `sample`), the scan, the merge
+    (scanned again from -inf when the sampled threshold proved too high, and with a larger candidate buffer when
+    it overflowed), the exact re-rank and its selection. Arguments as `scan`, `sample_threshold` and `rerank`.
+
+    Returns (keys, ids, packed, candidates): the kept candidates' exact keys and ids, in final order and cut to k
+    when there are at most sort_max candidates (packed empty); else every candidate with a key <= the k-th
+    smallest, with `pack_keys` of their keys for numpy's sort and `unpack_sorted`."""
+    theta0 = np.full(1, -np.inf, np.float32)
+    if r > 0:
+        theta0[0] = sample_threshold(packed, tier, ds, rn, bias, sample, q8, q8lo, qf, table, corr, u, ca, cb, cc,
+                                     r)[0]
+    space = rowlist.shape[0] if rowlist.shape[0] else packed.shape[0]
+    qt8, qtf = np.zeros((0, 1, 4), np.int8), np.zeros((0, 1, 1), np.float32)
+    qv, corr32 = np.zeros((0, 4, 1), np.float32), np.zeros((0, 1), np.int32)
+    theta = np.full(1, -np.inf, np.float32)
+    failed = np.zeros(1, np.bool_)
+    while True:
+        cslot, cq, cub, cstate, res, res_n = scan_buffers(1, 1, cap_r, cap_c)
+        _lane(0, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo, qf, qt8, qtf, qv, corr32, table,
+              corr, u, ca, cb, cc, theta0, False, 1, k, 1, space, cslot, cq, cub, cstate, res, res_n)
+        if cstate[0, 1]:
+            cap_c *= 4  # the candidate buffer overflowed (adversarial data): again with room for more
+            continue
+        failed[0] = False
+        _merge_one(res, res_n, theta0, k, 0, theta, failed)
+        if not failed[0]:
+            break
+        theta0[0] = -np.inf  # the sampled threshold was too high: again from -inf
+    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
+    total = slots.shape[0]
+    keys = np.empty(total, np.float64)
+    _score_range(master, q64, np.zeros(total, np.int64), slots, l2, keys, 0, total)
+    sort = total <= sort_max
+    kths = np.empty(1, np.float64)
+    out_off = np.zeros(2, np.int64)
+    out_off[1] = _kept(keys, offsets, 0, k, sort, kths)
+    out_k = np.empty(out_off[1], np.float64)
+    out_i = np.empty(out_off[1], np.int64)
+    _select(keys, offsets, slots, ids, 0, k, sort, kths, out_off, out_k, out_i)
+    return out_k, out_i, np.empty(0, np.uint64) if sort else pack_keys(out_k), total
+
+
+@njit(cache=True, nogil=True)
+def query_terms(q, tier, batch, alpha, pdim):
+    """Per query the scan core's terms (see Index._query_terms): (q8, q8lo, qf, corr, u, ca, cb, cc). int8 tier:
+    the query quantised to 127 levels (batch) or to 16 bits as hi * 256 + lo with hi, lo bytes (single path), its
+    int8 offset 128 * sum(q^) and bound coefficients from its rounding error; float tiers: the float32 query and
+    its rounding coefficients. Every coefficient is rounded up past float32 rounding."""
+    nq, dim = q.shape
+    up = 1.0 + 1e-5
+    int8 = tier == INT8
+    rows8 = nq if int8 else 0
+    q8 = np.zeros((rows8, pdim), np.int8)
+    q8lo = np.zeros((rows8, pdim), np.int8)
+    qf = np.zeros((0 if int8 else nq, dim), np.float32)
+    corr = np.zeros(nq, np.int64)
+    u = np.full(nq, np.float32(alpha), np.float32)
+    ca = np.zeros(nq, np.float32)
+    cb = np.zeros(nq, np.float32)
+    cc = np.zeros(nq, np.float32)
+    levels = 127.0 if batch else 127.0 * 257.0  # 16 bits: hi * 256 + lo with hi in [-127, 127]
+    rel = (2.0 ** -11 if tier == FP16 else 0.0) + (dim + 2) * EPS32 * 1.01
+    for i in range(nq):
+        qabs = 0.0
+        top = 0.0
+        sq = 0.0
+        for j in range(dim):
+            v = np.float64(q[i, j])
+            qabs += abs(v)
+            top = max(top, abs(v))
+            sq += v * v
+        if not int8:
+            for j in range(dim):
+                qf[i, j] = q[i, j]
+            cb[i] = np.float32(alpha * np.sqrt(sq) * rel * up)
+            if tier == FP16:
+                cc[i] = np.float32(alpha * qabs * 2.0 ** -24 * up)
+            continue
+        qs = np.float64(np.float32(top / levels))
+        div = qs if qs > 0 else 1.0
+        err = 0.0
+        total = 0
+        for j in range(dim):
+            v = np.float64(q[i, j])
+            h = min(levels, max(-levels, np.rint(v / div)))
+            err += (v - qs * h) ** 2
+            total += np.int64(h)
+            if batch:
+                q8[i, j] = np.int8(h)
+            else:
+                hb = np.floor((h + 128.0) / 256.0)
+                q8[i, j] = np.int8(hb)
+                q8lo[i, j] = np.int8(h - 256.0 * hb)
+        fnorm = np.sqrt(err)
+        corr[i] = 128 * total
+        u[i] = np.float32(alpha * qs)
+        ca[i] = np.float32(alpha * (0.5 * qabs + 0.5 * np.sqrt(dim) * fnorm) * up)
+        cb[i] = np.float32(alpha * fnorm * up)
+    return q8, q8lo, qf, corr, u, ca, cb, cc
+
+
+@njit(cache=True, nogil=True)
+def sample_rows(k, space, stride, rowlist, mask, ids, bitmap):
+    """(rows, r) of a large K's sampled starting threshold (see Index._sample): a block of 64 rows of the scanned
+    row set in every `stride` blocks, those the mask and the id bitmap allow, and the rank r whose threshold about
+    4 standard deviations more than K rows of the whole set are expected to reach; r = 0: the sample is too
+    small for that."""
+    npos = 0
+    for s0 in range(0, space, stride * 64):
+        npos += min(64, space - s0)
+    rows = np.empty(npos, np.int64)
+    m = 0
+    nb = bitmap.shape[0]
+    for s0 in range(0, space, stride * 64):
+        for p in range(s0, min(space, s0 + 64)):
+            row = rowlist[p] if rowlist.shape[0] else p
+            if mask.shape[0] and mask[row] == 0:
+                continue
+            if nb and not (0 <= ids[row] < nb and bitmap[ids[row]]):
+                continue
+            rows[m] = row
+            m += 1
+    expect = k * npos / space  # the sample is that fraction of the allowed rows too
+    r = int(np.ceil(expect + 4.0 * np.sqrt(expect))) + 1
+    if expect < 16 or r > m // 2:
+        return rows[:0], 0
+    return rows[:m], r

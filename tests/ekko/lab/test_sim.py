@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from recmine.ekko.lab.bench import BenchSpec, run_mode, update_stream, visibility
-from recmine.ekko.lab.sim import CpuCost, SimSpec, Simulation, Visibility, measure_cpu, simulate
+from recmine.ekko.lab.sim import CpuCost, SimSpec, Simulation, Visibility, cached_cpu, measure_cpu, simulate
 
 FREE = CpuCost(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # no CPU cost: latency is the network's alone
 
@@ -106,6 +108,22 @@ def test_simulator_matches_the_real_cluster_at_2_4_8_dcs():
             assert abs(s99 - r99) <= 0.25 * r99, rows
         else:
             assert 0.9 * s99 <= r99 <= 2.0 * s99, rows
+
+
+@pytest.mark.slow
+def test_cpu_costs_measured_beside_other_work_are_returned_marked_and_not_cached(tmp_path, monkeypatch):
+    """A cost measured while another process burns a core is inflated (a loaded measurement read send 2x a quiet
+    one and then skewed every later simulation of that code version): it is returned, marked, and never cached."""
+    monkeypatch.setenv("RECMINE_CACHE", str(tmp_path))
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end:\n"
+                               "    pass"])
+    try:
+        cost = measure_cpu(64, puts=20, refresh=True)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert "not cached" in cost.source, cost.source
+    assert cached_cpu(64) is None and not list(tmp_path.glob("ekko-cpu-*"))
 
 
 def test_a_round_left_incomplete_waits_for_the_next_change_not_the_whole_round():

@@ -211,7 +211,7 @@ def proc_cpu(pid: int | str = "self") -> float:
     return total / 1e9
 
 
-def _machine_cpu() -> float:
+def machine_cpu() -> float:
     """CPU seconds all processors have spent busy (not idle, not waiting for I/O) since boot."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
@@ -223,7 +223,7 @@ class _CpuLoad:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.t0, self.machine0 = time.monotonic(), _machine_cpu()
+        self.t0, self.machine0 = time.monotonic(), machine_cpu()
         self.own0 = self._own()
 
     def _own(self) -> float:
@@ -237,7 +237,7 @@ class _CpuLoad:
         """(cores the cluster used, cores the rest of the machine used)."""
         dt = max(1e-9, time.monotonic() - self.t0)
         own = (self._own() - self.own0) / dt
-        return own, max(0.0, (_machine_cpu() - self.machine0) / dt - own)
+        return own, max(0.0, (machine_cpu() - self.machine0) / dt - own)
 
 
 def percentile(latencies: np.ndarray, q: float) -> float:

@@ -357,8 +357,9 @@ class SloScheduler:
             complete = bool(fits.all()) and waiting_rows == 0
             if not bool(fits.all()):
                 self.deferred_rounds += 1
-            self._tokens -= float(cost[chosen].sum())
-            self._credit[key] = max(0.0, self._credit[key] - float(cost[chosen].sum()))
+            spent = float(cost[chosen].sum())
+            self._tokens -= spent
+            self._credit[key] = max(0.0, self._credit[key] - spent)
             take = np.zeros(prio.size, bool)
             take[chosen] = True
             rid = self._next_round if chosen.size else 0

@@ -112,7 +112,7 @@ def test_simulator_matches_the_real_cluster_at_2_4_8_dcs():
 
 @pytest.mark.slow
 def test_cpu_costs_measured_beside_other_work_are_returned_marked_and_not_cached(tmp_path, monkeypatch):
-    """A cost measured while another process burns a core is inflated (a loaded measurement read send 2x a quiet
+    """A cost measured while another process burns a core is inflated (a loaded measurement read send 2-3x a quiet
     one and then skewed every later simulation of that code version): it is returned, marked, and never cached."""
     monkeypatch.setenv("RECMINE_CACHE", str(tmp_path))
     burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end:\n"

@@ -682,7 +682,7 @@ def measure_cpu(dim: int = 64, puts: int = 100, refresh: bool = False) -> CpuCos
     proxy = {k: per_round(2, k, -1) for k in sizes}
     wan = {k: sum(b for _, _, b in got[(2, k)]) / rounds[k] for k in sizes}
     # cores everything else on the machine used meanwhile: a cost measured beside other work is inflated (a loaded
-    # run measured send 2x a quiet one), so it is returned but never cached for later runs
+    # run measured send 2-3x a quiet one), so it is returned but never cached for later runs
     other = (machine_cpu() - machine0 - (_own_and_children_cpu() - own0)) / (time.monotonic() - t0)
     source = f"measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs)"
     if other > QUIET_OTHER_CORES:

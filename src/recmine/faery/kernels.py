@@ -40,7 +40,7 @@ TINY = np.float32(1e-30)
 INT8, FP16, FP32 = 0, 1, 2
 TIERS = {"int8": INT8, "fp16": FP16, "fp32": FP32}
 BLOCK_SINGLE = 4096  # rows per block of the single-query path
-PREFETCH = 4  # rows of the exact re-rank loaded ahead of the one being scored
+PREFETCH = 16  # rows of the exact re-rank loaded ahead of the one being scored
 PARALLEL_MIN_QUERIES = 8  # fewer queries: merge / rerank loop over them without a parallel region
 PARALLEL_MIN_CANDIDATES = 4096  # fewer candidate rows: scored without a parallel region
 BLOCK_BATCH = 510  # rows per block of the batch path (a multiple of simd.RT; the score tile stays in L2)
@@ -265,23 +265,17 @@ def _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cst
 
 
 @njit(cache=True, nogil=True)
-def _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, q, u, ca, cb, cc, k, theta, res, res_n,
+def _filter_rows(vals, rowbuf, rds, rrn, rb, roff, prow, pq, pub, plb, npass, q, u, ca, cb, cc, k, theta, res, res_n,
                  cslot, cq, cub, cstate):
-    """The filter for one query over block rows (vals: their dot products; rds/rrn/rb: their scale, norm, bias):
-    a vectorised pass computes every upper bound, a branch-free pass lists the rows whose upper bound reaches the
-    threshold as it stood at the block's start (a superset of those reaching the current one: a rise only drops
-    rows), and only those get their lower bound and go to `_accept`."""
+    """The filter for one query over block rows, second pass: the rows prow[:npass] (block positions) whose upper
+    bound reached the threshold as it stood at the block's start (`_single_pass`: a superset of those reaching the
+    current one, a rise only drops rows) get their bounds (vals: the block's dot products; rds/rrn/rb: the row
+    terms, at roff + position) and go to `_accept`."""
     uq, caq, cbq, ccq = u[q], ca[q], cb[q], cc[q]
-    for t in range(m):
-        ubuf[t], _ = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
-    th = theta[q]
-    npass = 0
-    for t in range(m):  # no branch to mispredict: at large K a few percent of rows pass, scattered at random
-        prow[npass] = t
-        npass += ubuf[t] >= th
     for i in range(npass):
         t = prow[i]
-        pub[i], plb[i] = _bounds(vals[t], rds[t], rrn[t], rb[t], abs(rb[t]), uq, caq, cbq, ccq)
+        o = roff + t
+        pub[i], plb[i] = _bounds(vals[t], rds[o], rrn[o], rb[o], abs(rb[o]), uq, caq, cbq, ccq)
         prow[i] = rowbuf[t]
         pq[i] = q
     _accept(prow, pq, pub, plb, npass, k, theta, res, res_n, cslot, cq, cub, cstate)
@@ -346,6 +340,31 @@ def _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, v
 
 
 @njit(cache=True, nogil=True)
+def _single_pass(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, u, ca, cb, cc, th, rds, rrn, rb, roff, dots,
+                 vals, ubuf, prow):
+    """The filter's first pass for query qi over block rows rowbuf[:m] (row terms at rds[roff + t] etc.): vals[t] =
+    their dot products, prow[:npass] = the positions t whose upper bound (`_bounds`) reaches th; returns npass.
+    int8 tier: `simd.rowdot8_bounds`, the bounds on the sums while in registers, a bit mask per eight rows
+    (rowbuf and the row terms padded to whole groups of eight); other tiers: a vectorised pass of upper bounds,
+    then a branch-free one (at large K a few percent of rows pass, scattered at random)."""
+    npass = 0
+    if tier == INT8:
+        for t0 in range(0, m, 8):
+            npass = simd.rowdot8_bounds(packed, rowbuf, t0, q8[qi], q8lo[qi], rds, rrn, rb, roff, corr[qi], u[qi],
+                                        ca[qi], cb[qi], cc[qi], th, m, npass, vals, prow)
+        return npass
+    _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
+    uq, caq, cbq, ccq = u[qi], ca[qi], cb[qi], cc[qi]
+    for t in range(m):
+        o = roff + t
+        ubuf[t], _ = _bounds(vals[t], rds[o], rrn[o], rb[o], abs(rb[o]), uq, caq, cbq, ccq)
+    for t in range(m):
+        prow[npass] = t
+        npass += ubuf[t] >= th
+    return npass
+
+
+@njit(cache=True, nogil=True)
 def sample_threshold(packed, tier, ds, rn, bias, rows, q8, q8lo, qf, table, corr, u, ca, cb, cc, r):
     """Per query (single path), the r-th largest lower bound over `rows` (r <= len(rows)): what a scan of those
     rows with K = r and its merge return as the threshold, in one pass with no reservoir or candidate list (the
@@ -393,15 +412,16 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
     rowbuf = np.empty(blk + max(rt, 8), np.int64)  # padded to whole tiles (rt rows) or groups of eight
     tile_i = np.empty((blk + rt, width), np.int32)
     tile_f = np.empty((blk + rt, width), np.float32)
-    rds = np.empty(blk, np.float32)
-    rrn = np.empty(blk, np.float32)
-    rb = np.empty(blk, np.float32)
-    ubuf = np.empty(blk, np.float32)
+    rds = np.empty(blk + 8, np.float32)  # the single path's row terms, dot products and bounds (whole groups of 8)
+    rrn = np.empty(blk + 8, np.float32)
+    rb = np.empty(blk + 8, np.float32)
+    ubuf = np.empty(blk + 8, np.float32)
+    nterms = min(ds.shape[0], rn.shape[0], bias.shape[0])
     prow = np.empty((blk + rt) * width, np.int64)  # rows that passed a filter, their queries and bounds
     pq = np.empty((blk + rt) * width, np.int64)
     pub = np.empty((blk + rt) * width, np.float32)
     plb = np.empty((blk + rt) * width, np.float32)
-    vals = np.empty(blk, np.float32)
+    vals = np.empty(blk + 8, np.float32)
     dots = np.empty(blk + 8, np.int64)
     st = cstate[lane]
     for b0 in range(lo, hi, blk):
@@ -449,19 +469,35 @@ def _lane(lane, packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, q8, q8lo
                 if st[1]:
                     break
         else:
-            for t in range(m):
+            mp = -(-m // 8) * 8  # rowdot8 reads whole groups of eight rows
+            for t in range(m, mp):
+                rowbuf[t] = rowbuf[m - 1]
+            if tier == INT8 and rowlist.shape[0] == 0 and m == b1 - b0 and b0 + mp <= nterms:  # rows b0..b1
+                _filter_block(tier, packed, rowbuf, m, q8, q8lo, qf, table, corr, u, ca, cb, cc, ds, rn, bias, b0,
+                              dots, vals, ubuf, prow, pq, pub, plb, k, theta, res[lane], res_n[lane], cslot[lane],
+                              cq[lane], cub[lane], st)
+                continue
+            for t in range(mp):  # a list of rows (or a short last block): their terms gathered
                 r = rowbuf[t]
                 rds[t] = ds[r] if tier == INT8 else np.float32(1.0)
                 rrn[t] = rn[r]
                 rb[t] = bias[r]
-            for t in range(m, -(-m // 8) * 8):  # rowdot8 reads whole groups of eight rows
-                rowbuf[t] = rowbuf[m - 1]
-            for qi in range(nq):
-                _single_dots(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, dots, vals)
-                _filter_rows(vals, rowbuf, rds, rrn, rb, ubuf, prow, pq, pub, plb, m, qi, u, ca, cb, cc, k, theta,
-                             res[lane], res_n[lane], cslot[lane], cq[lane], cub[lane], st)
-                if st[1]:
-                    break
+            _filter_block(tier, packed, rowbuf, m, q8, q8lo, qf, table, corr, u, ca, cb, cc, rds, rrn, rb, 0, dots,
+                          vals, ubuf, prow, pq, pub, plb, k, theta, res[lane], res_n[lane], cslot[lane], cq[lane],
+                          cub[lane], st)
+
+
+@njit(cache=True, nogil=True)
+def _filter_block(tier, packed, rowbuf, m, q8, q8lo, qf, table, corr, u, ca, cb, cc, rds, rrn, rb, roff, dots, vals,
+                  ubuf, prow, pq, pub, plb, k, theta, res, res_n, cslot, cq, cub, st):
+    """The single path's block: per query, the rows' dot products and upper bounds, then the filter."""
+    for qi in range(corr.shape[0]):
+        npass = _single_pass(tier, packed, rowbuf, m, qi, q8, q8lo, qf, table, corr, u, ca, cb, cc, theta[qi], rds,
+                             rrn, rb, roff, dots, vals, ubuf, prow)
+        _filter_rows(vals, rowbuf, rds, rrn, rb, roff, prow, pq, pub, plb, npass, qi, u, ca, cb, cc, k, theta, res,
+                     res_n, cslot, cq, cub, st)
+        if st[1]:
+            break
 
 
 @njit(cache=True, nogil=True)
@@ -582,15 +618,21 @@ def _exact_key(q64, qi, master, r, l2):
     |q - x|^2 for l2; in float64 with one fixed summation order (eight interleaved partial sums, eight SIMD lanes
     at a time (`simd.dot_lanes8`), the leftover columns into the first, then their pairwise sum), so identical
     rows get identical keys."""
-    dim = master.shape[1]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    if dim >= 8:
+    if master.shape[1] >= 8:
         if l2:
             a0, a1, a2, a3, a4, a5, a6, a7 = simd.sqdiff_lanes8(q64, qi, master, r)
         else:
             a0, a1, a2, a3, a4, a5, a6, a7 = simd.dot_lanes8(q64, qi, master, r)
+    return _finish_key(q64, qi, master, r, l2, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _finish_key(q64, qi, master, r, l2, a0, a1, a2, a3, a4, a5, a6, a7):
+    """`_exact_key` from the eight lane sums of the first 8 * (dim // 8) columns: the leftover columns into the
+    first, then the pairwise sum."""
     qrow, row = q64[qi], master[r]
-    for j in range(dim // 8 * 8, dim):
+    for j in range(master.shape[1] // 8 * 8, master.shape[1]):
         a0 += _term(qrow, row, j, l2)
     acc = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
     return acc if l2 else -acc
@@ -695,16 +737,32 @@ def _select(keys, offsets, slots, ids, q, k, sort, kths, out_off, out_k, out_i):
 
 @njit(cache=True, nogil=True)
 def _score_range(master, q64, qof, slots, l2, keys, lo, hi):
-    """keys[c] = exact key of candidate c for c in lo..hi, rows fetched a group ahead (their latencies overlap):
-    the next group's loads are issued before the current group is scored."""
+    """keys[c] = exact key of candidate c for c in lo..hi: ROWS_IN_FLIGHT rows of one query at a time share one
+    loop (`simd.dot_lanes8_rows`: their dependency chains overlap, each row's order unchanged), rows fetched
+    PREFETCH candidates ahead (their memory latencies overlap too)."""
+    rif = simd.ROWS_IN_FLIGHT
+    rows = np.empty(rif, np.int64)
+    part = np.empty((rif, 8), np.float64)
     for c in range(lo, min(hi, lo + PREFETCH)):
         simd.prefetch_row(master, slots[c])
-    for c0 in range(lo, hi, PREFETCH):
-        c1 = min(hi, c0 + PREFETCH)
-        for c in range(c1, min(hi, c1 + PREFETCH)):
+    for c0 in range(lo, hi, rif):
+        c1 = min(hi, c0 + rif)
+        for c in range(c0 + PREFETCH, min(hi, c1 + PREFETCH)):
             simd.prefetch_row(master, slots[c])
-        for c in range(c0, c1):
-            keys[c] = _exact_key(q64, qof[c], master, slots[c], l2)
+        qi = qof[c0]
+        if master.shape[1] < 8 or qof[c1 - 1] != qi:  # narrow rows, or a group across two queries: row by row
+            for c in range(c0, c1):
+                keys[c] = _exact_key(q64, qof[c], master, slots[c], l2)
+            continue
+        for t in range(rif):  # a short last group repeats its last row
+            rows[t] = slots[min(c0 + t, c1 - 1)]
+        if l2:
+            simd.sqdiff_lanes8_rows(q64, qi, master, rows, part)
+        else:
+            simd.dot_lanes8_rows(q64, qi, master, rows, part)
+        for t in range(c1 - c0):
+            p = part[t]
+            keys[c0 + t] = _finish_key(q64, qi, master, rows[t], l2, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
 
 @njit(cache=True, nogil=True, parallel=True)

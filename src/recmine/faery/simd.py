@@ -274,23 +274,25 @@ def _sum8(builder: ir.IRBuilder, vs: list[ir.Value]) -> ir.Value:
                        builder.shuffle_vector(z, z, ir.Constant(v8, [2 * pos[i] + 1 for i in range(8)])))
 
 
-def _make_rowdot8(vnni: bool):  # noqa: ANN202
-    @intrinsic
-    def rowdot8(typingctx, x_t, rows_t, r0_t, qhi_t, qlo_t, out_t):  # noqa: ANN001, ANN202
+def _make_rowdot8(vnni: bool, bounds: bool = False):  # noqa: ANN202
+    def typed(x_t, rows_t, qhi_t, qlo_t, outs, scalars):  # noqa: ANN001, ANN202
         """out[r0 + t] = sum_j (x[rows[r0 + t], j] + 128) * (256 qhi[j] + qlo[j]) for t < 8, over the first
         len(qhi) columns (a multiple of 64): eight int8 rows against a 16-bit query split into two int8 halves,
-        exact (int32 partial sums, int64 out). The rows' sums are reduced together (`_sum8`), not one by one."""
-        if not all(isinstance(a, types.Array) for a in (x_t, rows_t, qhi_t, qlo_t, out_t)):
+        exact (int32 partial sums, int64 out). The rows' sums are reduced together (`_sum8`), not one by one.
+        With bounds (`rowdot8_bounds`) the sums go on, still in registers, to the single filter's first pass
+        (`_bounds_epilogue`), which returns the bit mask of the rows that pass."""
+        arrays = (x_t, rows_t, qhi_t, qlo_t, *outs)
+        if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
             return None
-        sig = types.void(x_t, rows_t, types.intp, qhi_t, qlo_t, out_t)
+        sig = (types.int64 if bounds else types.void)(x_t, rows_t, types.intp, qhi_t, qlo_t, *outs[:3], *scalars,
+                                                     *outs[3:])
 
         def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-            x, rows, r0, qhi, qlo, out = args
+            x, rows, r0, qhi, qlo = args[:5]
             xbase, _, xstrides = _base(context, builder, x_t, x)
             rbase, _, _ = _base(context, builder, rows_t, rows)
             hbase, hshape, _ = _base(context, builder, qhi_t, qhi)
             lbase, _, _ = _base(context, builder, qlo_t, qlo)
-            obase, _, _ = _base(context, builder, out_t, out)
             xstride = builder.extract_value(xstrides, 0)
             rowptr = []
             for t in range(8):
@@ -316,12 +318,64 @@ def _make_rowdot8(vnni: bool):  # noqa: ANN202
             hi = builder.sext(_sum8(builder, accs[0::2]), v8i64)  # exact: |a row's sum| < 2^31 (MAX_INT8_DIM)
             lo = builder.sext(_sum8(builder, accs[1::2]), v8i64)
             res = builder.add(builder.shl(hi, ir.Constant(v8i64, [8] * 8)), lo)
-            builder.store(res, _addr(builder, obase, builder.mul(r0, ir.Constant(I64, 8)), v8i64), align=8)
+            if bounds:
+                return _bounds_epilogue(context, builder, signature.args[5:], args[5:], r0, res)
+            else:
+                obase = _base(context, builder, outs[0], args[5])[0]
+                builder.store(res, _addr(builder, obase, builder.mul(r0, ir.Constant(I64, 8)), v8i64), align=8)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return rowdot8
+    if bounds:
+        def typer(typingctx, x_t, rows_t, r0_t, qhi_t, qlo_t, ds_t, rn_t, b_t, off_t, corr_t, u_t, ca_t, cb_t,  # noqa: ANN001, ANN202
+                  cc_t, th_t, m_t, npass_t, vals_t, prow_t):
+            return typed(x_t, rows_t, qhi_t, qlo_t, (ds_t, rn_t, b_t, vals_t, prow_t),
+                         (types.intp, types.int64, *[types.float32] * 5, types.intp, types.intp))
+    else:
+        def typer(typingctx, x_t, rows_t, r0_t, qhi_t, qlo_t, out_t):  # noqa: ANN001, ANN202
+            return typed(x_t, rows_t, qhi_t, qlo_t, (out_t,), ())
+    typer.__name__ = typer.__qualname__ = f"rowdot8{'_bounds' if bounds else ''}{'' if vnni else '_generic'}"
+    typer.__doc__ = typed.__doc__
+    return intrinsic(typer)
+
+
+def _bounds_epilogue(context, builder, tys, vals, r0: ir.Value, res: ir.Value) -> ir.Value:  # noqa: ANN001
+    """`rowdot8_bounds`' epilogue, on the eight rows' int64 sums res while in registers: with the row terms
+    ds[off + r0 + t], rn[..], bias[..] (eight consecutive entries each), vals[r0 + t] = float32(sum - corr), and
+    the bit mask (int64) of the rows whose upper bound, kernels' `_bounds` in the same float32 operations in the
+    same order (bit for bit), reaches th."""
+    ds_t, rn_t, b_t, _, _, _, _, _, _, _, _, _, vals_t, prow_t = tys
+    ds, rn, b, off, corr, u, ca, cb, cc, th, m, npass, vals, prow = vals
+    v8f32 = ir.VectorType(F32, 8)
+    v8i64 = ir.VectorType(I64, 8)
+    at = builder.mul(builder.add(off, r0), ir.Constant(I64, 4))
+
+    def row_terms(ty, arr) -> ir.Value:  # noqa: ANN001
+        return builder.load(_addr(builder, _base(context, builder, ty, arr)[0], at, v8f32), align=4)
+
+    def bc(value: ir.Value) -> ir.Value:
+        return _broadcast(builder, value, v8f32)
+
+    dsv, rnv, bv = row_terms(ds_t, ds), row_terms(rn_t, rn), row_terms(b_t, b)
+    v = builder.sitofp(builder.sub(res, _broadcast(builder, corr, v8i64)), v8f32)
+    fabs = _declare(builder, "llvm.fabs.v8f32", ir.FunctionType(v8f32, [v8f32]))
+    approx = builder.fadd(builder.fmul(dsv, builder.fmul(bc(u), v)), bv)
+    bound = builder.fadd(builder.fadd(builder.fmul(dsv, bc(ca)), builder.fmul(rnv, bc(cb))), bc(cc))
+    bound = builder.fadd(builder.fadd(bound, builder.fmul(bc(ir.Constant(F32, 4 * 2.0 ** -23)), builder.fadd(
+        builder.call(fabs, [approx]), builder.call(fabs, [bv])))), bc(ir.Constant(F32, 1e-30)))
+    out = builder.mul(r0, ir.Constant(I64, 4))
+    builder.store(v, _addr(builder, _base(context, builder, vals_t, vals)[0], out, v8f32), align=4)
+    passed = builder.fcmp_ordered(">=", builder.fadd(approx, bound), bc(th))
+    lanes = ir.Constant(v8i64, list(range(8)))
+    passed = builder.and_(passed, builder.icmp_signed("<", lanes, _broadcast(builder, builder.sub(m, r0), v8i64)))
+    pos = builder.add(lanes, _broadcast(builder, r0, v8i64))
+    store = _declare(builder, "llvm.masked.compressstore.v8i64",
+                     ir.FunctionType(ir.VoidType(), [v8i64, I64.as_pointer(), ir.VectorType(ir.IntType(1), 8)]))
+    builder.call(store, [pos, _addr(builder, _base(context, builder, prow_t, prow)[0],
+                                    builder.mul(npass, ir.Constant(I64, 8)), I64), passed])
+    popcnt = _declare(builder, "llvm.ctpop.i8", ir.FunctionType(ir.IntType(8), [ir.IntType(8)]))
+    return builder.add(npass, builder.zext(builder.call(popcnt, [builder.bitcast(passed, ir.IntType(8))]), I64))
 
 
 TILES = {lanes: _make_tile(lanes, HAS_VNNI) for lanes in LANES}
@@ -330,9 +384,11 @@ tile16, tile32, tile48, tile64 = (TILES[w] for w in LANES)
 HIT_TILES = {lanes: _make_tile(lanes, HAS_VNNI, epilogue=True) for lanes in LANES}
 tile_hits16, tile_hits32, tile_hits48, tile_hits64 = (HIT_TILES[w] for w in LANES)
 rowdot8 = _make_rowdot8(HAS_VNNI)
+rowdot8_bounds = _make_rowdot8(HAS_VNNI, bounds=True)  # with the single filter's upper bounds (`_bounds_epilogue`)
 # the same kernels without VNNI instructions: what a CPU without AVX-512 VNNI runs (tests compare the two)
 generic_tile16, generic_tile64 = _make_tile(16, False), _make_tile(64, False)
 generic_rowdot8 = _make_rowdot8(False)
+generic_rowdot8_bounds = _make_rowdot8(False, bounds=True)
 
 
 @intrinsic
@@ -420,5 +476,58 @@ def _make_lanes8(l2: bool):  # noqa: ANN202
     return lanes8
 
 
+def _make_lanes8_rows(l2: bool):  # noqa: ANN202
+    @intrinsic
+    def lanes8_rows(typingctx, q_t, qi_t, x_t, rows_t, part_t):  # noqa: ANN001, ANN202
+        """part[t, :] = `dot_lanes8` (or `sqdiff_lanes8` for l2) of row rows[t] of x against row qi of q, for every
+        t < len(part) (at most ROWS_IN_FLIGHT, a compile-time count): the rows share one loop, so their eight-lane
+        dependency chains overlap instead of running one after the other; each row's sums keep exactly the
+        one-row order (bit-identical)."""
+        if not (isinstance(q_t, types.Array) and isinstance(x_t, types.Array) and isinstance(rows_t, types.Array)
+                and isinstance(part_t, types.Array) and q_t.dtype == types.float64 and x_t.dtype == types.float32
+                and x_t.ndim == 2 and q_t.ndim == 2 and part_t.dtype == types.float64 and part_t.ndim == 2):
+            return None
+        sig = types.void(q_t, types.intp, x_t, rows_t, part_t)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            q, qi, x, rows, part = args
+            qbase, _, qstrides = _base(context, builder, q_t, q)
+            xbase, xshape, xstrides = _base(context, builder, x_t, x)
+            rbase, _, _ = _base(context, builder, rows_t, rows)
+            pbase, _, pstrides = _base(context, builder, part_t, part)
+            qbase = builder.add(qbase, builder.mul(qi, builder.extract_value(qstrides, 0)))
+            xstride = builder.extract_value(xstrides, 0)
+            rp = [builder.add(xbase, builder.mul(builder.load(_addr(builder, rbase, 8 * t, I64)), xstride))
+                  for t in range(ROWS_IN_FLIGHT)]
+            chunks = builder.udiv(builder.extract_value(xshape, 1), ir.Constant(I64, 8))
+            v8f32, v8f64 = ir.VectorType(F32, 8), ir.VectorType(F64, 8)
+
+            def body(c, accs):  # noqa: ANN001, ANN202
+                qv = builder.load(_addr(builder, qbase, builder.mul(c, ir.Constant(I64, 64)), v8f64), align=8)
+                off = builder.mul(c, ir.Constant(I64, 32))
+                new = []
+                for t in range(ROWS_IN_FLIGHT):
+                    xv = builder.fpext(builder.load(_addr(builder, rp[t], off, v8f32), align=4), v8f64)
+                    if l2:
+                        d = builder.fsub(qv, xv)
+                        new.append(builder.fadd(accs[t], builder.fmul(d, d)))
+                    else:
+                        new.append(builder.fadd(accs[t], builder.fmul(qv, xv)))
+                return new
+
+            accs = _counted_loop(builder, chunks, [ir.Constant(v8f64, None)] * ROWS_IN_FLIGHT, body)
+            pstride = builder.extract_value(pstrides, 0)
+            for t in range(ROWS_IN_FLIGHT):
+                builder.store(accs[t], _addr(builder, pbase, builder.mul(ir.Constant(I64, t), pstride), v8f64),
+                              align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return lanes8_rows
+
+
 F64 = ir.DoubleType()
+ROWS_IN_FLIGHT = 4  # rows `dot_lanes8_rows` scores in one loop
 dot_lanes8, sqdiff_lanes8 = _make_lanes8(False), _make_lanes8(True)
+dot_lanes8_rows, sqdiff_lanes8_rows = _make_lanes8_rows(False), _make_lanes8_rows(True)

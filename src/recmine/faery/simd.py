@@ -479,10 +479,10 @@ def _make_lanes8(l2: bool):  # noqa: ANN202
 def _make_lanes8_rows(l2: bool):  # noqa: ANN202
     @intrinsic
     def lanes8_rows(typingctx, q_t, qi_t, x_t, rows_t, part_t):  # noqa: ANN001, ANN202
-        """part[t, :] = `dot_lanes8` (or `sqdiff_lanes8` for l2) of row rows[t] of x against row qi of q, for every
-        t < len(part) (at most ROWS_IN_FLIGHT, a compile-time count): the rows share one loop, so their eight-lane
-        dependency chains overlap instead of running one after the other; each row's sums keep exactly the
-        one-row order (bit-identical)."""
+        """part[t, :] = `dot_lanes8` (or `sqdiff_lanes8` for l2) of row rows[t] of x against row qi of q, for
+        t < ROWS_IN_FLIGHT (rows and part hold that many): the rows share one loop, so their eight-lane dependency
+        chains overlap instead of running one after the other; each row's sums keep exactly the one-row order
+        (bit-identical). dim >= 8 is required."""
         if not (isinstance(q_t, types.Array) and isinstance(x_t, types.Array) and isinstance(rows_t, types.Array)
                 and isinstance(part_t, types.Array) and q_t.dtype == types.float64 and x_t.dtype == types.float32
                 and x_t.ndim == 2 and q_t.ndim == 2 and part_t.dtype == types.float64 and part_t.ndim == 2):

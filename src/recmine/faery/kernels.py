@@ -921,8 +921,8 @@ def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q
     it overflowed), the exact re-rank and its selection. Arguments as `scan`, `sample_threshold` and `rerank`.
 
     Returns (keys, ids, packed, candidates): the kept candidates' exact keys and ids, in final order and cut to k
-    when there are at most sort_max candidates (packed empty); else every candidate with a key <= the k-th
-    smallest, with `pack_keys` of their keys for numpy's sort and `unpack_sorted`."""
+    when there are at most sort_max candidates (packed empty); else every candidate, with `pack_keys` of their
+    keys for numpy's sort and `unpack_sorted` (which keeps the first k)."""
     theta0 = np.full(1, -np.inf, np.float32)
     if r > 0:
         theta0[0] = sample_threshold(packed, tier, ds, rn, bias, sample, q8, q8lo, qf, table, corr, u, ca, cb, cc,
@@ -944,18 +944,24 @@ def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q
         if not failed[0]:
             break
         theta0[0] = -np.inf  # the sampled threshold was too high: again from -inf
-    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
-    total = slots.shape[0]
+    slots = np.empty(cstate[0, 0], np.int64)  # the candidates whose upper bound reaches theta (`_collect`)
+    total = 0
+    for e in range(cstate[0, 0]):
+        slots[total] = cslot[0, e]
+        total += cub[0, e] >= theta[0]
+    slots = slots[:total]
     keys = np.empty(total, np.float64)
     _score_range(master, q64, np.zeros(total, np.int64), slots, l2, keys, 0, total)
-    sort = total <= sort_max
+    if total > sort_max:  # numpy sorts them all (no selection first: a selection costs more than sorting a few more)
+        return keys, ids[slots], pack_keys(keys), total
     kths = np.empty(1, np.float64)
+    offsets = np.array([0, total])
     out_off = np.zeros(2, np.int64)
-    out_off[1] = _kept(keys, offsets, 0, k, sort, kths)
+    out_off[1] = _kept(keys, offsets, 0, k, True, kths)
     out_k = np.empty(out_off[1], np.float64)
     out_i = np.empty(out_off[1], np.int64)
-    _select(keys, offsets, slots, ids, 0, k, sort, kths, out_off, out_k, out_i)
-    return out_k, out_i, np.empty(0, np.uint64) if sort else pack_keys(out_k), total
+    _select(keys, offsets, slots, ids, 0, k, True, kths, out_off, out_k, out_i)
+    return out_k, out_i, np.empty(0, np.uint64), total
 
 
 @njit(cache=True, nogil=True)

@@ -100,16 +100,16 @@ def test_rows_in_flight_keys_equal_one_row_keys(dim: int, l2: bool) -> None:
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_single_search_with_ragged_blocks_and_tombstones_equals_the_oracle(metric: str) -> None:
-    """12,347 rows of 64 dims (three 4,096-row blocks, a last group of three rows), a tenth duplicated: K from 10 to
-    N - 2, before removal (contiguous blocks, row terms read in place) and after (tombstones: terms gathered)."""
-    n, dim = 12_347, 64
+    """12,347 rows of 64 dims (three 4,096-row blocks, a last group of three rows), 1,000 of them twins of rows in
+    another block: K from 10 to N - 2, before removal (contiguous blocks, row terms read in place) and after
+    (tombstones: terms gathered)."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    dup = rng.choice(n, n // 10, replace=False)
-    x[dup] = x[rng.choice(n, dup.size)]
-    idx = Index(dim, metric=metric)
+    x = rng.standard_normal((12_347, 64)).astype(np.float32)
+    x[8_000:9_000] = x[:1_000]  # identical keys, ties by the smaller id
+    n = x.shape[0]
+    idx = Index(64, metric=metric)
     idx.add(x)
-    qs = rng.standard_normal((2, dim)).astype(np.float32)
+    qs = np.concatenate([rng.standard_normal((1, 64)), x[:1] * 3.0]).astype(np.float32)  # the second meets a twin
     keep = np.ones(n, np.bool_)
     for removed in (False, True):
         if removed:

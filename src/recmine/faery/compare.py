@@ -84,8 +84,9 @@ def first_after_load(load: Callable[[], Any], search: Callable[[Any, np.ndarray]
                      loads: int = LIFECYCLE_LOADS, idle: float = LIFECYCLE_IDLE_S) -> dict[str, float]:
     """Load, first search after it and warm searches, over `loads` fresh loads of a saved index, each after `idle`
     seconds of rest (as after a restart): medians and the worst first search, ms. One load's first search is one
-    sample, and the rest before it alone makes a search 1.0-1.35x a back-to-back one on 2 vCPUs (an in-RAM index
-    too), so a single sample says little about what the load costs.
+    sample: on 2 vCPUs a search after a rest ran 1.0-1.35x a back-to-back one (an in-RAM index's too), and about one
+    in ten, on any search, had a lane kept off its CPU ~10 ms by another task (1.7-2.1x), which a median of warm
+    searches hides and a single first search does not.
 
     Parameters
     ----------

@@ -5,16 +5,17 @@ Usage: python benchmarks/faery_bench.py [--quick] [--case N,d] [--threads 1,2] [
        [--data-dir DIR] [--json]
 Section index: per (N, d) (default 1M x 128 and 10M x 128; the corpus is generated chunk by chunk into a .npy in
 --data-dir that every engine memory-maps, so 10M x 128 (5 GB) is never held twice): build time and peak RSS of each
-engine; save, load and the first search after the load beside a warm one; median and p99 single-query latency per
-K (10, 100, 1,000, 4,096, 16,384) of faery at 1 and N threads, faiss at 1 and N threads (each K through its fastest
-configuration: IndexFlatIP's scan, its BLAS path or IndexShards), numpy; batch-64 throughput at K = 100 (faiss
-through its fastest path); filtered search at 1%, 10% and 50% selectivity (faery allow= with an id bitmap, faiss
-SearchParameters(sel=IDSelectorBitmap), a numpy mask), K = 100, single queries and the batch; every result checked
-against the float64 oracle (on a sample of queries for a large corpus); the ratios at equal threads and best
-configuration against best; and removal of 1,000 ids: faery remove (tombstones) and remove + compact() beside faiss
-IDSelectorNot (tombstones) and remove_ids, searches after removal checked against the oracle over the remaining
-rows. Section service: the gRPC retrieval server (its own process) on loopback at 1, 4 and 16 concurrent clients
-with 1% of requests being upserts (K = 100): throughput and p50/p99, how many searches were coalesced into batches,
+engine; save, load and the first search after the load beside a warm one (medians and the worst of 5 loads); median
+and p99 single-query latency per K (10, 100, 1,000, 4,096, 16,384) of faery at 1 and N threads, faiss at 1 and N
+threads (each K through its fastest configuration: IndexFlatIP's scan, its BLAS path or IndexShards), numpy;
+batch-64 throughput at K = 100 (faiss through its fastest path); filtered search at 1%, 10% and 50% selectivity
+(faery allow= with an id bitmap, faiss SearchParameters(sel=IDSelectorBitmap), a numpy mask), K = 100, single
+queries and the batch; every result checked against the float64 oracle (on a sample of queries for a large corpus);
+the ratios at equal threads and best configuration against best; and removal of 1,000 ids: faery remove
+(tombstones) and remove + compact() beside faiss IDSelectorNot (tombstones) and remove_ids, searches after removal
+checked against the oracle over the remaining rows.
+Section service: the gRPC retrieval server (its own process) on loopback at 1, 4 and 16 concurrent clients with 1% of
+requests being upserts (K = 100): throughput and p50/p99, how many searches were coalesced into batches,
 and the service's added latency over in-process Index.search in a process of its own, beside an empty RPC's round
 trip (the gRPC floor). Section cluster: ShardedIndex over 2 local workers vs one Index (this machine's 2 vCPUs share
 about one physical core, so expect little).

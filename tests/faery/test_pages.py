@@ -126,3 +126,29 @@ def test_a_full_scan_waits_for_the_prefetch_thread_and_a_row_list_does_not(tmp_p
     assert back.corpus._prefetch is None
     packed = d / "packed.npy"
     assert _resident(packed) > 0.9 * packed.stat().st_size
+
+
+def test_the_first_search_after_a_load_compiles_nothing_new(tmp_path: Path) -> None:
+    """A loaded index's arrays (copy-on-write mappings) type like in-RAM ones in numba: once a search ran on the
+    in-RAM index, the same searches on the loaded one add no compiled signature (a read-only mapping would: a compile
+    or a cache load on the first search after every load); the results are the float64 oracle's."""
+    import numba
+
+    from recmine.faery import kernels
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4000, DIM)).astype(np.float32)
+    idx = Index(DIM)
+    idx.add(x)
+    qs = rng.standard_normal((8, DIM)).astype(np.float32)
+    cases = [(qs[:1], 10), (qs, 10), (qs[:1], 300)]  # the single path, the batch path, a sampled threshold
+    for q, k in cases:
+        idx.search(q, k)
+    dispatchers = [f for f in vars(kernels).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
+    before = {f.py_func.__name__: len(f.signatures) for f in dispatchers}
+    idx.save(tmp_path / "i")
+    back = Index.load(tmp_path / "i")
+    assert isinstance(back.corpus.packed, np.memmap) and back.corpus.packed.flags.writeable
+    for q, k in cases:
+        assert np.array_equal(back.search(q, k)[1], brute_force_topk(x, None, q, k)[1])
+    assert {f.py_func.__name__: len(f.signatures) for f in dispatchers} == before

@@ -11,9 +11,9 @@ threads (each K through its fastest configuration: IndexFlatIP's scan, its BLAS 
 batch-64 throughput at K = 100 (faiss through its fastest path); filtered search at 1%, 10% and 50% selectivity
 (faery allow= with an id bitmap, faiss SearchParameters(sel=IDSelectorBitmap), a numpy mask), K = 100, single
 queries and the batch; every result checked against the float64 oracle (on a sample of queries for a large corpus);
-the ratios at equal threads and best configuration against best; and removal of 1,000 ids: faery remove
-(tombstones) and remove + compact() beside faiss IDSelectorNot (tombstones) and remove_ids, searches after removal
-checked against the oracle over the remaining rows.
+the ratios at equal threads and best configuration against best (against faiss, and against the faster peer of
+faiss and numpy); and removal of 1,000 ids: faery remove (tombstones) and remove + compact() beside faiss
+IDSelectorNot (tombstones) and remove_ids, searches after removal checked against the oracle over the remaining rows.
 Section service: the gRPC retrieval server (its own process) on loopback at 1, 4 and 16 concurrent clients with 1% of
 requests being upserts (K = 100): throughput and p50/p99, how many searches were coalesced into batches,
 and the service's added latency over in-process Index.search in a process of its own, beside an empty RPC's round
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(rows_table(res["latency"], title=f"faery {case}: single-query latency, median ms (faery int8)"))
         for storage in sorted({r["storage"] for r in res["runs"] if r["storage"]} - {"int8"}):
             console.print(rows_table(latency_rows(res, storage), title=f"faery {case}: the {storage} tier, ms"))
-        console.print(rows_table(res["ratios"], title=f"faery {case}: faiss time / faery time"))
+        console.print(rows_table(res["ratios"], title=f"faery {case}: peer time / faery time"))
         console.print(rows_table(res["engines"], title=f"faery {case}: engines (own process each), batch K=100"))
         console.print(rows_table(res["filtered"], title=f"faery {case}: filtered search, K=100 (best threads)"))
         console.print(rows_table(res["removal"], title=f"faery {case}: removing 1,000 ids"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from recmine.faery.compare import compare
+from recmine.faery.compare import compare, ratio_rows
 
 faiss = pytest.importorskip("faiss")
 
@@ -39,7 +39,7 @@ def test_every_engine_runs_alone_in_its_own_process_and_is_checked() -> None:
     faiss_2t = next(r for r in runs if r["engine"] == "faiss" and r["threads"] == 2)
     assert {s["config"] for s in faiss_2t["single"].values()} <= {"IndexFlatIP", "IndexFlatIP, BLAS", "IndexShards x2"}
     for row in res["ratios"]:
-        for key in ("x faiss 1t", "x faiss 2t", "x best/best"):
+        for key in ("x faiss 1t", "x faiss 2t", "x best/best", "x best peer"):
             assert math.isfinite(row[key]) and row[key] > 0
         assert row["faiss best"].endswith(("1t", "2t")) and row["faery exact"] is True
     assert [r["K"] for r in res["latency"]] == [1, 10, 300]
@@ -60,6 +60,22 @@ def test_every_engine_runs_alone_in_its_own_process_and_is_checked() -> None:
     assert set(life) == {"faery int8 2t", "faiss 2t"}
     assert all(row["load ms"] >= 0 and 0 < row["1st search ms"] <= row["1st max ms"] and row["index GB"] > 0
                for row in life.values())
+
+
+def test_the_best_against_best_ratio_is_taken_against_the_faster_peer() -> None:
+    """numpy's matvec can beat faiss's flat index (it did at 1M and 10M x 128): the best-peer ratio then names numpy."""
+    def run(engine: str, threads: int, ms: float, storage: str | None = None) -> dict:
+        return {"engine": engine, "threads": threads, "threads_asked": threads, "storage": storage,
+                "single": {10: {"p50_ms": ms, "config": "IndexFlatIP", "exact": True}}}
+
+    res = {"ks": [10], "threads": [1, 2], "runs": [run("faery", 1, 16.0, "int8"), run("faery", 2, 8.0, "int8"),
+                                                   run("faiss", 1, 40.0), run("faiss", 2, 48.0), run("numpy", 2, 28.0)]}
+    (row,) = ratio_rows(res)
+    assert row["x best/best"] == pytest.approx(40.0 / 8.0) and row["faiss best"] == "IndexFlatIP, 1t"
+    assert row["x best peer"] == pytest.approx(28.0 / 8.0) and row["best peer"] == "numpy 2t"
+    res["runs"][-1]["single"][10]["p50_ms"] = 50.0
+    (row,) = ratio_rows(res)
+    assert row["x best peer"] == pytest.approx(40.0 / 8.0) and row["best peer"] == "faiss 1t"
 
 
 def test_retrieve_bench_reports_threads_and_both_ratios() -> None:

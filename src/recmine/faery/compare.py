@@ -103,7 +103,8 @@ def first_after_load(load: Callable[[], Any], search: Callable[[Any, np.ndarray]
     -------
     dict
         load_ms, first_search_ms, warm_search_ms (medians), first_search_max_ms, first_over_warm (median of each
-        load's first search over its own warm median) and loads.
+        load's first search over its own warm median), loads and first_search_each_ms (in load order: the
+        first load follows the save, whose writes may still be going to disk).
     """
     load_ms, first, warm, ratio = [], [], [], []
     for _ in range(max(1, loads)):
@@ -120,7 +121,8 @@ def first_after_load(load: Callable[[], Any], search: Callable[[Any, np.ndarray]
         del index
     return {"load_ms": float(np.median(load_ms)) * 1e3, "first_search_ms": float(np.median(first)) * 1e3,
             "first_search_max_ms": max(first) * 1e3, "warm_search_ms": float(np.median(warm)) * 1e3,
-            "first_over_warm": float(np.median(ratio)), "loads": len(first)}
+            "first_over_warm": float(np.median(ratio)), "loads": len(first),
+            "first_search_each_ms": [f * 1e3 for f in first]}
 
 
 def _dir_bytes(path: str | os.PathLike[str]) -> int:
@@ -558,7 +560,9 @@ def latency_rows(result: dict[str, Any], storage: str | None = None) -> list[dic
 
 def ratio_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per K: faiss time / faery time at equal thread counts, and best configuration against best; faiss's best
-    configuration; whether faery's results equal the oracle."""
+    configuration; the best peer's time (faiss's or numpy's, whichever is faster) / faery's best, and which peer
+    that was (numpy's matvec beats faiss's flat index on some sizes: a ratio against faiss alone would flatter us);
+    whether faery's results equal the oracle."""
     primary = result["runs"][0]["storage"] if result["runs"] else None
     rows = []
     for k in result["ks"]:
@@ -572,6 +576,12 @@ def ratio_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         if f_run is not None and o_run is not None:
             row["x best/best"] = f_ms / o_ms
             row["faiss best"] = f"{f_run['single'][k]['config']}, {f_run['threads']}t"
+        n_ms, n_run = best(result, "numpy", k)
+        peers = [(ms, f"{name} {run['threads']}t") for ms, run, name in ((f_ms, f_run, "faiss"), (n_ms, n_run, "numpy"))
+                 if run is not None]
+        if peers and o_run is not None:
+            p_ms, p_name = min(peers, key=lambda p: p[0])
+            row["x best peer"], row["best peer"] = p_ms / o_ms, p_name
         row["faery exact"] = all(r["single"][k]["exact"] for r in result["runs"] if r["engine"] == "faery")
         rows.append(row)
     return rows

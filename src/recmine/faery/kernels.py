@@ -584,8 +584,19 @@ def merge(cslot, cq, cub, cstate, res, res_n, theta0, k):
 @njit(cache=True, nogil=True)
 def _collect(cslot, cq, cub, cstate, theta):
     """(offsets (nq + 1), slots grouped by query) of every lane's candidates whose upper bound reaches their query's
-    threshold theta (the second half of merge)."""
+    threshold theta (the second half of merge). One query: a single branch-free pass (at large K a few percent of
+    the candidates fail, scattered at random)."""
     nlanes, nq = cstate.shape[0], theta.shape[0]
+    if nq == 1:
+        slots = np.empty(cstate[:, 0].sum(), np.int64)
+        total = 0
+        for lane in range(nlanes):
+            for e in range(cstate[lane, 0]):
+                slots[total] = cslot[lane, e]
+                total += cub[lane, e] >= theta[0]
+        offsets = np.zeros(2, np.int64)
+        offsets[1] = total
+        return offsets, slots[:total]
     counts = np.zeros(nq + 1, np.int64)
     for lane in range(nlanes):
         for e in range(cstate[lane, 0]):
@@ -944,18 +955,13 @@ def search_one(packed, tier, ds, rn, bias, mask, rowlist, ids, bitmap, master, q
         if not failed[0]:
             break
         theta0[0] = -np.inf  # the sampled threshold was too high: again from -inf
-    slots = np.empty(cstate[0, 0], np.int64)  # the candidates whose upper bound reaches theta (`_collect`)
-    total = 0
-    for e in range(cstate[0, 0]):
-        slots[total] = cslot[0, e]
-        total += cub[0, e] >= theta[0]
-    slots = slots[:total]
+    offsets, slots = _collect(cslot, cq, cub, cstate, theta)
+    total = slots.shape[0]
     keys = np.empty(total, np.float64)
     _score_range(master, q64, np.zeros(total, np.int64), slots, l2, keys, 0, total)
     if total > sort_max:  # numpy sorts them all (no selection first: a selection costs more than sorting a few more)
         return keys, ids[slots], pack_keys(keys), total
     kths = np.empty(1, np.float64)
-    offsets = np.array([0, total])
     out_off = np.zeros(2, np.int64)
     out_off[1] = _kept(keys, offsets, 0, k, True, kths)
     out_k = np.empty(out_off[1], np.float64)
